@@ -1,0 +1,43 @@
+"""mlm-export: verified, optimized ONNX artifacts for BERT masked language models.
+
+Importing this package never imports torch or transformers: `OnnxMaskFiller` is for apps that ship
+without them. The export side (`export`, `verify`, `ExportConfig`) loads lazily on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    ArtifactError,
+    ExportError,
+    FusionError,
+    InputError,
+    IntegrityError,
+    MissingHeadError,
+    MlmExportError,
+    ParityError,
+    ProviderError,
+    SourceError,
+)
+from .predictor import OnnxMaskFiller
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError", "ExportConfig", "ExportError", "FusionError", "InputError", "IntegrityError",
+    "MissingHeadError", "MlmExportError", "OnnxMaskFiller", "ParityError", "ProviderError",
+    "SourceError", "export", "verify",
+]
+
+_LAZY = {"export": ("pipeline", "export"), "verify": ("verify", "verify"),
+         "ExportConfig": ("config", "ExportConfig")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'mlm_export' has no attribute {name!r}")

@@ -1,0 +1,142 @@
+"""The export pipeline: load → export → fuse → write → verify, into an atomically written artifact."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import importlib.metadata
+import logging
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifact import FORMAT_VERSION, atomic_directory, ensure_writable, file_entries, write_manifest
+from .config import FP32_TOLERANCE, ExportConfig
+from .errors import ExportError, ParityError
+from .export import export_fill_mask, export_logits
+from .fuse import fuse
+from .load import ResolvedSource, load_model, load_tokenizer, resolve
+from .verify import VerifyReport, verify
+
+log = logging.getLogger("mlm_export")
+
+LOGITS_FILE = "model.onnx"
+FILL_MASK_FILE = "fill_mask.{precision}.onnx"
+TIED_WEIGHT_SLACK = 1.05  # the fp32 fill-mask file may exceed float32 parameter bytes by 5%
+_VERSIONED = ("mlm-export", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu",
+              "tokenizers", "optimum-onnx")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    manifest: dict
+    report: VerifyReport
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def export(config: ExportConfig) -> ExportResult:
+    """Export, fuse and verify MODEL; the artifact appears only if every graph passes its gate."""
+    source = resolve(config.model, config.revision)
+    out = Path(config.out) if config.out else Path("models") / source.spec.default_name
+    ensure_writable(out, config.force)
+    log.info("loading %s from %s", source.spec.location, source.model_dir)
+    model = load_model(source, attn_implementation="eager")
+    tokenizer = load_tokenizer(source)
+    with atomic_directory(out, config.force) as tmp:
+        manifest = _build(model, tokenizer, source, config, tmp)
+        del model  # the reference is reloaded fresh by verify
+        report = verify(tmp, source=source)
+        for parity in report.graphs:
+            manifest["graphs"][parity.graph]["parity"] = parity.to_dict()
+        if not report.passed:
+            raise ParityError("parity check failed; nothing was written\n" + report.summary(), report)
+        write_manifest(tmp, manifest)
+    log.info("wrote %s", out)
+    return ExportResult(out, manifest, report)
+
+
+def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportConfig, tmp: Path) -> dict:
+    cfg = model.config
+    mask_id = tokenizer.token_to_id("[MASK]")
+    _write_model_files(model, tokenizer, source, tmp)
+    export_logits(model, tmp / LOGITS_FILE, config.opset, mask_id)
+
+    work = tmp / ".work"
+    work.mkdir()
+    raw = work / "fill_mask.unfused.onnx"
+    export_fill_mask(model, raw, config.opset, mask_id)
+    fill_mask = tmp / FILL_MASK_FILE.format(precision="fp32")
+    fusion = fuse(raw, fill_mask, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
+                  num_layers=cfg.num_hidden_layers, allow_unfused=config.allow_unfused)
+    shutil.rmtree(work)
+
+    param_bytes = 4 * sum(p.numel() for p in model.parameters())  # tied weights counted once
+    size = fill_mask.stat().st_size
+    if size > TIED_WEIGHT_SLACK * param_bytes:
+        raise ExportError(f"{fill_mask.name} is {size / 1e6:.1f} MB for {param_bytes / 1e6:.1f} MB "
+                          "of float32 parameters: a weight (likely the tied decoder) is stored twice")
+    if size > 2 * 1024**3 - (1 << 20):
+        raise ExportError("models over 2 GB need ONNX external data, which mlm-export does not write yet")
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": source.spec.default_name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source.spec.to_dict() | {"weights_sha256": source.weights_sha256(),
+                                           "weights_files": [p.name for p in source.weight_files]},
+        "model": {
+            "architecture": "BertForMaskedLM",
+            "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
+            "num_heads": cfg.num_attention_heads, "vocab_size": cfg.vocab_size,
+            "type_vocab_size": cfg.type_vocab_size, "max_length": cfg.max_position_embeddings,
+            "parameters": param_bytes // 4, "float32_parameter_bytes": param_bytes,
+        },
+        "tokenizer": {
+            "file": "tokenizer.json", "char_level": source.char_level,
+            "mask_token": "[MASK]", "mask_token_id": mask_id,
+            "pad_token_id": tokenizer.token_to_id("[PAD]"),
+            "cls_token_id": tokenizer.token_to_id("[CLS]"),
+            "sep_token_id": tokenizer.token_to_id("[SEP]"),
+            "special_token_ids": sorted(tokenizer.token_to_id(t) for t in special),
+        },
+        "versions": library_versions(),
+        "opset": config.opset,
+        "graphs": {
+            "logits": {"file": LOGITS_FILE, "form": "logits", "precision": "fp32", "fusion": None,
+                       "tolerance": FP32_TOLERANCE.to_dict(), "parity": None},
+            "fp32": {"file": fill_mask.name, "form": "fill-mask", "precision": "fp32",
+                     "fusion": fusion.to_dict(), "tolerance": FP32_TOLERANCE.to_dict(), "parity": None},
+        },
+        "files": file_entries(tmp),
+    }
+    write_manifest(tmp, manifest)
+    return manifest
+
+
+def _write_model_files(model: Any, tokenizer: Any, source: ResolvedSource, tmp: Path) -> None:
+    """config.json and tokenizer files, so transformers and optimum can load the directory too."""
+    from transformers import PreTrainedTokenizerFast
+
+    config = copy.deepcopy(model.config)
+    config.architectures = ["BertForMaskedLM"]
+    config.save_pretrained(tmp)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+        cls_token="[CLS]", mask_token="[MASK]", model_max_length=config.max_position_embeddings)
+    fast.save_pretrained(tmp)
+    tokenizer.save(str(tmp / "tokenizer.json"))
+    if source.vocab_file is not None:
+        shutil.copyfile(source.vocab_file, tmp / "vocab.txt")

@@ -1,0 +1,102 @@
+"""Execution-provider resolution shared by the predictor and `verify`; torch-free.
+
+A CUDA request that ends on the CPU is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+from typing import Any, Sequence
+
+from .errors import ProviderError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_WHEELS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'mlm-export[gpu]' "
+        "(or 'mlm-export[cpu]' for CPU only)")
+
+
+def installed_wheels() -> list[str]:
+    """Every onnxruntime distribution installed; more than one means they overwrote each other."""
+    found = []
+    for name in _WHEELS:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ProviderError("onnxruntime is not installed: pip install 'mlm-export[cpu]' "
+                            "(CPU) or 'mlm-export[gpu]' (CUDA)") from exc
+    return onnxruntime
+
+
+def _clash_hint() -> str:
+    wheels = installed_wheels()
+    if len(wheels) > 1:
+        return (f" Several onnxruntime wheels are installed ({', '.join(wheels)}); they install the "
+                f"same module and the last one wins. Fix: {_FIX}")
+    return ""
+
+
+def requested_providers(spec: str | Sequence[str]) -> list[str]:
+    """Translate "auto" | "cpu" | "cuda" | explicit list into ONNX Runtime provider names."""
+    ort = _ort()
+    available = ort.get_available_providers()
+    if isinstance(spec, str):
+        key = spec.lower()
+        if key == "cpu":
+            return [CPU]
+        if key == "cuda":
+            if CUDA not in available:
+                raise ProviderError("providers='cuda' was requested but this onnxruntime has no "
+                                    f"CUDA provider (available: {', '.join(available)}). Install "
+                                    "'mlm-export[gpu]'." + _clash_hint())
+            return [CUDA, CPU]
+        if key == "auto":
+            if CUDA not in available and "onnxruntime-gpu" in installed_wheels():
+                warnings.warn("onnxruntime-gpu is installed but CUDA is unavailable; using the CPU."
+                              + _clash_hint(), RuntimeWarning, stacklevel=3)
+            return [CUDA, CPU] if CUDA in available else [CPU]
+        raise ProviderError(f"unknown providers value {spec!r}: use 'auto', 'cpu', 'cuda' or a list "
+                            "of ONNX Runtime provider names")
+    providers = list(spec)
+    unknown = [p for p in providers if p not in available]
+    if not providers or unknown:
+        raise ProviderError(f"provider(s) {unknown or providers} not available in this onnxruntime "
+                            f"(available: {', '.join(available)})." + _clash_hint())
+    return providers
+
+
+def create_session(path: str, spec: str | Sequence[str] = "auto", threads: int | None = None) -> Any:
+    """An InferenceSession whose primary provider is the one asked for, or a ProviderError."""
+    ort = _ort()
+    providers = requested_providers(spec)
+    options = ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise ProviderError(f"threads must be >= 1, got {threads}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(path, sess_options=options, providers=providers)
+    except Exception as exc:
+        if providers[0] == CUDA and isinstance(spec, str) and spec.lower() == "auto":
+            return create_session(path, "cpu", threads)  # auto: no usable GPU is a CPU machine
+        raise ProviderError(f"could not create an ONNX Runtime session for {path} with "
+                            f"{providers}: {exc}" + _clash_hint()) from exc
+    active = session.get_providers()
+    if active[0] != providers[0]:
+        if isinstance(spec, str) and spec.lower() == "auto":
+            return session if active[0] == CPU else create_session(path, "cpu", threads)
+        raise ProviderError(f"{providers[0]} was requested but ONNX Runtime fell back to "
+                            f"{active[0]} (no usable device or missing CUDA libraries)." + _clash_hint())
+    return session

@@ -1,0 +1,316 @@
+"""Verify stage: every graph in an artifact against the PyTorch model, freshly loaded in eval mode.
+
+The reference is reloaded rather than reused because the legacy exporter has been seen leaving a
+model in training mode, where dropout would poison the comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .artifact import check_all_files, read_manifest
+from .config import Tolerance
+from .errors import SourceError
+from .load import ResolvedSource, SourceSpec, load_model, resolve, resolve_spec
+from .providers import create_session
+
+log = logging.getLogger("mlm_export")
+
+_SEED = 20261126
+
+
+@dataclass(frozen=True)
+class ProbeBatch:
+    """One right-padded batch; masks are already placed in input_ids."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    label: str
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "token_type_ids": self.token_type_ids}
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Facts about the model that probes are built from (read from the manifest)."""
+
+    vocab_size: int
+    max_length: int
+    type_vocab_size: int
+    mask_id: int
+    pad_id: int
+    cls_id: int
+    sep_id: int
+    special_ids: tuple[int, ...]
+
+
+def _batch(rows: list[list[int]], types: list[list[int]], pad_id: int, label: str) -> ProbeBatch:
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    tt = np.zeros_like(ids)
+    for i, (row, typ) in enumerate(zip(rows, types)):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+        tt[i, : len(row)] = typ
+    return ProbeBatch(ids, mask, tt, label)
+
+
+def synthetic_probes(spec: ProbeSpec) -> list[ProbeBatch]:
+    """Shapes that break exporters: 1 token of text to the maximum length, padding, 0..n masks."""
+    rng = np.random.default_rng(_SEED)
+    normal = np.setdiff1d(np.arange(spec.vocab_size), np.array(spec.special_ids))
+    longest = spec.max_length
+    cases = [
+        ("one token", [3], [1]),
+        ("short", [16], [2]),
+        ("padded batch", [5, 12, 33, min(64, longest)], [1, 1, 3, 6]),
+        ("max length", [longest, max(3, longest // 2)], [12, 6]),
+        ("zero-mask row", [20, 9, 40], [3, 0, 4]),
+    ]
+    batches = []
+    for label, lengths, mask_counts in cases:
+        rows, types = [], []
+        for i, (length, n_masks) in enumerate(zip(lengths, mask_counts)):
+            body = rng.choice(normal, size=length - 2).tolist()
+            places = rng.choice(length - 2, size=min(n_masks, length - 2), replace=False)
+            for p in places:
+                body[p] = spec.mask_id
+            rows.append([spec.cls_id, *body, spec.sep_id])
+            second = spec.type_vocab_size > 1 and i % 2 == 1
+            half = length // 2
+            types.append([0] * half + [1 if second else 0] * (length - half))
+        batches.append(_batch(rows, types, spec.pad_id, label))
+    return batches
+
+
+def antibody_sequences() -> list[str]:
+    text = resources.files("mlm_export.probes").joinpath("antibody.txt").read_text()
+    return [line.split("\t")[2] for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def text_probes(spec: ProbeSpec, tokenizer: Any, texts: Iterable[str], label: str,
+                every: int = 8, batch_size: int = 8) -> list[ProbeBatch]:
+    """Mask every `every`-th token of real texts, twice with different offsets."""
+    rows, types = [], []
+    for text in texts:
+        ids = tokenizer.encode(text).ids[: spec.max_length]
+        for offset in (0, every // 2):
+            masked = [spec.mask_id if (i + offset) % every == 0 and t not in spec.special_ids else t
+                      for i, t in enumerate(ids)]
+            rows.append(masked)
+            types.append([0] * len(masked))
+    return [_batch(rows[i : i + batch_size], types[i : i + batch_size], spec.pad_id,
+                   f"{label} {i // batch_size}") for i in range(0, len(rows), batch_size)]
+
+
+@dataclass
+class GraphParity:
+    """Accumulates one graph's differences over all probes; `passed` checks them against the gate."""
+
+    graph: str
+    file: str
+    form: str
+    tolerance: Tolerance
+    provider: str = ""
+    positions: int = 0
+    max_abs_logit: float = 0.0
+    sum_abs_logit: float = 0.0
+    count_logit: int = 0
+    max_abs_prob: float = 0.0
+    top1: int = 0
+    top1_tie_aware: int = 0
+    overlap: float = 0.0
+    overlap_tie_aware: float = 0.0
+    set_equal: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, ref: np.ndarray, top_ids: np.ndarray, diffs: np.ndarray, prob_diffs: np.ndarray) -> None:
+        """ref: [N, V] torch logits; top_ids: [N, k] graph's ids; diffs: |Δlogit| samples."""
+        k = top_ids.shape[1]
+        eps = self.tolerance.max_abs_logit or 0.0
+        self.positions += len(ref)
+        if diffs.size:
+            self.max_abs_logit = max(self.max_abs_logit, float(diffs.max()))
+            self.sum_abs_logit += float(diffs.sum())
+            self.count_logit += diffs.size
+        if prob_diffs.size:
+            self.max_abs_prob = max(self.max_abs_prob, float(prob_diffs.max()))
+        for row, ids in zip(ref, top_ids):
+            order = np.argsort(-row, kind="stable")
+            ref_top = set(order[:k].tolist())
+            kth = row[order[k - 1]]
+            got = ids.tolist()
+            common = len(ref_top & set(got))
+            tied = sum(1 for t in got if t not in ref_top and row[t] >= kth - eps)
+            self.top1 += int(got[0] == order[0])
+            self.top1_tie_aware += int(row[got[0]] >= row[order[0]] - eps)
+            self.overlap += common / k
+            self.overlap_tie_aware += (common + tied) / k
+            self.set_equal += int(common == k)
+
+    def _rate(self, value: float) -> float:
+        return value / self.positions if self.positions else 0.0
+
+    @property
+    def failures(self) -> list[str]:
+        tol = self.tolerance
+        out = list(self.errors)
+        if self.positions == 0:
+            out.append("no masked positions were compared")
+        if tol.max_abs_logit is not None and self.max_abs_logit > tol.max_abs_logit:
+            out.append(f"max |Δlogit| {self.max_abs_logit:.3g} > {tol.max_abs_logit:g}")
+        if self._rate(self.top1_tie_aware) < tol.min_top1_agreement:
+            out.append(f"top-1 agreement {self._rate(self.top1_tie_aware):.4%} < "
+                       f"{tol.min_top1_agreement:.2%}")
+        if self._rate(self.overlap_tie_aware) < tol.min_topk_overlap:
+            out.append(f"top-{tol.top_k} overlap {self._rate(self.overlap_tie_aware):.4%} < "
+                       f"{tol.min_topk_overlap:.2%}")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {
+            "graph": self.graph, "file": self.file, "form": self.form, "provider": self.provider,
+            "masked_positions": self.positions,
+            "max_abs_logit": self.max_abs_logit,
+            "mean_abs_logit": self.sum_abs_logit / self.count_logit if self.count_logit else 0.0,
+            "max_abs_prob": self.max_abs_prob,
+            "top1_agreement": self._rate(self.top1),
+            "topk_overlap": self._rate(self.overlap),
+            "topk_set_equal": self._rate(self.set_equal),
+            "top1_agreement_tie_aware": self._rate(self.top1_tie_aware),
+            "topk_overlap_tie_aware": self._rate(self.overlap_tie_aware),
+            "tolerance": self.tolerance.to_dict(),
+            "passed": self.passed, "failures": self.failures,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    artifact: str
+    graphs: list[GraphParity]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.graphs)
+
+    def to_dict(self) -> dict:
+        return {"artifact": self.artifact, "passed": self.passed,
+                "graphs": {g.graph: g.to_dict() for g in self.graphs}}
+
+    def summary(self) -> str:
+        lines = []
+        for g in self.graphs:
+            d = g.to_dict()
+            lines.append(
+                f"{'PASS' if g.passed else 'FAIL'} {g.graph:<10} {g.file:<22} positions={d['masked_positions']} "
+                f"max|Δlogit|={d['max_abs_logit']:.2e} mean|Δlogit|={d['mean_abs_logit']:.2e} "
+                f"top1={d['top1_agreement']:.2%} top{g.tolerance.top_k}-overlap={d['topk_overlap']:.2%} "
+                f"set-equal={d['topk_set_equal']:.2%}")
+            lines += [f"     {failure}" for failure in g.failures]
+        return "\n".join(lines)
+
+
+def probe_spec(manifest: dict) -> ProbeSpec:
+    m, t = manifest["model"], manifest["tokenizer"]
+    return ProbeSpec(m["vocab_size"], m["max_length"], m["type_vocab_size"], t["mask_token_id"],
+                     t["pad_token_id"], t["cls_token_id"], t["sep_token_id"],
+                     tuple(t["special_token_ids"]))
+
+
+def build_probes(manifest: dict, tokenizer: Any, probe_texts: list[str] | None = None) -> list[ProbeBatch]:
+    spec = probe_spec(manifest)
+    batches = synthetic_probes(spec)
+    if manifest["source"]["kind"] == "builtin" and manifest["source"]["location"] == "antiberty":
+        batches += text_probes(spec, tokenizer, antibody_sequences(), "antibody")
+    if probe_texts:
+        batches += text_probes(spec, tokenizer, probe_texts, "user texts")
+    return batches
+
+
+def _compare_logits_form(parity: GraphParity, session: Any, batch: ProbeBatch, where: tuple,
+                         ref: np.ndarray, k: int) -> None:
+    logits = session.run(["logits"], batch.feeds())[0][where]
+    top = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    prob_diff = np.abs(_softmax(logits) - _softmax(ref))
+    parity.add(ref, top, np.abs(logits - ref), prob_diff)
+
+
+def _compare_fill_mask(parity: GraphParity, session: Any, batch: ProbeBatch, where: tuple,
+                       ref: np.ndarray, k: int) -> None:
+    feeds = batch.feeds() | {"top_k": np.array(k, dtype=np.int64)}
+    b, p, scores, ids, top_logits = session.run(None, feeds)
+    if not (np.array_equal(b, where[0]) and np.array_equal(p, where[1])):
+        parity.errors.append(f"{batch.label}: graph found masks at {list(zip(b, p))[:5]}..., "
+                             f"expected {list(zip(*where))[:5]}...")
+        return
+    if ids.shape != (len(ref), min(k, ref.shape[1])):
+        parity.errors.append(f"{batch.label}: token_ids shape {ids.shape}, expected {(len(ref), k)}")
+        return
+    ref_at = np.take_along_axis(ref, ids, axis=1)
+    prob_at = np.take_along_axis(_softmax(ref), ids, axis=1)
+    parity.add(ref, ids, np.abs(top_logits - ref_at), np.abs(scores - prob_at))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def verify(directory: Path | str, *, source: str | ResolvedSource | None = None,
+           providers: str = "cpu", probe_texts: list[str] | None = None) -> VerifyReport:
+    """Compare every graph of the artifact with a freshly loaded PyTorch model."""
+    import torch
+    from tokenizers import Tokenizer
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    check_all_files(directory, manifest)
+    if source is None:
+        resolved = resolve_spec(SourceSpec.from_dict(manifest["source"]))
+    elif isinstance(source, str):
+        resolved = resolve(source)
+    else:
+        resolved = source
+    expected = manifest["source"]["weights_sha256"]
+    if resolved.weights_sha256() != expected:
+        raise SourceError(f"the weights at {resolved.model_dir} are not the ones this artifact was "
+                          f"exported from (sha256 {expected[:12]}…); pass --source with the original")
+    log.info("loading the PyTorch reference (eval mode)")
+    model = load_model(resolved)
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    batches = build_probes(manifest, tokenizer, probe_texts)
+    mask_id = manifest["tokenizer"]["mask_token_id"]
+
+    graphs = []
+    for name, entry in manifest["graphs"].items():
+        tol = Tolerance.from_dict(entry["tolerance"])
+        session = create_session(str(directory / entry["file"]), providers)
+        graphs.append((GraphParity(name, entry["file"], entry["form"], tol,
+                                   provider=session.get_providers()[0]), session))
+    log.info("comparing %d graph(s) on %d probe batches", len(graphs), len(batches))
+    for batch in batches:
+        with torch.no_grad():
+            ref_all = model(input_ids=torch.from_numpy(batch.input_ids),
+                            attention_mask=torch.from_numpy(batch.attention_mask),
+                            token_type_ids=torch.from_numpy(batch.token_type_ids)).logits.numpy()
+        where = np.nonzero(batch.input_ids == mask_id)
+        ref = ref_all[where]
+        for parity, session in graphs:
+            compare = _compare_logits_form if parity.form == "logits" else _compare_fill_mask
+            compare(parity, session, batch, where, ref, parity.tolerance.top_k)
+    return VerifyReport(str(directory), [g for g, _ in graphs])
