@@ -1,0 +1,183 @@
+"""Command line: parses arguments and calls the library; no pipeline logic lives here.
+
+Exit codes: 0 success, 1 error, 2 usage, 3 parity failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .errors import MlmExportError
+
+PARITY_EXIT = 3
+
+
+class _DefaultToExport(click.Group):
+    """`mlm-export MODEL ...` means `mlm-export export MODEL ...`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["export", *args]
+        return super().parse_args(ctx, args)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("mlm_export")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("mlm-export: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    """Turn library errors into a one-line message on stderr and the documented exit code."""
+    try:
+        return action()
+    except MlmExportError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _emit(as_json: bool, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
+
+
+@click.group(cls=_DefaultToExport, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlm-export")
+def main() -> None:
+    """Export a BERT masked language model to a verified, optimized ONNX artifact, and serve it.
+
+    \b
+    mlm-export MODEL [OPTIONS]       same as `mlm-export export MODEL`
+    MODEL is a local Hugging Face directory, a hub id, or the built-in name `antiberty`.
+    """
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Artifact directory [models/<name>].")
+@click.option("--force", is_flag=True, help="Replace an existing artifact directory.")
+@click.option("--revision", help="Hub revision (branch, tag or commit) for a hub id.")
+@click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
+@click.option("--allow-unfused", is_flag=True,
+              help="Export even if attention did not fuse in every layer (recorded in the manifest).")
+@json_option
+@quiet_option
+def export_command(model: str, out: Path | None, force: bool, revision: str | None, opset: int,
+                   allow_unfused: bool, as_json: bool, quiet: bool) -> None:
+    """Export MODEL, fuse it, verify every graph against PyTorch, and write the artifact."""
+    from .config import ExportConfig
+    from .errors import ParityError
+    from .pipeline import export
+
+    _setup_logging(quiet)
+    config = ExportConfig(model=model, out=out, revision=revision, force=force,
+                          allow_unfused=allow_unfused, opset=opset)
+    try:
+        result = export(config)
+    except ParityError as exc:
+        if as_json and exc.report is not None:
+            click.echo(json.dumps(exc.report.to_dict(), indent=2))
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(PARITY_EXIT)
+    except MlmExportError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    _emit(as_json, {"path": str(result.path), "manifest": result.manifest},
+          f"{result.report.summary()}\nwrote {result.path}")
+
+
+@main.command("verify")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--source", help="Model to compare against, if not the one recorded in the manifest.")
+@click.option("--probe-file", type=click.File("r", encoding="utf-8"),
+              help="Extra probe texts, one per line; every 8th token is masked.")
+@click.option("--providers", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@json_option
+@quiet_option
+def verify_command(directory: Path, source: str | None, probe_file: Any, providers: str,
+                   as_json: bool, quiet: bool) -> None:
+    """Check file hashes, then compare every graph in DIRECTORY with a fresh PyTorch model."""
+    from .verify import verify
+
+    _setup_logging(quiet)
+    texts = [line.strip() for line in probe_file if line.strip()] if probe_file else None
+    report = _run(lambda: verify(directory, source=source, providers=providers, probe_texts=texts))
+    _emit(as_json, report.to_dict(), report.summary())
+    if not report.passed:
+        click.echo("Error: parity check failed", err=True)
+        sys.exit(PARITY_EXIT)
+
+
+@main.command("predict")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--top-k", "-k", type=click.IntRange(1, None), default=5, show_default=True)
+@click.option("--variant", help="Graph variant (e.g. fp32); default: best for the provider.")
+@click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
+@json_option
+def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant: str | None,
+                    providers: str, as_json: bool) -> None:
+    """Fill the [MASK] tokens of each TEXT with the artifact in DIRECTORY."""
+    from .predictor import OnnxMaskFiller
+
+    filler = _run(lambda: OnnxMaskFiller.from_pretrained(directory, variant=variant, providers=providers))
+    results = _run(lambda: filler(list(texts), top_k=top_k))
+    if as_json:
+        click.echo(json.dumps({"variant": filler.variant, "provider": filler.provider,
+                               "results": results}, indent=2))
+        return
+    for text, result in zip(texts, results):
+        click.echo(text)
+        masks = [result] if result and isinstance(result[0], dict) else result
+        for n, candidates in enumerate(masks, 1):
+            if len(masks) > 1:
+                click.echo(f"  mask {n}:")
+            for rank, c in enumerate(candidates, 1):
+                click.echo(f"  {rank:>2}. {c['token_str']:<12} {c['score']:.4f}  {c['sequence']}")
+
+
+@main.command("info")
+@click.argument("directory", type=click.Path(path_type=Path))
+@json_option
+def info_command(directory: Path, as_json: bool) -> None:
+    """Show what an artifact holds: source, graphs, fusion, parity and sizes."""
+    from .artifact import read_manifest
+
+    manifest = _run(lambda: read_manifest(directory))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    src, model = manifest["source"], manifest["model"]
+    click.echo(f"{manifest['name']}  ({src['kind']}: {src['location']})")
+    click.echo(f"  {model['num_layers']} layers, hidden {model['hidden_size']}, vocab "
+               f"{model['vocab_size']}, max length {model['max_length']}, "
+               f"{model['float32_parameter_bytes'] / 1e6:.1f} MB float32 parameters")
+    click.echo(f"  opset {manifest['opset']}; " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
+    header = f"  {'graph':<8} {'form':<10} {'file':<22} {'MB':>8}  {'attention':>9}  {'max|Δlogit|':>11}  {'top1':>7}  {'top5':>7}  parity"
+    click.echo(header)
+    for name, g in manifest["graphs"].items():
+        size = manifest["files"][g["file"]]["size"] / 1e6
+        fusion = g.get("fusion")
+        att = f"{fusion['attention']}/{fusion['expected_attention']}" if fusion else "-"
+        p = g.get("parity") or {}
+        status = "pass" if p.get("passed") else ("FAIL" if p else "not verified")
+        click.echo(f"  {name:<8} {g['form']:<10} {g['file']:<22} {size:>8.1f}  {att:>9}  "
+                   f"{p.get('max_abs_logit', float('nan')):>11.2e}  {p.get('top1_agreement', float('nan')):>7.2%}  "
+                   f"{p.get('topk_overlap', float('nan')):>7.2%}  {status}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
