@@ -1,7 +1,7 @@
 """mlm-export: verified, optimized ONNX artifacts for BERT masked language models.
 
 Importing this package never imports torch or transformers: `OnnxMaskFiller` is for apps that ship
-without them. The export side (`export`, `verify`, `ExportConfig`) loads lazily on first use.
+without them. The export side (`export_model`, `verify_artifact`, `ExportConfig`) loads lazily on first use.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ArtifactError", "ExportConfig", "ExportError", "FusionError", "InputError", "IntegrityError",
     "MissingHeadError", "MlmExportError", "OnnxMaskFiller", "ParityError", "ProviderError",
-    "SourceError", "export", "verify",
+    "SourceError", "export_model", "verify_artifact",
 ]
 
-_LAZY = {"export": ("pipeline", "export"), "verify": ("verify", "verify"),
+_LAZY = {"export_model": ("pipeline", "export_model"),
+         "verify_artifact": ("verify", "verify_artifact"),
          "ExportConfig": ("config", "ExportConfig")}
 
 

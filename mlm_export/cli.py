@@ -80,13 +80,13 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
     """Export MODEL, fuse it, verify every graph against PyTorch, and write the artifact."""
     from .config import ExportConfig
     from .errors import ParityError
-    from .pipeline import export
+    from .pipeline import export_model
 
     _setup_logging(quiet)
     config = ExportConfig(model=model, out=out, revision=revision, force=force,
                           allow_unfused=allow_unfused, opset=opset)
     try:
-        result = export(config)
+        result = export_model(config)
     except ParityError as exc:
         if as_json and exc.report is not None:
             click.echo(json.dumps(exc.report.to_dict(), indent=2))
@@ -110,11 +110,11 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 def verify_command(directory: Path, source: str | None, probe_file: Any, providers: str,
                    as_json: bool, quiet: bool) -> None:
     """Check file hashes, then compare every graph in DIRECTORY with a fresh PyTorch model."""
-    from .verify import verify
+    from .verify import verify_artifact
 
     _setup_logging(quiet)
     texts = [line.strip() for line in probe_file if line.strip()] if probe_file else None
-    report = _run(lambda: verify(directory, source=source, providers=providers, probe_texts=texts))
+    report = _run(lambda: verify_artifact(directory, source=source, providers=providers, probe_texts=texts))
     _emit(as_json, report.to_dict(), report.summary())
     if not report.passed:
         click.echo("Error: parity check failed", err=True)

