@@ -73,9 +73,10 @@ def synthetic_probes(spec: ProbeSpec) -> list[ProbeBatch]:
     cases = [
         ("one token", [3], [1]),
         ("short", [16], [2]),
-        ("padded batch", [5, 12, 33, min(64, longest)], [1, 1, 3, 6]),
-        ("max length", [longest, max(3, longest // 2)], [12, 6]),
-        ("zero-mask row", [20, 9, 40], [3, 0, 4]),
+        ("padded batch", [5, 12, 33, min(64, longest)], [1, 2, 5, 10]),
+        ("max length", [longest, max(3, longest // 2)], [max(8, longest // 40), 4]),
+        ("zero-mask row", [20, 9, min(40, longest)], [3, 0, 4]),
+        ("many masks", [min(32, longest)] * 4, [6] * 4),
     ]
     batches = []
     for label, lengths, mask_counts in cases:
