@@ -1,0 +1,53 @@
+"""The real trained AntiBERTy checkpoint: fp32 parity on real antibody sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlm_export import OnnxMaskFiller
+from mlm_export.verify import antibody_sequences
+
+TRASTUZUMAB_VH = antibody_sequences()[0]
+
+
+def test_export_passes_parity_with_identical_top5(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+    manifest = antiberty_export.manifest
+    for name in ("logits", "fp32"):
+        parity = manifest["graphs"][name]["parity"]
+        assert parity["passed"], parity
+        assert parity["masked_positions"] >= 300
+        assert parity["max_abs_logit"] <= 1e-4
+        assert parity["topk_set_equal"] == 1.0 and parity["top1_agreement"] == 1.0
+    fusion = manifest["graphs"]["fp32"]["fusion"]
+    assert fusion["attention"] == fusion["expected_attention"] == 8
+
+
+def test_fill_mask_file_is_not_bigger_than_the_weights(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+    manifest = antiberty_export.manifest
+    assert manifest["files"]["fill_mask.fp32.onnx"]["size"] <= 1.05 * manifest["model"]["float32_parameter_bytes"]
+
+
+@pytest.mark.parametrize("residue_index", [21, 95])  # the two conserved cysteines of a VH domain
+def test_trained_head_recovers_conserved_cysteines(antiberty_export, residue_index: int) -> None:  # type: ignore[no-untyped-def]
+    assert TRASTUZUMAB_VH[residue_index] == "C"
+    masked = TRASTUZUMAB_VH[:residue_index] + "[MASK]" + TRASTUZUMAB_VH[residue_index + 1 :]
+    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path)
+    best = filler(masked, top_k=3)[0]
+    assert best["token_str"] == "C" and best["score"] > 0.9
+    assert best["sequence"] == TRASTUZUMAB_VH
+
+
+def test_predictor_matches_transformers_pipeline_on_antibodies(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+    from transformers import BertForMaskedLM, PreTrainedTokenizerFast, pipeline
+
+    from mlm_export.load import resolve
+
+    model = BertForMaskedLM.from_pretrained(resolve("antiberty").model_dir).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(antiberty_export.path)
+    reference = pipeline("fill-mask", model=model, tokenizer=tokenizer, device="cpu")
+    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path)
+    for seq in antibody_sequences()[:6]:
+        masked = seq[:40] + "[MASK]" + seq[41:]
+        got, expected = filler(masked, top_k=5), reference(masked, top_k=5)
+        assert [c["token_str"] for c in got] == [c["token_str"] for c in expected]
+        assert [c["score"] for c in got] == pytest.approx([c["score"] for c in expected], abs=1e-5)

@@ -1,0 +1,134 @@
+"""The CLI through Click's runner: commands, --json, and exit codes (0 ok, 1 error, 2 usage, 3 parity)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from mlm_export.artifact import sha256_file
+from mlm_export.cli import main
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_bare_model_argument_means_export(runner: CliRunner, tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "art"
+    result = runner.invoke(main, [str(tiny_dir), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["path"] == str(out) and data["manifest"]["graphs"]["fp32"]["parity"]["passed"]
+    assert "exporting fill-mask form" in result.stderr  # progress goes to stderr, not stdout
+
+    again = runner.invoke(main, ["export", str(tiny_dir), "--out", str(out)])
+    assert again.exit_code == 1 and "--force" in again.stderr
+    forced = runner.invoke(main, ["export", str(tiny_dir), "--out", str(out), "--force", "-q"])
+    assert forced.exit_code == 0 and "PASS fp32" in forced.stdout and forced.stderr == ""
+
+
+def test_default_output_is_models_name(runner: CliRunner, tiny_dir: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, [str(tiny_dir), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models" / tiny_dir.name / "manifest.json").is_file()
+
+
+def test_verify_passes_and_json_parses(runner: CliRunner, tiny_artifact: Path) -> None:
+    result = runner.invoke(main, ["verify", str(tiny_artifact), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and set(report["graphs"]) == {"logits", "fp32"}
+    assert report["graphs"]["fp32"]["masked_positions"] >= 50
+
+
+def test_verify_names_a_tampered_file(runner: CliRunner, tiny_copy: Path) -> None:
+    graph = tiny_copy / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    result = runner.invoke(main, ["verify", str(tiny_copy)])
+    assert result.exit_code == 1
+    assert "model.onnx does not match its sha256" in result.stderr
+
+
+def _break_decoder_bias(artifact: Path) -> None:
+    """A deliberately wrong graph whose manifest hash is updated, so only parity can catch it."""
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    path = artifact / "fill_mask.fp32.onnx"
+    model = onnx.load(str(path))
+    vocab = manifest["model"]["vocab_size"]
+    bias = next(t for t in model.graph.initializer if list(t.dims) == [vocab])
+    values = numpy_helper.to_array(bias).copy()
+    values += np.random.default_rng(0).normal(0, 5, size=values.shape).astype(values.dtype)
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(path))
+    manifest["files"][path.name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_verify_exits_3_on_a_broken_graph(runner: CliRunner, tiny_copy: Path) -> None:
+    _break_decoder_bias(tiny_copy)
+    result = runner.invoke(main, ["verify", str(tiny_copy), "--json", "-q"])
+    assert result.exit_code == 3
+    report = json.loads(result.stdout)
+    assert report["passed"] is False
+    assert report["graphs"]["logits"]["passed"] is True
+    assert report["graphs"]["fp32"]["passed"] is False
+    assert any("max |Δlogit|" in f for f in report["graphs"]["fp32"]["failures"])
+    text = runner.invoke(main, ["verify", str(tiny_copy), "-q"])
+    assert text.exit_code == 3 and "FAIL fp32" in text.stdout
+
+
+def test_predict_prints_ranked_tokens_and_json(runner: CliRunner, tiny_artifact: Path) -> None:
+    result = runner.invoke(main, ["predict", str(tiny_artifact), "the cat [MASK] .", "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "the cat [MASK] ." and [l.split()[0] for l in lines[1:4]] == ["1.", "2.", "3."]
+    as_json = runner.invoke(main, ["predict", str(tiny_artifact), "a [MASK] and [MASK]", "the [MASK]", "--json"])
+    data = json.loads(as_json.stdout)
+    assert data["variant"] == "fp32" and data["provider"] == "CPUExecutionProvider"
+    assert len(data["results"]) == 2 and len(data["results"][0]) == 2 and len(data["results"][1]) == 5
+
+
+def test_predict_errors(runner: CliRunner, tiny_artifact: Path) -> None:
+    no_mask = runner.invoke(main, ["predict", str(tiny_artifact), "no mask here"])
+    assert no_mask.exit_code == 1 and "has no [MASK]" in no_mask.stderr
+    assert runner.invoke(main, ["predict", str(tiny_artifact)]).exit_code == 2
+    assert runner.invoke(main, ["predict", str(tiny_artifact), "a [MASK]", "--top-k", "0"]).exit_code == 2
+    bad_variant = runner.invoke(main, ["predict", str(tiny_artifact), "a [MASK]", "--variant", "int4"])
+    assert bad_variant.exit_code == 1 and "variant 'int4'" in bad_variant.stderr
+
+
+def test_info_table_and_json(runner: CliRunner, tiny_artifact: Path) -> None:
+    table = runner.invoke(main, ["info", str(tiny_artifact)])
+    assert table.exit_code == 0
+    fp32_row = next(l for l in table.stdout.splitlines() if l.split()[:1] == ["fp32"])
+    assert "2/2" in fp32_row and "pass" in fp32_row
+    data = json.loads(runner.invoke(main, ["info", str(tiny_artifact), "--json"]).stdout)
+    assert data["graphs"]["fp32"]["fusion"]["attention"] == 2
+
+
+def test_info_on_missing_artifact(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["info", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "is not a directory" in result.stderr
+
+
+def test_encoder_only_checkpoint_exits_1_with_the_reason(runner: CliRunner, minilm_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(main, [str(minilm_dir), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "no trained MLM head" in result.stderr and "cls.predictions.bias" in result.stderr
+
+
+def test_usage_errors_exit_2(runner: CliRunner) -> None:
+    assert runner.invoke(main, ["export"]).exit_code == 2
+    assert runner.invoke(main, ["export", "x", "--opset", "11"]).exit_code == 2
+    assert runner.invoke(main, ["verify"]).exit_code == 2
