@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import importlib.metadata
+import importlib.util
 import logging
 import platform
 import shutil
@@ -36,6 +37,15 @@ class ExportResult:
     report: VerifyReport
 
 
+def require_export_extra() -> None:
+    """A serving install lacks torch; say which extra to add instead of failing mid-way."""
+    missing = [m for m in ("torch", "transformers", "onnx", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"export and verify need {', '.join(missing)}: "
+                          "pip install 'mlm-export[export,cpu]' (or [export,gpu])")
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
@@ -48,6 +58,7 @@ def library_versions() -> dict[str, str]:
 
 def export_model(config: ExportConfig) -> ExportResult:
     """Export, fuse and verify MODEL; the artifact appears only if every graph passes its gate."""
+    require_export_extra()
     source = resolve(config.model, config.revision)
     out = Path(config.out) if config.out else Path("models") / source.spec.default_name
     ensure_writable(out, config.force)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .artifact import checked_file, read_manifest
 from .errors import ArtifactError, InputError
-from .providers import CUDA, create_session
+from .providers import CUDA, create_session, requested_providers
 
 # Best variant first, per provider: fill-mask precisions added by later exports slot in here.
 _PREFERENCE = {"CPUExecutionProvider": ("int8", "fp32", "fp16"),
@@ -60,7 +60,7 @@ class OnnxMaskFiller:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         # Open the preferred variant for the requested providers; the session says where it landed.
-        first = variant or _pick(variants, _first_choice_provider(providers))
+        first = variant or _pick(variants, requested_providers(providers)[0])
         session = create_session(str(checked_file(directory, manifest, variants[first]["file"])),
                                  providers, threads)
         landed = session.get_providers()[0]
@@ -131,12 +131,6 @@ class OnnxMaskFiller:
         filled = [token if i == position else t for i, t in enumerate(row) if t not in self._strip]
         return {"score": score, "token": token, "token_str": self.tokenizer.decode([token], skip_special_tokens=False),
                 "sequence": self.tokenizer.decode(filled, skip_special_tokens=False)}
-
-
-def _first_choice_provider(providers: str | Sequence[str]) -> str:
-    if isinstance(providers, str):
-        return CUDA if providers.lower() in ("cuda", "auto") else "CPUExecutionProvider"
-    return providers[0] if providers else "CPUExecutionProvider"
 
 
 def _pick(variants: dict, provider: str) -> str:

@@ -275,6 +275,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | None = None,
            providers: str = "cpu", probe_texts: list[str] | None = None) -> VerifyReport:
     """Compare every graph of the artifact with a freshly loaded PyTorch model."""
+    from .pipeline import require_export_extra
+
+    require_export_extra()
     import torch
     from tokenizers import Tokenizer
 
