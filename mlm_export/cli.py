@@ -71,12 +71,14 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing artifact directory.")
 @click.option("--revision", help="Hub revision (branch, tag or commit) for a hub id.")
 @click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
+@click.option("--fp16", is_flag=True, help="Add an fp16 fill-mask variant (for the CUDA provider).")
+@click.option("--int8", is_flag=True, help="Add a dynamic int8 fill-mask variant (for the CPU provider).")
 @click.option("--allow-unfused", is_flag=True,
               help="Export even if attention did not fuse in every layer (recorded in the manifest).")
 @json_option
 @quiet_option
 def export_command(model: str, out: Path | None, force: bool, revision: str | None, opset: int,
-                   allow_unfused: bool, as_json: bool, quiet: bool) -> None:
+                   fp16: bool, int8: bool, allow_unfused: bool, as_json: bool, quiet: bool) -> None:
     """Export MODEL, fuse it, verify every graph against PyTorch, and write the artifact."""
     from .config import ExportConfig
     from .errors import ParityError
@@ -84,7 +86,7 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 
     _setup_logging(quiet)
     config = ExportConfig(model=model, out=out, revision=revision, force=force,
-                          allow_unfused=allow_unfused, opset=opset)
+                          allow_unfused=allow_unfused, opset=opset, fp16=fp16, int8=int8)
     try:
         result = export_model(config)
     except ParityError as exc:
@@ -153,12 +155,17 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
 @click.argument("directory", type=click.Path(path_type=Path))
 @json_option
 def info_command(directory: Path, as_json: bool) -> None:
-    """Show what an artifact holds: source, graphs, fusion, parity and sizes."""
+    """Show what an artifact holds: source, and per graph its size, fusion and parity."""
     from .artifact import read_manifest
+    from .predictor import preferred_variant
+    from .providers import requested_providers
 
     manifest = _run(lambda: read_manifest(directory))
+    provider = _run(lambda: requested_providers("auto")[0])
+    default = preferred_variant(manifest, provider)
     if as_json:
-        click.echo(json.dumps(manifest, indent=2))
+        click.echo(json.dumps(manifest | {"default_variant": {"provider": provider,
+                                                              "variant": default}}, indent=2))
         return
     src, model = manifest["source"], manifest["model"]
     click.echo(f"{manifest['name']}  ({src['kind']}: {src['location']})")
@@ -166,17 +173,33 @@ def info_command(directory: Path, as_json: bool) -> None:
                f"{model['vocab_size']}, max length {model['max_length']}, "
                f"{model['float32_parameter_bytes'] / 1e6:.1f} MB float32 parameters")
     click.echo(f"  opset {manifest['opset']}; " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
-    header = f"  {'graph':<8} {'form':<10} {'file':<22} {'MB':>8}  {'attention':>9}  {'max|Δlogit|':>11}  {'top1':>7}  {'top5':>7}  parity"
-    click.echo(header)
+    click.echo(f"  realistic probe set: {manifest.get('probe_set') or 'none (synthetic probes only)'}")
+    click.echo(f"  default variant here: {default} ({provider})")
+    fp32_size = manifest["files"][manifest["graphs"]["fp32"]["file"]]["size"]
+    rows = [("graph", "file", "MB", "%fp32", "attention", "gated on", "positions", "max|Δlogit|",
+             "top1", "top5-ovl", "top5-set", "provider", "gate")]
     for name, g in manifest["graphs"].items():
-        size = manifest["files"][g["file"]]["size"] / 1e6
+        size = manifest["files"][g["file"]]["size"]
         fusion = g.get("fusion")
-        att = f"{fusion['attention']}/{fusion['expected_attention']}" if fusion else "-"
         p = g.get("parity") or {}
-        status = "pass" if p.get("passed") else ("FAIL" if p else "not verified")
-        click.echo(f"  {name:<8} {g['form']:<10} {g['file']:<22} {size:>8.1f}  {att:>9}  "
-                   f"{p.get('max_abs_logit', float('nan')):>11.2e}  {p.get('top1_agreement', float('nan')):>7.2%}  "
-                   f"{p.get('topk_overlap', float('nan')):>7.2%}  {status}")
+        rows.append((
+            name, g["file"], f"{size / 1e6:.1f}", f"{100 * size / fp32_size:.0f}%",
+            f"{fusion['attention']}/{fusion['expected_attention']}" if fusion else "-",
+            p.get("gated_on", "-"), str(p.get("masked_positions", "-")),
+            f"{p['max_abs_logit']:.2e}" if p else "-",
+            f"{p['top1_agreement']:.2%}" if p else "-", f"{p['topk_overlap']:.2%}" if p else "-",
+            f"{p['topk_set_equal']:.2%}" if p else "-",
+            p.get("provider", "-").replace("ExecutionProvider", ""),
+            ("pass" if p.get("passed") else "FAIL") if p else "not verified"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    tolerances = {name: g["tolerance"] for name, g in manifest["graphs"].items()}
+    click.echo("  gates: " + "; ".join(
+        f"{name} " + ", ".join(filter(None, [
+            f"max|Δlogit|<={t['max_abs_logit']:g}" if t.get("max_abs_logit") is not None else "",
+            f"top1>={t['min_top1_agreement']:.1%}", f"top{t['top_k']}-overlap>={t['min_topk_overlap']:.0%}"]))
+        for name, t in tolerances.items()))
 
 
 if __name__ == "__main__":  # pragma: no cover

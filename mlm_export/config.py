@@ -19,6 +19,13 @@ class ExportConfig:
     force: bool = False
     allow_unfused: bool = False
     opset: int = DEFAULT_OPSET
+    fp16: bool = False
+    int8: bool = False
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """fill-mask variants to build; fp32 always, since the others are derived from it."""
+        return ("fp32",) + (("fp16",) if self.fp16 else ()) + (("int8",) if self.int8 else ())
 
     def __post_init__(self) -> None:
         if self.opset < 17:
@@ -33,6 +40,7 @@ class Tolerance:
     min_top1_agreement: float = 1.0
     min_topk_overlap: float = 1.0
     top_k: int = 5
+    scope: str = "all"  # "all" probes, or the "realistic" texts when the artifact has some
 
     def to_dict(self) -> dict:
         return {
@@ -40,6 +48,7 @@ class Tolerance:
             "min_top1_agreement": self.min_top1_agreement,
             "min_topk_overlap": self.min_topk_overlap,
             "top_k": self.top_k,
+            "scope": self.scope,
         }
 
     @classmethod
@@ -50,3 +59,7 @@ class Tolerance:
 # fp32 must match PyTorch to float rounding; top-k sets must match except where PyTorch itself
 # ranks two tokens within max_abs_logit of each other (a tie at fp32 precision is no disagreement).
 FP32_TOLERANCE = Tolerance(max_abs_logit=1e-4, min_top1_agreement=1.0, min_topk_overlap=1.0)
+# Reduced precisions are judged on accuracy against fp32 PyTorch, on realistic text.
+FP16_TOLERANCE = Tolerance(min_top1_agreement=0.995, min_topk_overlap=0.99, scope="realistic")
+INT8_TOLERANCE = Tolerance(min_top1_agreement=0.995, min_topk_overlap=0.99, scope="realistic")
+TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": INT8_TOLERANCE}

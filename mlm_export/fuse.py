@@ -10,6 +10,8 @@ from .errors import ExportError, FusionError
 
 log = logging.getLogger("mlm_export")
 
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "QAttention")  # QAttention: int8 variant
+
 
 @dataclass(frozen=True)
 class FusionReport:
@@ -19,7 +21,7 @@ class FusionReport:
 
     @property
     def attention(self) -> int:
-        return self.counts.get("Attention", 0) + self.counts.get("MultiHeadAttention", 0)
+        return sum(self.counts.get(op, 0) for op in ATTENTION_OPS)
 
     @property
     def complete(self) -> bool:

@@ -14,18 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import FORMAT_VERSION, atomic_directory, ensure_writable, file_entries, write_manifest
-from .config import FP32_TOLERANCE, ExportConfig
+from .config import FP32_TOLERANCE, TOLERANCES, ExportConfig
 from .errors import ExportError, ParityError
 from .export import export_fill_mask, export_logits
-from .fuse import fuse
+from .fuse import FusionReport, fuse
 from .load import ResolvedSource, load_model, load_tokenizer, resolve
-from .verify import VerifyReport, verify_artifact
+from .precision import fused_op_counts, to_fp16, to_int8
+from .verify import VerifyReport, choose_probe_set, probe_spec, verify_artifact
 
 log = logging.getLogger("mlm_export")
 
 LOGITS_FILE = "model.onnx"
 FILL_MASK_FILE = "fill_mask.{precision}.onnx"
 TIED_WEIGHT_SLACK = 1.05  # the fp32 fill-mask file may exceed float32 parameter bytes by 5%
+CONVERTERS = {"fp16": to_fp16, "int8": to_int8}
 _VERSIONED = ("mlm-export", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu",
               "tokenizers", "optimum-onnx")
 
@@ -88,21 +90,37 @@ def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportCon
     work.mkdir()
     raw = work / "fill_mask.unfused.onnx"
     export_fill_mask(model, raw, config.opset, mask_id)
-    fill_mask = tmp / FILL_MASK_FILE.format(precision="fp32")
-    fusion = fuse(raw, fill_mask, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
+    fp32 = tmp / FILL_MASK_FILE.format(precision="fp32")
+    fusion = fuse(raw, fp32, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
                   num_layers=cfg.num_hidden_layers, allow_unfused=config.allow_unfused)
     shutil.rmtree(work)
 
     param_bytes = 4 * sum(p.numel() for p in model.parameters())  # tied weights counted once
-    stored = initializer_bytes(fill_mask)
+    stored = initializer_bytes(fp32)
     if stored > TIED_WEIGHT_SLACK * param_bytes:
-        raise ExportError(f"{fill_mask.name} stores {stored / 1e6:.1f} MB of weights for "
+        raise ExportError(f"{fp32.name} stores {stored / 1e6:.1f} MB of weights for "
                           f"{param_bytes / 1e6:.1f} MB of float32 parameters: a weight (likely the "
                           "tied decoder) is stored twice")
-    if fill_mask.stat().st_size > 2 * 1024**3 - (1 << 20):
+    if fp32.stat().st_size > 2 * 1024**3 - (1 << 20):
         raise ExportError("models over 2 GB need ONNX external data, which mlm-export does not write yet")
 
+    graphs = {
+        "logits": {"file": LOGITS_FILE, "form": "logits", "precision": "fp32", "fusion": None,
+                   "tolerance": FP32_TOLERANCE.to_dict(), "parity": None},
+    }
+    for precision in config.precisions:
+        path = tmp / FILL_MASK_FILE.format(precision=precision)
+        if precision != "fp32":
+            CONVERTERS[precision](fp32, path)
+        counts = FusionReport(fused_op_counts(path), cfg.num_hidden_layers, config.allow_unfused)
+        graphs[precision] = {
+            "file": path.name, "form": "fill-mask", "precision": precision,
+            "fusion": (fusion if precision == "fp32" else counts).to_dict(),
+            "weight_bytes": initializer_bytes(path),
+            "tolerance": TOLERANCES[precision].to_dict(), "parity": None}
+
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    token_ids = {t: tokenizer.token_to_id(t) for t in special}
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": source.spec.default_name,
@@ -119,22 +137,16 @@ def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportCon
         "tokenizer": {
             "file": "tokenizer.json", "char_level": source.char_level,
             "mask_token": "[MASK]", "mask_token_id": mask_id,
-            "pad_token_id": tokenizer.token_to_id("[PAD]"),
-            "cls_token_id": tokenizer.token_to_id("[CLS]"),
-            "sep_token_id": tokenizer.token_to_id("[SEP]"),
-            "special_token_ids": sorted(tokenizer.token_to_id(t) for t in special),
+            "pad_token_id": token_ids["[PAD]"], "unk_token_id": token_ids["[UNK]"],
+            "cls_token_id": token_ids["[CLS]"], "sep_token_id": token_ids["[SEP]"],
+            "special_token_ids": sorted(token_ids.values()),
         },
         "versions": library_versions(),
         "opset": config.opset,
-        "graphs": {
-            "logits": {"file": LOGITS_FILE, "form": "logits", "precision": "fp32", "fusion": None,
-                       "tolerance": FP32_TOLERANCE.to_dict(), "parity": None},
-            "fp32": {"file": fill_mask.name, "form": "fill-mask", "precision": "fp32",
-                     "fusion": fusion.to_dict(), "weight_bytes": stored,
-                     "tolerance": FP32_TOLERANCE.to_dict(), "parity": None},
-        },
+        "graphs": graphs,
         "files": file_entries(tmp),
     }
+    manifest["probe_set"] = choose_probe_set(probe_spec(manifest), tokenizer)
     write_manifest(tmp, manifest)
     return manifest
 

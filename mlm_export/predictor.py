@@ -12,12 +12,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from .artifact import checked_file, read_manifest
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, ProviderError
 from .providers import CUDA, create_session, requested_providers
 
-# Best variant first, per provider: fill-mask precisions added by later exports slot in here.
+# Best variant first, per provider. int8 is never picked for CUDA: its int8 ops fall back to the
+# CPU there, an order of magnitude slower.
 _PREFERENCE = {"CPUExecutionProvider": ("int8", "fp32", "fp16"),
                CUDA: ("fp16", "fp32")}
+_OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids"]
 
 
 class OnnxMaskFiller:
@@ -27,7 +29,7 @@ class OnnxMaskFiller:
     """
 
     def __init__(self, directory: Path, manifest: dict, variant: str, session: Any,
-                 tokenizer: Any, batch_size: int = 32) -> None:
+                 tokenizer: Any, batch_size: int = 32, io_binding: bool | None = None) -> None:
         self.directory = directory
         self.manifest = manifest
         self.variant = variant
@@ -35,6 +37,9 @@ class OnnxMaskFiller:
         self.provider: str = session.get_providers()[0]
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        # IO binding hands inputs to the device once and lets ONNX Runtime allocate the outputs;
+        # on the CPU it gains nothing, so by default it is used on CUDA only.
+        self.io_binding = self.provider == CUDA if io_binding is None else io_binding
         tok = manifest["tokenizer"]
         self.mask_token: str = tok["mask_token"]
         self.mask_token_id: int = tok["mask_token_id"]
@@ -45,7 +50,7 @@ class OnnxMaskFiller:
     @classmethod
     def from_pretrained(cls, directory: str | Path, variant: str | None = None,
                         providers: str | Sequence[str] = "auto", threads: int | None = None,
-                        batch_size: int = 32) -> "OnnxMaskFiller":
+                        batch_size: int = 32, io_binding: bool | None = None) -> "OnnxMaskFiller":
         """Open an artifact; the graph and tokenizer are checked against their sha256 first."""
         from tokenizers import Tokenizer
 
@@ -59,8 +64,13 @@ class OnnxMaskFiller:
                                 f"{', '.join(sorted(variants))}")
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        primary = requested_providers(providers)[0]
+        if variant == "int8" and primary == CUDA:
+            raise ProviderError("the int8 variant is for the CPU provider: on CUDA its int8 ops fall "
+                                "back to the CPU. Use variant='fp16' (or None) with CUDA, or "
+                                "providers='cpu' with int8.")
         # Open the preferred variant for the requested providers; the session says where it landed.
-        first = variant or _pick(variants, requested_providers(providers)[0])
+        first = variant or _pick(variants, primary)
         session = create_session(str(checked_file(directory, manifest, variants[first]["file"])),
                                  providers, threads)
         landed = session.get_providers()[0]
@@ -71,7 +81,7 @@ class OnnxMaskFiller:
         tokenizer = Tokenizer.from_file(str(checked_file(directory, manifest, "tokenizer.json")))
         tokenizer.no_padding()
         tokenizer.no_truncation()
-        return cls(directory, manifest, first, session, tokenizer, batch_size)
+        return cls(directory, manifest, first, session, tokenizer, batch_size, io_binding)
 
     def __repr__(self) -> str:
         return (f"OnnxMaskFiller({str(self.directory)!r}, variant={self.variant!r}, "
@@ -120,17 +130,33 @@ class OnnxMaskFiller:
             attention_mask[i, : len(row)] = 1
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": np.zeros_like(input_ids), "top_k": np.array(top_k, dtype=np.int64)}
-        batch_index, position, scores, token_ids, _ = self.session.run(None, feeds)
+        batch_index, position, scores, token_ids = self._infer(feeds)
         per_row: list[list] = [[] for _ in rows]
         for b, p, row_scores, row_ids in zip(batch_index, position, scores, token_ids):
             per_row[b].append([self._candidate(rows[b], int(p), float(s), int(t))
                                for s, t in zip(row_scores, row_ids)])
         return [masks[0] if len(masks) == 1 else masks for masks in per_row]
 
+    def _infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.io_binding:
+            return self.session.run(_OUTPUTS, feeds)
+        binding = self.session.io_binding()  # one per call: bindings are not shared across threads
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in _OUTPUTS:
+            binding.bind_output(name, "cpu")  # small outputs: one copy back, sized by the graph
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
     def _candidate(self, row: list[int], position: int, score: float, token: int) -> dict:
         filled = [token if i == position else t for i, t in enumerate(row) if t not in self._strip]
         return {"score": score, "token": token, "token_str": self.tokenizer.decode([token], skip_special_tokens=False),
                 "sequence": self.tokenizer.decode(filled, skip_special_tokens=False)}
+
+
+def preferred_variant(manifest: dict, provider: str) -> str:
+    """The fill-mask variant `from_pretrained(variant=None)` opens on `provider`."""
+    return _pick({n: g for n, g in manifest["graphs"].items() if g["form"] == "fill-mask"}, provider)
 
 
 def _pick(variants: dict, provider: str) -> str:
