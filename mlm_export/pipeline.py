@@ -113,10 +113,14 @@ def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportCon
         if precision != "fp32":
             CONVERTERS[precision](fp32, path)
         counts = FusionReport(fused_op_counts(path), cfg.num_hidden_layers, config.allow_unfused)
+        weight_bytes = initializer_bytes(path)
+        if weight_bytes > stored:
+            raise ExportError(f"{path.name} stores more weight bytes ({weight_bytes}) than the fp32 "
+                              f"graph ({stored}): a tensor was duplicated during conversion")
         graphs[precision] = {
             "file": path.name, "form": "fill-mask", "precision": precision,
             "fusion": (fusion if precision == "fp32" else counts).to_dict(),
-            "weight_bytes": initializer_bytes(path),
+            "weight_bytes": weight_bytes,
             "tolerance": TOLERANCES[precision].to_dict(), "parity": None}
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from .errors import ExportError
 
@@ -59,25 +60,65 @@ def to_int8(src: Path, dst: Path) -> None:
 
     log.info("quantizing %s to int8 (attention dynamic, MatMuls block-wise; MLM head stays float)",
              src.name)
-    attention_only = dst.with_name(dst.stem + ".attention.onnx")
+    staged = dst.with_name(dst.stem + ".staged.onnx")
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # the quantizers log advice on the root logger
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        model = onnx.load(str(src))
+        head = _hide_head(model)
+        onnx.save(model, str(staged))
         quantize_dynamic(
-            str(src), str(attention_only), weight_type=QuantType.QInt8, per_channel=False,
+            str(staged), str(staged), weight_type=QuantType.QInt8, per_channel=False,
             op_types_to_quantize=["Attention"],
             # fused graphs carry com.microsoft ops without type info; float is their weight type
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(attention_only)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
+            onnx.load(str(staged)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
             accuracy_level=4, op_types_to_quantize=("MatMul",))
         quantizer.process()
-        quantizer.model.save_model_to_file(str(dst))
+        model = quantizer.model.model
+        _restore_head(model, head)
+        onnx.save(model, str(dst))
     except Exception as exc:
         raise ExportError(f"int8 quantization of {src.name} failed: {exc}") from exc
     finally:
         root.setLevel(level)
-        attention_only.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
+
+
+_HIDDEN_DOMAIN, _HIDDEN_OP = "mlm_export.float_head", "FloatGemm"
+
+
+def _hide_head(model: Any) -> list[str]:
+    """Disguise the MLM head's Gemm nodes from the quantizer.
+
+    quantize_dynamic rewrites every Gemm as a MatMul with a transposed copy of its weight, even
+    one it does not quantize; for the decoder that copy duplicates the tied embedding matrix
+    (bert-base: +94 MB), and the MatMul would then be quantized by the block-wise pass.
+    """
+    from onnx import helper
+
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "Gemm":
+            node.op_type, node.domain = _HIDDEN_OP, _HIDDEN_DOMAIN
+            names.append(node.name)
+    model.opset_import.append(helper.make_opsetid(_HIDDEN_DOMAIN, 1))
+    return names
+
+
+def _restore_head(model: Any, names: list[str]) -> None:
+    restored = 0
+    for node in model.graph.node:
+        if node.domain == _HIDDEN_DOMAIN and node.op_type == _HIDDEN_OP and node.name in names:
+            node.op_type, node.domain = "Gemm", ""
+            restored += 1
+    if restored != len(names):
+        raise ExportError(f"the quantizer changed the MLM head: {len(names)} Gemm nodes hidden, "
+                          f"{restored} found afterwards")
+    imports = [o for o in model.opset_import if o.domain != _HIDDEN_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)

@@ -89,4 +89,13 @@ def english_artifact(english_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def antiberty_export(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from mlm_export import ExportConfig, export_model
 
-    return export_model(ExportConfig("antiberty", out=tmp_path_factory.mktemp("artifacts") / "antiberty"))
+    return export_model(ExportConfig("antiberty", out=tmp_path_factory.mktemp("artifacts") / "antiberty",
+                                     fp16=True, int8=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_variants(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlm_export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-variants"
+    return export_model(ExportConfig(str(tiny_dir), out=out, fp16=True, int8=True)).path

@@ -1,0 +1,158 @@
+"""fp16 and int8 variants: graph contents, gates, and which variant the predictor picks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from mlm_export import OnnxMaskFiller, ProviderError
+from mlm_export.artifact import sha256_file
+from mlm_export.cli import main
+from mlm_export.predictor import preferred_variant
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def _ops(path: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_variants_are_written_with_their_gates(tiny_variants: Path) -> None:
+    manifest = _manifest(tiny_variants)
+    assert set(manifest["graphs"]) == {"logits", "fp32", "fp16", "int8"}
+    for name in ("fp16", "int8"):
+        graph = manifest["graphs"][name]
+        assert graph["form"] == "fill-mask" and graph["precision"] == name
+        assert graph["tolerance"]["min_top1_agreement"] == 0.995
+        assert graph["tolerance"]["min_topk_overlap"] == 0.99
+        assert graph["parity"]["passed"] and graph["parity"]["provider"] == "CPUExecutionProvider"
+        assert graph["fusion"]["attention"] == manifest["model"]["num_layers"]
+    # a random tiny model has no realistic text probes: its gates fall back to every probe
+    assert manifest["probe_set"] is None and manifest["graphs"]["int8"]["parity"]["gated_on"] == "all"
+
+
+def test_fp16_keeps_float32_io_and_a_float32_tail(tiny_variants: Path) -> None:
+    model = onnx.load(str(tiny_variants / "fill_mask.fp16.onnx"))
+    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    assert set(inputs.values()) == {onnx.TensorProto.INT64}
+    assert outputs["scores"] == outputs["logits"] == onnx.TensorProto.FLOAT
+    halves = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert sum(int(np.prod(t.dims)) for t in halves) > 0.9 * _manifest(tiny_variants)["model"]["parameters"]
+    # the softmax/top-k tail reads float32 logits: the decoder output is cast up before TopK
+    producers = {o: n for n in model.graph.node for o in n.output}
+    topk = next(n for n in model.graph.node if n.op_type == "TopK")
+    assert producers[topk.input[0]].op_type == "Cast"
+
+
+def test_int8_quantizes_encoder_but_not_head(tiny_variants: Path) -> None:
+    ops = _ops(tiny_variants / "fill_mask.int8.onnx")
+    layers = _manifest(tiny_variants)["model"]["num_layers"]
+    assert ops.count("QAttention") == layers and "Attention" not in ops
+    assert ops.count("MatMulNBits") == 3 * layers  # attention output, intermediate, output
+    assert ops.count("Gemm") == 2  # MLM head transform and decoder stay float
+    assert "EmbedLayerNormalization" in ops  # the embedding Gather stays float too
+    # the quantizer's Gemm->MatMul rewrite would store the tied embedding a second time, transposed
+    model = onnx.load(str(tiny_variants / "fill_mask.int8.onnx"))
+    decoder = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
+    assert decoder.input[1] == "bert.embeddings.word_embeddings.weight"
+    assert not [t.name for t in model.graph.initializer if "Transposed" in t.name]
+
+
+def test_predictor_picks_int8_on_cpu_and_never_for_cuda(tiny_variants: Path) -> None:
+    filler = OnnxMaskFiller.from_pretrained(tiny_variants, providers="cpu")
+    assert filler.variant == "int8" and "int8" in repr(filler)
+    manifest = _manifest(tiny_variants)
+    assert preferred_variant(manifest, "CUDAExecutionProvider") == "fp16"
+    del manifest["graphs"]["fp16"]
+    assert preferred_variant(manifest, "CUDAExecutionProvider") == "fp32"
+    assert preferred_variant(manifest, "CPUExecutionProvider") == "int8"
+
+
+def test_explicit_variants_run_on_cpu_and_agree(tiny_variants: Path) -> None:
+    texts = ["the cat [MASK] on the mat .", "a [MASK] dog and a [MASK] tree"]
+
+    def best(variant: str) -> list[tuple[int, float]]:
+        filler = OnnxMaskFiller.from_pretrained(tiny_variants, variant=variant, providers="cpu")
+        assert filler.variant == variant
+        first, (second, third) = filler(texts, top_k=1)
+        return [(c[0]["token"], c[0]["score"]) for c in (first, second, third)]
+
+    fp32 = best("fp32")
+    for variant in ("fp16", "int8"):
+        got = best(variant)
+        assert [t for t, _ in got] == [t for t, _ in fp32]
+        assert [s for _, s in got] == pytest.approx([s for _, s in fp32], abs=0.05)
+
+
+def test_int8_with_cuda_is_refused(tiny_variants: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ProviderError, match="no CUDA provider"):
+            OnnxMaskFiller.from_pretrained(tiny_variants, variant="int8", providers="cuda")
+    else:
+        with pytest.raises(ProviderError, match="int8 variant is for the CPU provider"):
+            OnnxMaskFiller.from_pretrained(tiny_variants, variant="int8", providers="cuda")
+
+
+def test_io_binding_path_gives_the_same_answers(tiny_variants: Path) -> None:
+    texts = ["the [MASK] sat .", "a big [MASK] ran to the [MASK] ."]
+    plain = OnnxMaskFiller.from_pretrained(tiny_variants, variant="fp32", providers="cpu")
+    bound = OnnxMaskFiller.from_pretrained(tiny_variants, variant="fp32", providers="cpu", io_binding=True)
+    assert bound.io_binding and not plain.io_binding
+    assert bound(texts, top_k=3) == plain(texts, top_k=3)
+
+
+# --- the real trained head: gates that mean something ---------------------------------------
+
+def test_antiberty_variants_pass_their_gates_on_antibodies(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+    manifest = antiberty_export.manifest
+    assert manifest["probe_set"] == "antibody"
+    for name in ("fp16", "int8"):
+        parity = manifest["graphs"][name]["parity"]
+        assert parity["passed"], parity["failures"]
+        assert parity["gated_on"] == "antibody" and parity["masked_positions"] >= 300
+        assert parity["top1_agreement"] >= 0.995 and parity["topk_overlap"] >= 0.99
+    files = manifest["files"]
+    assert files["fill_mask.int8.onnx"]["size"] <= 0.30 * files["fill_mask.fp32.onnx"]["size"]
+    assert files["fill_mask.fp16.onnx"]["size"] <= 0.55 * files["fill_mask.fp32.onnx"]["size"]
+
+
+def test_naive_int8_fails_the_gate_and_verify_exits_3(antiberty_export, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """All-default dynamic quantization, MLM head included: the recipe other tools ship."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    artifact = Path(shutil.copytree(antiberty_export.path, tmp_path / "antiberty"))
+    manifest = _manifest(artifact)
+    broken = artifact / "fill_mask.int8.onnx"
+    quantize_dynamic(str(artifact / "fill_mask.fp32.onnx"), str(broken), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Attention", "Gemm"],
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    manifest["graphs"] = {"int8": manifest["graphs"]["int8"]}  # verify only the broken variant
+    manifest["files"][broken.name] = {"sha256": sha256_file(broken), "size": broken.stat().st_size}
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+
+    result = CliRunner().invoke(main, ["verify", str(artifact), "--json", "-q"])
+    assert result.exit_code == 3, result.output
+    report = json.loads(result.stdout)["graphs"]["int8"]
+    assert report["passed"] is False and report["gated_on"] == "antibody"
+    assert any("overlap" in f or "top-1" in f for f in report["failures"])
+
+
+def test_info_shows_every_variant_passing(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(main, ["info", str(antiberty_export.path)])
+    assert result.exit_code == 0
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()
+            if line.strip() and line.split()[0] in ("logits", "fp32", "fp16", "int8")}
+    assert set(rows) == {"logits", "fp32", "fp16", "int8"}
+    assert all(row.rstrip().endswith("pass") for row in rows.values())
+    assert "8/8" in rows["int8"] and "default variant here: int8" in result.stdout
