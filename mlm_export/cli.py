@@ -105,7 +105,7 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--source", help="Model to compare against, if not the one recorded in the manifest.")
 @click.option("--probe-file", type=click.File("r", encoding="utf-8"),
-              help="Extra probe texts, one per line; every 8th token is masked.")
+              help="Realistic probe texts, one per line, used instead of the packaged set.")
 @click.option("--providers", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @json_option
 @quiet_option

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._quiet import quiet_onnxruntime_tools
 from .errors import ExportError, FusionError
 
 log = logging.getLogger("mlm_export")
@@ -43,8 +44,9 @@ def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: 
                           "(or [gpu])") from exc
     log.info("fusing %s (ONNX Runtime transformer optimizer)", src.name)
     try:
-        optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
-                                   hidden_size=hidden_size, opt_level=0)
+        with quiet_onnxruntime_tools():
+            optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
+                                       hidden_size=hidden_size, opt_level=0)
     except Exception as exc:
         raise ExportError(f"the ONNX Runtime transformer optimizer failed on {src.name}: {exc}") from exc
     stats = optimized.get_fused_operator_statistics()
@@ -54,5 +56,6 @@ def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: 
             f"attention fused in {report.attention} of {num_layers} layers ({report.counts}); the "
             "graph would run unfused and slower. This usually means the exporter or the modeling "
             "code changed. Pass --allow-unfused to export anyway (the manifest will say so).")
-    optimized.save_model_to_file(str(dst))
+    with quiet_onnxruntime_tools():
+        optimized.save_model_to_file(str(dst))
     return report

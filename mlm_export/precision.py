@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ._quiet import quiet_onnxruntime_tools
 from .errors import ExportError
 
 log = logging.getLogger("mlm_export")
@@ -46,8 +47,9 @@ def to_fp16(src: Path, dst: Path) -> None:
     log.info("converting %s to fp16", src.name)
     try:
         model = OnnxModel(onnx.load(str(src)))
-        model.convert_float_to_float16(keep_io_types=True,
-                                       op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT)
+        with quiet_onnxruntime_tools():
+            model.convert_float_to_float16(keep_io_types=True,
+                                           op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT)
         model.save_model_to_file(str(dst))
     except Exception as exc:
         raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
@@ -56,37 +58,40 @@ def to_fp16(src: Path, dst: Path) -> None:
 def to_int8(src: Path, dst: Path) -> None:
     """int8 for the CPU provider; never select it for CUDA (its int8 ops fall back to the CPU)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     log.info("quantizing %s to int8 (attention dynamic, MatMuls block-wise; MLM head stays float)",
              src.name)
     staged = dst.with_name(dst.stem + ".staged.onnx")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))  # the quantizers log advice on the root logger
     try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
         model = onnx.load(str(src))
         head = _hide_head(model)
-        onnx.save(model, str(staged))
-        quantize_dynamic(
-            str(staged), str(staged), weight_type=QuantType.QInt8, per_channel=False,
-            op_types_to_quantize=["Attention"],
-            # fused graphs carry com.microsoft ops without type info; float is their weight type
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(staged)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
-            accuracy_level=4, op_types_to_quantize=("MatMul",))
-        quantizer.process()
-        model = quantizer.model.model
+        with quiet_onnxruntime_tools():
+            _quantize(model, staged)
+        model = onnx.load(str(staged))
         _restore_head(model, head)
         onnx.save(model, str(dst))
     except Exception as exc:
         raise ExportError(f"int8 quantization of {src.name} failed: {exc}") from exc
     finally:
-        root.setLevel(level)
         staged.unlink(missing_ok=True)
+
+
+def _quantize(model: Any, path: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    onnx.save(model, str(path))
+    quantize_dynamic(
+        str(path), str(path), weight_type=QuantType.QInt8, per_channel=False,
+        op_types_to_quantize=["Attention"],
+        # fused graphs carry com.microsoft ops without type info; float is their weight type
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(path)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
+        accuracy_level=4, op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(path))
 
 
 _HIDDEN_DOMAIN, _HIDDEN_OP = "mlm_export.float_head", "FloatGemm"

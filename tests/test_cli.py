@@ -132,3 +132,18 @@ def test_usage_errors_exit_2(runner: CliRunner) -> None:
     assert runner.invoke(main, ["export"]).exit_code == 2
     assert runner.invoke(main, ["export", "x", "--opset", "11"]).exit_code == 2
     assert runner.invoke(main, ["verify"]).exit_code == 2
+
+
+def test_probe_file_replaces_the_packaged_texts(runner: CliRunner, english_artifact: Path, tmp_path: Path) -> None:
+    assert json.loads((english_artifact / "manifest.json").read_text())["probe_set"] == "english"
+    probes = tmp_path / "probes.txt"
+    probes.write_text("The quick brown fox jumps over the lazy dog.\n\nA second line of text here.\n")
+    result = runner.invoke(main, ["verify", str(english_artifact), "--probe-file", str(probes), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    sets = json.loads(result.stdout)["graphs"]["fp32"]["probe_sets"]
+    assert set(sets) == {"all", "shapes", "user texts"}
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(english_artifact / "tokenizer.json"))
+    pieces = sum(len(tokenizer.encode(line).ids) - 2 for line in probes.read_text().splitlines() if line)
+    assert sets["user texts"]["masked_positions"] == pieces == 17  # each word piece masked once

@@ -1,0 +1,84 @@
+"""Latency of each fill-mask variant of an artifact, side by side in one run.
+
+    python benchmarks/latency.py models/antiberty [--batch 1 --batch 32] [--length 128] [--repeats 30]
+    python benchmarks/latency.py models/antiberty --providers cuda   # fp32 vs fp16, IO binding
+
+Variants are timed interleaved (fp32, fp16, int8, fp32, ...) so machine noise hits all alike;
+medians and ratios to fp32 are printed, and written as JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mlm_export import OnnxMaskFiller
+from mlm_export.artifact import read_manifest
+
+
+def feeds(manifest: dict, batch: int, length: int, masks_every: int, seed: int = 0) -> dict:
+    tok, vocab = manifest["tokenizer"], manifest["model"]["vocab_size"]
+    rng = np.random.default_rng(seed)
+    normal = np.setdiff1d(np.arange(vocab), tok["special_token_ids"])
+    ids = rng.choice(normal, size=(batch, length)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = tok["cls_token_id"], tok["sep_token_id"]
+    ids[:, 1:-1:masks_every] = tok["mask_token_id"]
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids), "top_k": np.array(5, dtype=np.int64)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--batch", type=int, action="append")
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--masks-every", type=int, default=16, help="one [MASK] per N tokens")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--providers", default="cpu", help="cpu or cuda (int8 is skipped on cuda)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    manifest = read_manifest(args.artifact)
+    variants = [n for n, g in manifest["graphs"].items() if g["form"] == "fill-mask"
+                and not (args.providers == "cuda" and n == "int8")]
+    fillers = {v: OnnxMaskFiller.from_pretrained(args.artifact, variant=v, providers=args.providers,
+                                                 threads=args.threads) for v in variants}
+    results = []
+    for batch in args.batch or [1, 32]:
+        repeats = max(5, args.repeats // max(1, batch // 4))
+        data = feeds(manifest, batch, args.length, args.masks_every)
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(2):  # warm-up
+            for f in fillers.values():
+                f._infer(data)  # the predictor's own path: IO binding on CUDA
+        for _ in range(repeats):
+            for v, f in fillers.items():
+                start = time.perf_counter()
+                f._infer(data)
+                times[v].append(time.perf_counter() - start)
+        base = statistics.median(times["fp32"])
+        for v in variants:
+            median = statistics.median(times[v])
+            size = manifest["files"][manifest["graphs"][v]["file"]]["size"]
+            parity = manifest["graphs"][v].get("parity") or {}
+            row = {"variant": v, "provider": fillers[v].provider, "batch": batch, "length": args.length, "repeats": repeats,
+                   "median_ms": 1e3 * median, "ratio_to_fp32": median / base, "size_mb": size / 1e6,
+                   "top1": parity.get("top1_agreement"), "top5_overlap": parity.get("topk_overlap"),
+                   "top5_set_equal": parity.get("topk_set_equal"),
+                   "max_abs_logit": parity.get("max_abs_logit")}
+            results.append(row)
+            print(f"batch {batch:>3} x {args.length}  {v:<5} {row['median_ms']:9.2f} ms  "
+                  f"x{row['ratio_to_fp32']:.3f} of fp32  {row['size_mb']:7.1f} MB")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
