@@ -67,7 +67,8 @@ def main() -> None:
             median = statistics.median(times[v])
             size = manifest["files"][manifest["graphs"][v]["file"]]["size"]
             parity = manifest["graphs"][v].get("parity") or {}
-            row = {"variant": v, "provider": fillers[v].provider, "batch": batch, "length": args.length, "repeats": repeats,
+            row = {"variant": v, "provider": fillers[v].provider, "batch": batch,
+                   "length": args.length, "repeats": repeats,
                    "median_ms": 1e3 * median, "ratio_to_fp32": median / base, "size_mb": size / 1e6,
                    "top1": parity.get("top1_agreement"), "top5_overlap": parity.get("topk_overlap"),
                    "top5_set_equal": parity.get("topk_set_equal"),

@@ -52,7 +52,7 @@ class Tolerance:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Tolerance":
+    def from_dict(cls, data: dict) -> Tolerance:
         return cls(**data)
 
 

@@ -40,7 +40,7 @@ class SourceSpec:
         return {"kind": self.kind, "location": self.location, "revision": self.revision}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SourceSpec":
+    def from_dict(cls, data: dict) -> SourceSpec:
         return cls(kind=data["kind"], location=data["location"], revision=data.get("revision"))
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import importlib.metadata
@@ -18,7 +19,7 @@ from .config import FP32_TOLERANCE, TOLERANCES, ExportConfig
 from .errors import ExportError, ParityError
 from .export import export_fill_mask, export_logits
 from .fuse import FusionReport, fuse
-from .load import ResolvedSource, load_model, load_tokenizer, resolve
+from .load import SPECIAL_TOKENS, ResolvedSource, load_model, load_tokenizer, resolve
 from .precision import fused_op_counts, to_fp16, to_int8
 from .verify import VerifyReport, choose_probe_set, probe_spec, verify_artifact
 
@@ -51,10 +52,8 @@ def require_export_extra() -> None:
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -123,8 +122,7 @@ def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportCon
             "weight_bytes": weight_bytes,
             "tolerance": TOLERANCES[precision].to_dict(), "parity": None}
 
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    token_ids = {t: tokenizer.token_to_id(t) for t in special}
+    token_ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": source.spec.default_name,

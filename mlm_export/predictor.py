@@ -7,7 +7,8 @@ production apps install `mlm-export[cpu]` or `[gpu]` and nothing heavier.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class OnnxMaskFiller:
     @classmethod
     def from_pretrained(cls, directory: str | Path, variant: str | None = None,
                         providers: str | Sequence[str] = "auto", threads: int | None = None,
-                        batch_size: int = 32, io_binding: bool | None = None) -> "OnnxMaskFiller":
+                        batch_size: int = 32, io_binding: bool | None = None) -> OnnxMaskFiller:
         """Open an artifact; the graph and tokenizer are checked against their sha256 first."""
         from tokenizers import Tokenizer
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import warnings
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from .errors import ProviderError
 

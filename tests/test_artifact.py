@@ -20,10 +20,9 @@ def _flip_byte(path: Path, offset: int | None = None) -> None:
 
 def test_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "art"
-    with pytest.raises(RuntimeError):
-        with atomic_directory(out, force=False) as tmp:
-            (tmp / "half.onnx").write_bytes(b"partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_directory(out, force=False) as tmp:
+        (tmp / "half.onnx").write_bytes(b"partial")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -31,10 +30,9 @@ def test_failed_build_keeps_the_old_artifact(tmp_path: Path) -> None:
     out = tmp_path / "art"
     out.mkdir()
     (out / "keep.txt").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_directory(out, force=True) as tmp:
-            (tmp / "new.txt").write_text("new")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_directory(out, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError("boom")
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
     assert (out / "keep.txt").read_text() == "old"
 

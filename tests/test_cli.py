@@ -92,7 +92,7 @@ def test_predict_prints_ranked_tokens_and_json(runner: CliRunner, tiny_artifact:
     result = runner.invoke(main, ["predict", str(tiny_artifact), "the cat [MASK] .", "--top-k", "3"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "the cat [MASK] ." and [l.split()[0] for l in lines[1:4]] == ["1.", "2.", "3."]
+    assert lines[0] == "the cat [MASK] ." and [line.split()[0] for line in lines[1:4]] == ["1.", "2.", "3."]
     as_json = runner.invoke(main, ["predict", str(tiny_artifact), "a [MASK] and [MASK]", "the [MASK]", "--json"])
     data = json.loads(as_json.stdout)
     assert data["variant"] == "fp32" and data["provider"] == "CPUExecutionProvider"
@@ -111,7 +111,7 @@ def test_predict_errors(runner: CliRunner, tiny_artifact: Path) -> None:
 def test_info_table_and_json(runner: CliRunner, tiny_artifact: Path) -> None:
     table = runner.invoke(main, ["info", str(tiny_artifact)])
     assert table.exit_code == 0
-    fp32_row = next(l for l in table.stdout.splitlines() if l.split()[:1] == ["fp32"])
+    fp32_row = next(row for row in table.stdout.splitlines() if row.split()[:1] == ["fp32"])
     assert "2/2" in fp32_row and "pass" in fp32_row
     data = json.loads(runner.invoke(main, ["info", str(tiny_artifact), "--json"]).stdout)
     assert data["graphs"]["fp32"]["fusion"]["attention"] == 2

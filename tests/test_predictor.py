@@ -149,7 +149,8 @@ def test_predictor_never_imports_torch_or_transformers(tiny_artifact: Path) -> N
         "from mlm_export import OnnxMaskFiller\n"
         f"f = OnnxMaskFiller.from_pretrained({str(tiny_artifact)!r})\n"
         "r = f(['the [MASK] sat .', 'a [MASK] and a [MASK]'], top_k=2)\n"
-        "print(json.dumps({'n': len(r), 'heavy': sorted(m for m in ('torch', 'transformers', 'optimum') if m in sys.modules)}))\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'optimum') if m in sys.modules)\n"
+        "print(json.dumps({'n': len(r), 'heavy': heavy}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     data = json.loads(out.stdout.strip().splitlines()[-1])
