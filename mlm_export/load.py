@@ -16,7 +16,7 @@ from typing import Any
 
 from .artifact import sha256_file
 from .config import BUILTIN_MODELS
-from .errors import MissingHeadError, SourceError
+from .errors import ExportError, MissingHeadError, SourceError
 
 log = logging.getLogger("mlm_export")
 
@@ -74,6 +74,15 @@ class ResolvedSource:
             digest.update(path.name.encode())
             digest.update(bytes.fromhex(sha256_file(path)))
         return digest.hexdigest()
+
+
+def require_export_extra() -> None:
+    """A serving install lacks torch; say which extra to add instead of failing mid-way."""
+    missing = [m for m in ("torch", "transformers", "onnx", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"export and verify need {', '.join(missing)}: "
+                          "pip install 'mlm-export[export,cpu]' (or [export,gpu])")
 
 
 def resolve(model: str, revision: str | None = None) -> ResolvedSource:

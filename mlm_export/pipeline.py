@@ -6,7 +6,6 @@ import contextlib
 import copy
 import datetime as dt
 import importlib.metadata
-import importlib.util
 import logging
 import platform
 import shutil
@@ -19,7 +18,14 @@ from .config import FP32_TOLERANCE, TOLERANCES, ExportConfig
 from .errors import ExportError, ParityError
 from .export import export_fill_mask, export_logits
 from .fuse import FusionReport, fuse
-from .load import SPECIAL_TOKENS, ResolvedSource, load_model, load_tokenizer, resolve
+from .load import (
+    SPECIAL_TOKENS,
+    ResolvedSource,
+    load_model,
+    load_tokenizer,
+    require_export_extra,
+    resolve,
+)
 from .precision import fused_op_counts, to_fp16, to_int8
 from .verify import VerifyReport, choose_probe_set, probe_spec, verify_artifact
 
@@ -38,15 +44,6 @@ class ExportResult:
     path: Path
     manifest: dict
     report: VerifyReport
-
-
-def require_export_extra() -> None:
-    """A serving install lacks torch; say which extra to add instead of failing mid-way."""
-    missing = [m for m in ("torch", "transformers", "onnx", "onnxruntime")
-               if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ExportError(f"export and verify need {', '.join(missing)}: "
-                          "pip install 'mlm-export[export,cpu]' (or [export,gpu])")
 
 
 def library_versions() -> dict[str, str]:

@@ -18,7 +18,7 @@ import numpy as np
 from .artifact import check_all_files, read_manifest
 from .config import Tolerance
 from .errors import SourceError
-from .load import ResolvedSource, SourceSpec, load_model, resolve, resolve_spec
+from .load import ResolvedSource, SourceSpec, load_model, require_export_extra, resolve, resolve_spec
 from .providers import create_session
 
 log = logging.getLogger("mlm_export")
@@ -335,10 +335,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | None = None,
-           providers: str = "cpu", probe_texts: list[str] | None = None) -> VerifyReport:
+                    providers: str = "cpu", probe_texts: list[str] | None = None) -> VerifyReport:
     """Compare every graph of the artifact with a freshly loaded PyTorch model."""
-    from .pipeline import require_export_extra
-
     require_export_extra()
     import torch
     from tokenizers import Tokenizer
