@@ -30,10 +30,12 @@ class _DefaultToExport(click.Group):
 
 def _setup_logging(quiet: bool) -> None:
     logger = logging.getLogger("mlm_export")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("mlm-export: %(message)s"))
-        logger.addHandler(handler)
+    for old in [h for h in logger.handlers if h.get_name() == "mlm-export-cli"]:
+        logger.removeHandler(old)  # bound to an earlier sys.stderr (e.g. a previous CliRunner call)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("mlm-export-cli")
+    handler.setFormatter(logging.Formatter("mlm-export: %(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
 
