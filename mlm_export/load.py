@@ -5,6 +5,7 @@ Everything here imports torch/transformers lazily so that `mlm_export` itself st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -65,7 +66,9 @@ class ResolvedSource:
         safetensors = [p for p in files if p.suffix == ".safetensors"]
         return safetensors or files
 
+    @functools.cached_property
     def weights_sha256(self) -> str:
+        """Hashed once per source: export records it and its verify step checks it again."""
         files = self.weight_files
         if not files:
             raise SourceError(f"{self.model_dir} holds no weights (*.safetensors or pytorch_model*.bin)")

@@ -124,7 +124,7 @@ def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportCon
         "format_version": FORMAT_VERSION,
         "name": source.spec.default_name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": source.spec.to_dict() | {"weights_sha256": source.weights_sha256(),
+        "source": source.spec.to_dict() | {"weights_sha256": source.weights_sha256,
                                            "weights_files": [p.name for p in source.weight_files]},
         "model": {
             "architecture": "BertForMaskedLM",

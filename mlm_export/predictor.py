@@ -57,7 +57,7 @@ class OnnxMaskFiller:
 
         directory = Path(directory)
         manifest = read_manifest(directory)
-        variants = {name: g for name, g in manifest["graphs"].items() if g["form"] == "fill-mask"}
+        variants = _fill_mask_graphs(manifest)
         if not variants:
             raise ArtifactError(f"{directory} has no fill-mask graph")
         if variant is not None and variant not in variants:
@@ -157,7 +157,11 @@ class OnnxMaskFiller:
 
 def preferred_variant(manifest: dict, provider: str) -> str:
     """The fill-mask variant `from_pretrained(variant=None)` opens on `provider`."""
-    return _pick({n: g for n, g in manifest["graphs"].items() if g["form"] == "fill-mask"}, provider)
+    return _pick(_fill_mask_graphs(manifest), provider)
+
+
+def _fill_mask_graphs(manifest: dict) -> dict[str, dict]:
+    return {name: g for name, g in manifest["graphs"].items() if g["form"] == "fill-mask"}
 
 
 def _pick(variants: dict, provider: str) -> str:

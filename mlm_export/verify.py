@@ -351,7 +351,7 @@ def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | Non
     else:
         resolved = source
     expected = manifest["source"]["weights_sha256"]
-    if resolved.weights_sha256() != expected:
+    if resolved.weights_sha256 != expected:
         raise SourceError(f"the weights at {resolved.model_dir} are not the ones this artifact was "
                           f"exported from (sha256 {expected[:12]}…); pass --source with the original")
     log.info("loading the PyTorch reference (eval mode)")
