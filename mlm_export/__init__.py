@@ -22,7 +22,7 @@ from .errors import (
 )
 from .predictor import OnnxMaskFiller
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ArtifactError", "ExportConfig", "ExportError", "FusionError", "InputError", "IntegrityError",

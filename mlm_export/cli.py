@@ -15,6 +15,7 @@ from collections.abc import Callable
 import click
 
 from .errors import MlmExportError
+from .precision import INT8_RECIPE_NAMES
 
 PARITY_EXIT = 3
 
@@ -75,13 +76,17 @@ def main() -> None:
 @click.option("--revision", help="Hub revision (branch, tag or commit) for a hub id.")
 @click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
 @click.option("--fp16", is_flag=True, help="Add an fp16 fill-mask variant (for the CUDA provider).")
-@click.option("--int8", is_flag=True, help="Add a dynamic int8 fill-mask variant (for the CPU provider).")
+@click.option("--int8", is_flag=True, help="Add an int8 fill-mask variant (for the CPU provider).")
+@click.option("--int8-recipe", type=click.Choice(("auto",) + INT8_RECIPE_NAMES), default="auto",
+              show_default=True,
+              help="int8 quantization recipe (implies --int8); auto keeps the fastest that passes the gate.")
 @click.option("--allow-unfused", is_flag=True,
               help="Export even if attention did not fuse in every layer (recorded in the manifest).")
 @json_option
 @quiet_option
 def export_command(model: str, out: Path | None, force: bool, revision: str | None, opset: int,
-                   fp16: bool, int8: bool, allow_unfused: bool, as_json: bool, quiet: bool) -> None:
+                   fp16: bool, int8: bool, int8_recipe: str, allow_unfused: bool, as_json: bool,
+                   quiet: bool) -> None:
     """Export MODEL, fuse it, verify every graph against PyTorch, and write the artifact."""
     from .config import ExportConfig
     from .errors import ParityError
@@ -89,7 +94,8 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 
     _setup_logging(quiet)
     config = ExportConfig(model=model, out=out, revision=revision, force=force,
-                          allow_unfused=allow_unfused, opset=opset, fp16=fp16, int8=int8)
+                          allow_unfused=allow_unfused, opset=opset, fp16=fp16,
+                          int8=int8 or int8_recipe != "auto", int8_recipe=int8_recipe)
     try:
         result = export_model(config)
     except ParityError as exc:
@@ -203,6 +209,11 @@ def info_command(directory: Path, as_json: bool) -> None:
             f"max|Δlogit|<={t['max_abs_logit']:g}" if t.get("max_abs_logit") is not None else "",
             f"top1>={t['min_top1_agreement']:.1%}", f"top{t['top_k']}-overlap>={t['min_topk_overlap']:.0%}"]))
         for name, t in tolerances.items()))
+    int8 = manifest["graphs"].get("int8")
+    if int8 and int8.get("recipe"):
+        tried = ", ".join(f"{t['recipe']} {'pass' if t['passed'] else 'fail'} (top1 {t['top1_agreement']:.2%}, "
+                          f"overlap {t['topk_overlap']:.2%})" for t in int8.get("recipes_tried", []))
+        click.echo(f"  quantization recipe for int8: {int8['recipe']}" + (f"; tried {tried}" if tried else " (chosen by hand)"))
 
 
 @main.command("bench")

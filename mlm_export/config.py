@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .precision import int8_recipe
+
 DEFAULT_OPSET = 17
 BUILTIN_MODELS = ("antiberty",)
 
@@ -21,6 +23,7 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     fp16: bool = False
     int8: bool = False
+    int8_recipe: str = "auto"  # or a name from precision.INT8_RECIPES; auto keeps the fastest that passes
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -30,6 +33,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.opset < 17:
             raise ValueError(f"opset {self.opset} is too old: LayerNormalization needs opset >= 17")
+        if self.int8_recipe != "auto":
+            int8_recipe(self.int8_recipe)  # raises on an unknown name
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,22 @@ from .load import (
     require_export_extra,
     resolve,
 )
-from .precision import fused_op_counts, to_fp16, to_int8
-from .verify import VerifyReport, choose_probe_set, probe_spec, verify_artifact
+from .precision import INT8_RECIPES, fused_op_counts, int8_recipe, to_fp16, to_int8
+from .verify import (
+    VerifyReport,
+    build_probes,
+    choose_probe_set,
+    compare_graph,
+    probe_spec,
+    reference_logits,
+    verify_artifact,
+)
 
 log = logging.getLogger("mlm_export")
 
 LOGITS_FILE = "model.onnx"
 FILL_MASK_FILE = "fill_mask.{precision}.onnx"
 TIED_WEIGHT_SLACK = 1.05  # the fp32 fill-mask file may exceed float32 parameter bytes by 5%
-CONVERTERS = {"fp16": to_fp16, "int8": to_int8}
 _VERSIONED = ("mlm-export", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu",
               "tokenizers", "optimum-onnx")
 
@@ -100,25 +107,6 @@ def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportCon
     if fp32.stat().st_size > 2 * 1024**3 - (1 << 20):
         raise ExportError("models over 2 GB need ONNX external data, which mlm-export does not write yet")
 
-    graphs = {
-        "logits": {"file": LOGITS_FILE, "form": "logits", "precision": "fp32", "fusion": None,
-                   "tolerance": FP32_TOLERANCE.to_dict(), "parity": None},
-    }
-    for precision in config.precisions:
-        path = tmp / FILL_MASK_FILE.format(precision=precision)
-        if precision != "fp32":
-            CONVERTERS[precision](fp32, path)
-        counts = FusionReport(fused_op_counts(path), cfg.num_hidden_layers, config.allow_unfused)
-        weight_bytes = initializer_bytes(path)
-        if weight_bytes > stored:
-            raise ExportError(f"{path.name} stores more weight bytes ({weight_bytes}) than the fp32 "
-                              f"graph ({stored}): a tensor was duplicated during conversion")
-        graphs[precision] = {
-            "file": path.name, "form": "fill-mask", "precision": precision,
-            "fusion": (fusion if precision == "fp32" else counts).to_dict(),
-            "weight_bytes": weight_bytes,
-            "tolerance": TOLERANCES[precision].to_dict(), "parity": None}
-
     token_ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -142,12 +130,62 @@ def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportCon
         },
         "versions": library_versions(),
         "opset": config.opset,
-        "graphs": graphs,
-        "files": file_entries(tmp),
     }
     manifest["probe_set"] = choose_probe_set(probe_spec(manifest), tokenizer)
+
+    graphs = {
+        "logits": {"file": LOGITS_FILE, "form": "logits", "precision": "fp32", "fusion": None,
+                   "tolerance": FP32_TOLERANCE.to_dict(), "parity": None},
+    }
+    for precision in config.precisions:
+        path = tmp / FILL_MASK_FILE.format(precision=precision)
+        entry = {"file": path.name, "form": "fill-mask", "precision": precision,
+                 "tolerance": TOLERANCES[precision].to_dict(), "parity": None}
+        if precision == "fp16":
+            to_fp16(fp32, path)
+        elif precision == "int8":
+            entry |= _int8(model, tokenizer, manifest, config.int8_recipe, fp32, path, entry)
+        counts = FusionReport(fused_op_counts(path), cfg.num_hidden_layers, config.allow_unfused)
+        weight_bytes = initializer_bytes(path)
+        if weight_bytes > stored:
+            raise ExportError(f"{path.name} stores more weight bytes ({weight_bytes}) than the fp32 "
+                              f"graph ({stored}): a tensor was duplicated during conversion")
+        entry["fusion"] = (fusion if precision == "fp32" else counts).to_dict()
+        entry["weight_bytes"] = weight_bytes
+        graphs[precision] = entry
+
+    manifest["graphs"] = graphs
+    manifest["files"] = file_entries(tmp)
     write_manifest(tmp, manifest)
     return manifest
+
+
+def _int8(model: Any, tokenizer: Any, manifest: dict, recipe: str, fp32: Path, path: Path,
+          entry: dict) -> dict:
+    """Quantize with the named recipe, or with the fastest one that passes the int8 gate.
+
+    The gate here uses the model in memory; verify_artifact repeats it on a fresh reload, so a
+    recipe picked here is still checked the same way as every other graph.
+    """
+    if recipe != "auto":
+        to_int8(fp32, path, int8_recipe(recipe))
+        return {"recipe": recipe}
+    batches = build_probes(manifest, tokenizer)
+    refs = reference_logits(model, batches, manifest["tokenizer"]["mask_token_id"])
+    tried = []
+    for candidate in INT8_RECIPES:
+        to_int8(fp32, path, candidate)
+        parity = compare_graph(path, "int8", entry, batches, refs, "cpu")
+        gated = parity.gated.to_dict()
+        tried.append({"recipe": candidate.name, "passed": parity.passed,
+                      "top1_agreement": gated["top1_agreement"], "topk_overlap": gated["topk_overlap"]})
+        log.info("int8 recipe %s: top-1 %.2f%%, top-%d overlap %.2f%% -> %s", candidate.name,
+                 100 * gated["top1_agreement"], parity.tolerance.top_k, 100 * gated["topk_overlap"],
+                 "kept" if parity.passed else "rejected")
+        if parity.passed:
+            break
+    # none passing leaves the most accurate recipe in place; verify then fails the export
+    return {"recipe": tried[-1]["recipe"], "recipes_tried": tried}
 
 
 def initializer_bytes(path: Path) -> int:

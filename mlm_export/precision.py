@@ -1,20 +1,26 @@
 """Precision stage: fp16 (for CUDA) and int8 (for CPU) variants derived from the fused fp32 graph.
 
-The choices were measured on AntiBERTy's trained head against the gates (top-1 >= 99.5%, top-5
-overlap >= 99% on real antibody sequences); the README's precision section has the numbers.
-- fp16 keeps the softmax/top-k tail and LayerNorm in float32; everything else runs in half.
-- int8 quantizes the fused Attention's QKV weights dynamically (QAttention, per-tensor) and the
-  encoder's other MatMuls as 8-bit block-wise weights (MatMulNBits, blocks of 32) whose
-  activations are quantized per block too (accuracy_level 4). Plain dynamic quantization of the
-  MatMuls was ~1.6x faster but gives each activation tensor one scale; BERT's outlier channels then
-  cost 1.1-1.5 points of top-5 overlap and it fails the gate. The MLM head (two Gemm nodes) and the
-  embedding Gather stay float: int8 there is where fill-mask accuracy dies.
+fp16 keeps the softmax/top-k tail and LayerNorm in float32; everything else runs in half.
+
+int8 comes in recipes, fastest first; export tries them in order and keeps the first that passes
+the int8 gate on the artifact's realistic probes (README, "int8 recipes", has the measurements):
+- `dynamic`: every encoder MatMul and the fused Attention quantized dynamically, weights per
+  channel. One scale per activation tensor, so BERT's outlier channels cost accuracy: it passes
+  on bert-base-sized weights and fails top-1 on AntiBERTy (99.21%).
+- `dynamic-ffn2-blockwise`: the same, except the second FFN MatMul of every layer (whose input is
+  GELU's heavy-tailed output) uses 8-bit block-wise weights with activations quantized per block
+  of 32 (MatMulNBits, accuracy_level 4). About 1.35x slower than `dynamic` on bert-base.
+- `blockwise`: Attention dynamic per tensor, every other MatMul block-wise. The slowest and the
+  most accurate on logits; the previous default.
+The MLM head (two Gemm nodes) and the embedding Gather stay float in every recipe: int8 there is
+where fill-mask accuracy dies.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,32 @@ log = logging.getLogger("mlm_export")
 # The softmax tail of the fill-mask form and LayerNorm statistics overflow or lose rank order in half.
 FP16_KEEP_FLOAT = ["TopK", "ReduceLogSumExp", "Sub", "Exp", "LayerNormalization", "Min", "NonZero"]
 INT8_BLOCK_SIZE = 32  # blocks of 64 and 128 were faster but fell below 99.5% top-1
+GELU_OPS = ("BiasGelu", "Gelu", "FastGelu")
+MATMUL_ROLES = ("attention_output", "ffn1", "ffn2", "other")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """Which encoder MatMuls are block-wise; the rest, and the fused Attention, are dynamic int8."""
+
+    name: str
+    blockwise: tuple[str, ...]  # roles from MATMUL_ROLES
+    attention_per_channel: bool
+
+
+INT8_RECIPES = (
+    Int8Recipe("dynamic", blockwise=(), attention_per_channel=True),
+    Int8Recipe("dynamic-ffn2-blockwise", blockwise=("ffn2",), attention_per_channel=True),
+    Int8Recipe("blockwise", blockwise=MATMUL_ROLES, attention_per_channel=False),
+)
+INT8_RECIPE_NAMES = tuple(r.name for r in INT8_RECIPES)
+
+
+def int8_recipe(name: str) -> Int8Recipe:
+    for recipe in INT8_RECIPES:
+        if recipe.name == name:
+            return recipe
+    raise ValueError(f"unknown int8 recipe {name!r}; choose one of {', '.join(INT8_RECIPE_NAMES)}")
 
 
 def fused_op_counts(path: Path) -> dict[str, int]:
@@ -55,18 +87,17 @@ def to_fp16(src: Path, dst: Path) -> None:
         raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
 
 
-def to_int8(src: Path, dst: Path) -> None:
+def to_int8(src: Path, dst: Path, recipe: Int8Recipe = INT8_RECIPES[-1]) -> None:
     """int8 for the CPU provider; never select it for CUDA (its int8 ops fall back to the CPU)."""
     import onnx
 
-    log.info("quantizing %s to int8 (attention dynamic, MatMuls block-wise; MLM head stays float)",
-             src.name)
+    log.info("quantizing %s to int8, recipe %s (MLM head stays float)", src.name, recipe.name)
     staged = dst.with_name(dst.stem + ".staged.onnx")
     try:
         model = onnx.load(str(src))
         head = _hide_head(model)
         with quiet_onnxruntime_tools():
-            _quantize(model, staged)
+            _quantize(model, staged, recipe)
         model = onnx.load(str(staged))
         _restore_head(model, head)
         onnx.save(model, str(dst))
@@ -76,17 +107,50 @@ def to_int8(src: Path, dst: Path) -> None:
         staged.unlink(missing_ok=True)
 
 
-def _quantize(model: Any, path: Path) -> None:
+def matmul_roles(model: Any) -> dict[str, str]:
+    """Role of each encoder MatMul in a fused BERT graph, told apart by its neighbours."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    roles = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        before = producer.get(node.input[0])
+        if before is not None and before.op_type == "Attention":
+            roles[node.name] = "attention_output"
+        elif before is not None and before.op_type in GELU_OPS:
+            roles[node.name] = "ffn2"
+        elif any(after.op_type in GELU_OPS for after in consumers.get(node.output[0], [])):
+            roles[node.name] = "ffn1"
+        else:
+            roles[node.name] = "other"
+    return roles
+
+
+def _quantize(model: Any, path: Path, recipe: Int8Recipe) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    roles = matmul_roles(model)
+    blockwise = [name for name, role in roles.items() if role in recipe.blockwise]
     onnx.save(model, str(path))
-    quantize_dynamic(
-        str(path), str(path), weight_type=QuantType.QInt8, per_channel=False,
-        op_types_to_quantize=["Attention"],
-        # fused graphs carry com.microsoft ops without type info; float is their weight type
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    # quantize_dynamic takes one per_channel flag, so per-tensor Attention needs its own pass
+    if recipe.attention_per_channel:
+        passes = [(["Attention", "MatMul"], True)]
+    else:
+        passes = [(["Attention"], False)] + ([(["MatMul"], True)] if len(blockwise) < len(roles) else [])
+    for op_types, per_channel in passes:
+        quantize_dynamic(
+            str(path), str(path), weight_type=QuantType.QInt8, per_channel=per_channel,
+            op_types_to_quantize=op_types, nodes_to_exclude=blockwise,
+            # fused graphs carry com.microsoft ops without type info; float is their weight type
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    if not blockwise:
+        return
     quantizer = MatMulNBitsQuantizer(
         onnx.load(str(path)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
         accuracy_level=4, op_types_to_quantize=("MatMul",))

@@ -338,7 +338,6 @@ def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | Non
                     providers: str = "cpu", probe_texts: list[str] | None = None) -> VerifyReport:
     """Compare every graph of the artifact with a freshly loaded PyTorch model."""
     require_export_extra()
-    import torch
     from tokenizers import Tokenizer
 
     directory = Path(directory)
@@ -358,25 +357,42 @@ def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | Non
     model = load_model(resolved)
     tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
     batches = build_probes(manifest, tokenizer, probe_texts)
-    mask_id = manifest["tokenizer"]["mask_token_id"]
-
+    refs = reference_logits(model, batches, manifest["tokenizer"]["mask_token_id"])
     graphs = []
     for name, entry in manifest["graphs"].items():
-        tol = Tolerance.from_dict(entry["tolerance"])
-        # int8 is a CPU variant: on CUDA its int8 ops fall back to the CPU anyway
-        session = create_session(str(directory / entry["file"]),
-                                 "cpu" if entry["precision"] == "int8" else providers)
-        graphs.append((GraphParity(name, entry["file"], entry["form"], tol,
-                                   provider=session.get_providers()[0]), session))
-    log.info("comparing %d graph(s) on %d probe batches", len(graphs), len(batches))
+        log.info("comparing %s on %d probe batches", entry["file"], len(batches))
+        graphs.append(compare_graph(directory / entry["file"], name, entry, batches, refs,
+                                    # int8 is a CPU variant: on CUDA its int8 ops fall back to the CPU
+                                    "cpu" if entry["precision"] == "int8" else providers))
+    return VerifyReport(str(directory), graphs)
+
+
+Reference = tuple[tuple[np.ndarray, ...], np.ndarray]  # mask coordinates, PyTorch logits there
+
+
+def reference_logits(model: Any, batches: list[ProbeBatch], mask_id: int) -> list[Reference]:
+    """PyTorch's logits at every masked position of every probe batch."""
+    import torch
+
+    model.eval()
+    refs = []
     for batch in batches:
         with torch.no_grad():
-            ref_all = model(input_ids=torch.from_numpy(batch.input_ids),
-                            attention_mask=torch.from_numpy(batch.attention_mask),
-                            token_type_ids=torch.from_numpy(batch.token_type_ids)).logits.numpy()
+            logits = model(input_ids=torch.from_numpy(batch.input_ids),
+                           attention_mask=torch.from_numpy(batch.attention_mask),
+                           token_type_ids=torch.from_numpy(batch.token_type_ids)).logits.numpy()
         where = np.nonzero(batch.input_ids == mask_id)
-        ref = ref_all[where]
-        for parity, session in graphs:
-            compare = _compare_logits_form if parity.form == "logits" else _compare_fill_mask
-            compare(parity, session, batch, where, ref, parity.tolerance.top_k)
-    return VerifyReport(str(directory), [g for g, _ in graphs])
+        refs.append((where, logits[where]))
+    return refs
+
+
+def compare_graph(path: Path, name: str, entry: dict, batches: list[ProbeBatch], refs: list[Reference],
+                  providers: str = "cpu") -> GraphParity:
+    """One graph's parity with the references, judged against the tolerance in its entry."""
+    session = create_session(str(path), providers)
+    parity = GraphParity(name, path.name, entry["form"], Tolerance.from_dict(entry["tolerance"]),
+                         provider=session.get_providers()[0])
+    compare = _compare_logits_form if parity.form == "logits" else _compare_fill_mask
+    for batch, (where, ref) in zip(batches, refs):
+        compare(parity, session, batch, where, ref, parity.tolerance.top_k)
+    return parity

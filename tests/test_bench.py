@@ -79,3 +79,34 @@ def test_texts_have_the_exact_token_count_and_masks(bench: tuple[BenchConfig, di
 def test_cli_rejects_unknown_systems() -> None:
     result = CliRunner().invoke(main, ["bench", "--system", "tensorflow"])
     assert result.exit_code == 2 and "unknown system" in result.output
+
+
+
+SPIN_THEN_SLEEP = """
+import time
+print("spinning", flush=True)
+end = time.perf_counter() + 1.0
+while time.perf_counter() < end:
+    pass
+time.sleep(30)
+"""
+
+
+def test_wait_idle_outlasts_a_worker_still_burning_cpu() -> None:
+    """The coordinator must not start the next system while the last one's threads still spin."""
+    import subprocess
+    import sys
+    import time
+
+    from mlm_export.bench import wait_idle
+
+    process = subprocess.Popen([sys.executable, "-c", SPIN_THEN_SLEEP], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "spinning"
+        busy_until = time.perf_counter() + 1.0
+        wait_idle([process.pid])
+        assert time.perf_counter() >= busy_until - 0.1
+        assert wait_idle([process.pid]) < 0.5  # asleep now: returns at once
+    finally:
+        process.kill()
+        process.wait()

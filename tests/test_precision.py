@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from mlm_export import OnnxMaskFiller, ProviderError
 from mlm_export.artifact import sha256_file
 from mlm_export.cli import main
+from mlm_export.config import ExportConfig
+from mlm_export.precision import INT8_RECIPE_NAMES, INT8_RECIPES, Int8Recipe, matmul_roles, to_int8
 from mlm_export.predictor import preferred_variant
 
 
@@ -53,18 +55,67 @@ def test_fp16_keeps_float32_io_and_a_float32_tail(tiny_variants: Path) -> None:
     assert producers[topk.input[0]].op_type == "Cast"
 
 
-def test_int8_quantizes_encoder_but_not_head(tiny_variants: Path) -> None:
-    ops = _ops(tiny_variants / "fill_mask.int8.onnx")
+@pytest.mark.parametrize("recipe", INT8_RECIPES, ids=INT8_RECIPE_NAMES)
+def test_int8_recipes_quantize_encoder_but_not_head(tiny_variants: Path, tmp_path: Path, recipe: Int8Recipe) -> None:
+    path = tmp_path / "int8.onnx"
+    to_int8(tiny_variants / "fill_mask.fp32.onnx", path, recipe)
+    ops = _ops(path)
     layers = _manifest(tiny_variants)["model"]["num_layers"]
+    blockwise = layers * len(set(recipe.blockwise) - {"other"})  # a BERT layer has no "other" MatMul
     assert ops.count("QAttention") == layers and "Attention" not in ops
-    assert ops.count("MatMulNBits") == 3 * layers  # attention output, intermediate, output
+    assert ops.count("MatMulNBits") == blockwise
+    assert ops.count("MatMulInteger") == 3 * layers - blockwise  # the other encoder MatMuls are dynamic
+    assert "MatMul" not in ops  # no encoder MatMul left in float
     assert ops.count("Gemm") == 2  # MLM head transform and decoder stay float
     assert "EmbedLayerNormalization" in ops  # the embedding Gather stays float too
     # the quantizer's Gemm->MatMul rewrite would store the tied embedding a second time, transposed
-    model = onnx.load(str(tiny_variants / "fill_mask.int8.onnx"))
+    model = onnx.load(str(path))
     decoder = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
     assert decoder.input[1] == "bert.embeddings.word_embeddings.weight"
     assert not [t.name for t in model.graph.initializer if "Transposed" in t.name]
+
+
+def test_matmul_roles_follow_the_bert_layer(tiny_variants: Path) -> None:
+    model = onnx.load(str(tiny_variants / "fill_mask.fp32.onnx"))
+    roles = list(matmul_roles(model).values())
+    layers = _manifest(tiny_variants)["model"]["num_layers"]
+    assert roles == ["attention_output", "ffn1", "ffn2"] * layers
+
+
+def _check_cascade(entry: dict) -> None:
+    """auto keeps the first recipe, in speed order, that passed; every one before it failed."""
+    tried = entry["recipes_tried"]
+    assert [t["recipe"] for t in tried] == list(INT8_RECIPE_NAMES[:len(tried)])
+    assert all(not t["passed"] for t in tried[:-1])
+    assert entry["recipe"] == tried[-1]["recipe"] and tried[-1]["passed"]
+    # the recipe was judged with the model in memory; verify re-judged it on a fresh load
+    assert tried[-1]["top1_agreement"] == entry["parity"]["top1_agreement"]
+    assert tried[-1]["topk_overlap"] == entry["parity"]["topk_overlap"]
+
+
+def test_auto_recipe_is_recorded(tiny_variants: Path) -> None:
+    _check_cascade(_manifest(tiny_variants)["graphs"]["int8"])
+
+
+def test_a_recipe_can_be_forced_from_the_cli(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "forced"
+    result = CliRunner().invoke(main, ["export", str(tiny_dir), "--out", str(out), "--int8-recipe",
+                                       "blockwise", "-q"])
+    assert result.exit_code == 0, result.output
+    entry = _manifest(out)["graphs"]["int8"]  # --int8-recipe implies --int8
+    assert entry["recipe"] == "blockwise" and "recipes_tried" not in entry
+    assert "MatMulInteger" not in _ops(out / entry["file"]) and "MatMulNBits" in _ops(out / entry["file"])
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert "quantization recipe for int8: blockwise (chosen by hand)" in info.stdout
+
+
+def test_unknown_recipe_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["export", str(tiny_dir), "--out", str(tmp_path / "x"),
+                                       "--int8-recipe", "int4"])
+    assert result.exit_code == 2 and "int4" in result.output
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="unknown int8 recipe 'int4'"):
+        ExportConfig("antiberty", int8=True, int8_recipe="int4")
 
 
 def test_predictor_picks_int8_on_cpu_and_never_for_cuda(tiny_variants: Path) -> None:
@@ -122,6 +173,7 @@ def test_antiberty_variants_pass_their_gates_on_antibodies(antiberty_export) -> 
         assert parity["passed"], parity["failures"]
         assert parity["gated_on"] == "antibody" and parity["masked_positions"] >= 300
         assert parity["top1_agreement"] >= 0.995 and parity["topk_overlap"] >= 0.99
+    _check_cascade(manifest["graphs"]["int8"])
     files = manifest["files"]
     assert files["fill_mask.int8.onnx"]["size"] <= 0.30 * files["fill_mask.fp32.onnx"]["size"]
     assert files["fill_mask.fp16.onnx"]["size"] <= 0.55 * files["fill_mask.fp32.onnx"]["size"]
