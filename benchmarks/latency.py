@@ -2,16 +2,22 @@
 
     python benchmarks/latency.py models/antiberty [--batch 1 --batch 32] [--length 128] [--repeats 30]
     python benchmarks/latency.py models/antiberty --providers cuda   # fp32 vs fp16, IO binding
+    python benchmarks/latency.py models/antiberty --int8-recipes     # + every int8 recipe, bare sessions
 
 Variants are timed interleaved (fp32, fp16, int8, fp32, ...) so machine noise hits all alike;
-medians and ratios to fp32 are printed, and written as JSON with --out.
+before each timed call the process waits until the previous variant's ONNX Runtime threads stop
+spinning (otherwise they steal a core from the next one). Medians and ratios to fp32 are printed,
+and written as JSON with --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +25,9 @@ import numpy as np
 
 from mlm_export import OnnxMaskFiller
 from mlm_export.artifact import read_manifest
+from mlm_export.bench import wait_idle
+from mlm_export.precision import INT8_RECIPES, to_int8
+from mlm_export.providers import create_session
 
 
 def feeds(manifest: dict, batch: int, length: int, masks_every: int, seed: int = 0) -> dict:
@@ -41,6 +50,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--providers", default="cpu", help="cpu or cuda (int8 is skipped on cuda)")
+    parser.add_argument("--int8-recipes", action="store_true",
+                        help="also quantize the fp32 graph with every int8 recipe and time each (export extra)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -49,32 +60,46 @@ def main() -> None:
                 and not (args.providers == "cuda" and n == "int8")]
     fillers = {v: OnnxMaskFiller.from_pretrained(args.artifact, variant=v, providers=args.providers,
                                                  threads=args.threads) for v in variants}
+    # the predictor's own path (IO binding on CUDA) for the variants, bare sessions for the recipes
+    runners = {v: f._infer for v, f in fillers.items()}
+    sizes = {v: manifest["files"][manifest["graphs"][v]["file"]]["size"] for v in variants}
+    if args.int8_recipes:
+        with tempfile.TemporaryDirectory() as tmp:
+            for recipe in INT8_RECIPES:
+                path = Path(tmp) / f"{recipe.name}.onnx"
+                to_int8(args.artifact / manifest["graphs"]["fp32"]["file"], path, recipe)
+                session = create_session(str(path), "cpu", args.threads)
+                runners[recipe.name] = functools.partial(session.run, None)
+                sizes[recipe.name] = path.stat().st_size
+                variants.append(recipe.name)
     results = []
     for batch in args.batch or [1, 32]:
         repeats = max(5, args.repeats // max(1, batch // 4))
         data = feeds(manifest, batch, args.length, args.masks_every)
         times: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(2):  # warm-up
-            for f in fillers.values():
-                f._infer(data)  # the predictor's own path: IO binding on CUDA
+            for run in runners.values():
+                run(data)
         for _ in range(repeats):
-            for v, f in fillers.items():
+            for v, run in runners.items():
+                wait_idle([os.getpid()])
                 start = time.perf_counter()
-                f._infer(data)
+                run(data)
                 times[v].append(time.perf_counter() - start)
         base = statistics.median(times["fp32"])
         for v in variants:
             median = statistics.median(times[v])
-            size = manifest["files"][manifest["graphs"][v]["file"]]["size"]
-            parity = manifest["graphs"][v].get("parity") or {}
-            row = {"variant": v, "provider": fillers[v].provider, "batch": batch,
+            size = sizes[v]
+            parity = manifest["graphs"].get(v, {}).get("parity") or {}
+            row = {"variant": v, "provider": fillers[v].provider if v in fillers else "CPUExecutionProvider",
+                   "batch": batch,
                    "length": args.length, "repeats": repeats,
                    "median_ms": 1e3 * median, "ratio_to_fp32": median / base, "size_mb": size / 1e6,
                    "top1": parity.get("top1_agreement"), "top5_overlap": parity.get("topk_overlap"),
                    "top5_set_equal": parity.get("topk_set_equal"),
                    "max_abs_logit": parity.get("max_abs_logit")}
             results.append(row)
-            print(f"batch {batch:>3} x {args.length}  {v:<5} {row['median_ms']:9.2f} ms  "
+            print(f"batch {batch:>3} x {args.length}  {v:<22} {row['median_ms']:9.2f} ms  "
                   f"x{row['ratio_to_fp32']:.3f} of fp32  {row['size_mb']:7.1f} MB")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import random
 import re
 import resource
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -318,9 +319,13 @@ def _worker(system: str, prepared: Prepared, threads: int, conn: Any) -> None:
 # --- coordinator -----------------------------------------------------------------------------------
 
 def _cpu_ns(pids: list[int]) -> int | None:
+    """CPU time of every thread of `pids`, except the calling thread (it is the one polling)."""
+    me = str(threading.get_native_id())
     total = 0
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            if task.parent.name == me:
+                continue
             try:
                 total += int(task.read_text().split()[0])
             except (OSError, ValueError, IndexError):

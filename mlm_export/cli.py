@@ -213,7 +213,8 @@ def info_command(directory: Path, as_json: bool) -> None:
     if int8 and int8.get("recipe"):
         tried = ", ".join(f"{t['recipe']} {'pass' if t['passed'] else 'fail'} (top1 {t['top1_agreement']:.2%}, "
                           f"overlap {t['topk_overlap']:.2%})" for t in int8.get("recipes_tried", []))
-        click.echo(f"  quantization recipe for int8: {int8['recipe']}" + (f"; tried {tried}" if tried else " (chosen by hand)"))
+        how = f"; tried {tried}" if tried else " (chosen by hand)"
+        click.echo(f"  quantization recipe for int8: {int8['recipe']}{how}")
 
 
 @main.command("bench")
