@@ -13,7 +13,8 @@ the int8 gate on the artifact's realistic probes (README, "int8 recipes", has th
 - `blockwise`: Attention dynamic per tensor, every other MatMul block-wise. The slowest and the
   most accurate on logits; the previous default.
 The MLM head (two Gemm nodes) and the embedding Gather stay float in every recipe: int8 there is
-where fill-mask accuracy dies.
+where fill-mask accuracy dies. Every int8 graph also has its SkipLayerNormalization nodes split
+into Add + LayerNormalization, which ONNX Runtime's CPU provider runs faster.
 """
 
 from __future__ import annotations
@@ -100,11 +101,46 @@ def to_int8(src: Path, dst: Path, recipe: Int8Recipe = INT8_RECIPES[-1]) -> None
             _quantize(model, staged, recipe)
         model = onnx.load(str(staged))
         _restore_head(model, head)
+        unfuse_skip_layer_norm(model)
         onnx.save(model, str(dst))
     except Exception as exc:
         raise ExportError(f"int8 quantization of {src.name} failed: {exc}") from exc
     finally:
         staged.unlink(missing_ok=True)
+
+
+def unfuse_skip_layer_norm(model: Any) -> int:
+    """Split each SkipLayerNormalization into Add (+ bias Add) and a standard LayerNormalization.
+
+    On this repository's CPU, ONNX Runtime's SkipLayerNormalization kernel took 6.1 ms per
+    bert-base forward at 1x128 (24 calls) and Add + LayerNormalization 1.9 ms: the int8 graph got
+    10% faster at 1x128 and 32x128. Same arithmetic, so the int8 gate figures barely move. Only
+    nodes whose mean/inv-std/sum outputs are unused are split. Returns how many were. A test checks
+    that the session's optimized graph still has them split.
+    """
+    from onnx import helper
+
+    nodes, split = [], 0
+    for node in model.graph.node:
+        if node.op_type != "SkipLayerNormalization" or any(node.output[1:]):
+            nodes.append(node)
+            continue
+        epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+        # input + skip first, then the bias: in the other order ONNX Runtime's optimizer matches
+        # its SkipLayerNormalization pattern and fuses the node back at session start
+        total = f"{node.name}/skip_sum"
+        nodes.append(helper.make_node("Add", list(node.input[:2]), [total], name=f"{node.name}/add"))
+        if len(node.input) > 4 and node.input[4]:
+            nodes.append(helper.make_node("Add", [total, node.input[4]], [total + "_bias"],
+                                          name=f"{node.name}/add_bias"))
+            total += "_bias"
+        nodes.append(helper.make_node("LayerNormalization", [total, node.input[2], node.input[3]],
+                                      [node.output[0]], name=f"{node.name}/layer_norm", axis=-1,
+                                      epsilon=epsilon))
+        split += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return split
 
 
 def matmul_roles(model: Any) -> dict[str, str]:

@@ -73,6 +73,20 @@ def test_int8_recipes_quantize_encoder_but_not_head(tiny_variants: Path, tmp_pat
     decoder = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
     assert decoder.input[1] == "bert.embeddings.word_embeddings.weight"
     assert not [t.name for t in model.graph.initializer if "Transposed" in t.name]
+    _assert_layer_norms_stay_split(path, tmp_path, layers)
+
+
+def _assert_layer_norms_stay_split(path: Path, tmp_path: Path, layers: int) -> None:
+    """SkipLayerNormalization is split for speed; ONNX Runtime's optimizer must not fuse it back."""
+    import onnxruntime as ort
+
+    assert "SkipLayerNormalization" not in _ops(path)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = _ops(tmp_path / "optimized.onnx")
+    assert "SkipLayerNormalization" not in optimized
+    assert optimized.count("LayerNormalization") == 2 * layers + 1  # two per layer, one in the head
 
 
 def test_matmul_roles_follow_the_bert_layer(tiny_variants: Path) -> None:
