@@ -44,7 +44,7 @@ def test_every_system_ran_every_workload(bench: tuple[BenchConfig, dict]) -> Non
         assert systems[name]["peak_rss_mb"] > 0
         for workload in SMALL:
             entry = systems[name]["workloads"][workload.name]
-            assert entry["runs"] == 3  # rounds are at least 3, after 2 warm-up rounds
+            assert entry["runs"] == 3  # rounds are at least 3, warm-up rounds not counted
             assert 0 < entry["p10_ms"] <= entry["median_ms"] <= entry["p90_ms"]
     # fp32 answers what transformers answers, mask for mask
     fp32 = systems["mlm-export-fp32"]["workloads"]
