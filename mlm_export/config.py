@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .precision import int8_recipe
+from .precision import find_int8_recipe
 
 DEFAULT_OPSET = 17
 BUILTIN_MODELS = ("antiberty",)
@@ -34,7 +34,7 @@ class ExportConfig:
         if self.opset < 17:
             raise ValueError(f"opset {self.opset} is too old: LayerNormalization needs opset >= 17")
         if self.int8_recipe != "auto":
-            int8_recipe(self.int8_recipe)  # raises on an unknown name
+            find_int8_recipe(self.int8_recipe)  # raises on an unknown name
 
 
 @dataclass(frozen=True)

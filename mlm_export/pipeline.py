@@ -26,7 +26,7 @@ from .load import (
     require_export_extra,
     resolve,
 )
-from .precision import INT8_RECIPES, fused_op_counts, int8_recipe, to_fp16, to_int8
+from .precision import INT8_RECIPES, find_int8_recipe, fused_op_counts, to_fp16, to_int8
 from .verify import (
     VerifyReport,
     build_probes,
@@ -168,7 +168,7 @@ def _int8(model: Any, tokenizer: Any, manifest: dict, recipe: str, fp32: Path, p
     recipe picked here is still checked the same way as every other graph.
     """
     if recipe != "auto":
-        to_int8(fp32, path, int8_recipe(recipe))
+        to_int8(fp32, path, find_int8_recipe(recipe))
         return {"recipe": recipe}
     batches = build_probes(manifest, tokenizer)
     refs = reference_logits(model, batches, manifest["tokenizer"]["mask_token_id"])

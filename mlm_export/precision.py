@@ -3,7 +3,7 @@
 fp16 keeps the softmax/top-k tail and LayerNorm in float32; everything else runs in half.
 
 int8 comes in recipes, fastest first; export tries them in order and keeps the first that passes
-the int8 gate on the artifact's realistic probes (README, "int8 recipes", has the measurements):
+the int8 gate on the artifact's realistic probes (the README's precision section has the measurements):
 - `dynamic`: every encoder MatMul and the fused Attention quantized dynamically, weights per
   channel. One scale per activation tensor, so BERT's outlier channels cost accuracy: it passes
   on bert-base-sized weights and fails top-1 on AntiBERTy (99.21%).
@@ -54,7 +54,7 @@ INT8_RECIPES = (
 INT8_RECIPE_NAMES = tuple(r.name for r in INT8_RECIPES)
 
 
-def int8_recipe(name: str) -> Int8Recipe:
+def find_int8_recipe(name: str) -> Int8Recipe:
     for recipe in INT8_RECIPES:
         if recipe.name == name:
             return recipe
@@ -88,7 +88,7 @@ def to_fp16(src: Path, dst: Path) -> None:
         raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
 
 
-def to_int8(src: Path, dst: Path, recipe: Int8Recipe = INT8_RECIPES[-1]) -> None:
+def to_int8(src: Path, dst: Path, recipe: Int8Recipe) -> None:
     """int8 for the CPU provider; never select it for CUDA (its int8 ops fall back to the CPU)."""
     import onnx
 
