@@ -106,12 +106,12 @@ def prepare(model: str, work: Path, seed: int) -> Prepared:
         hf_dir = Path(model).resolve()
     artifact = root / "artifact"
     manifest_file = artifact / "manifest.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
     # a cached artifact from other library versions would benchmark yesterday's graphs
-    if not manifest_file.is_file() or json.loads(manifest_file.read_text())["versions"] != library_versions():
+    if manifest is None or manifest["versions"] != library_versions():
         source = "antiberty" if model == "antiberty" else str(hf_dir)
         log.info("bench: exporting %s with mlm-export (fp32, fp16, int8)", model)
-        export_model(ExportConfig(source, out=artifact, force=True, fp16=True, int8=True))
-    manifest = json.loads((artifact / "manifest.json").read_text())
+        manifest = export_model(ExportConfig(source, out=artifact, force=True, fp16=True, int8=True)).manifest
     optimum_fp32, optimum_int8 = _optimum_models(hf_dir, root)
     return Prepared(model, hf_dir, artifact, optimum_fp32, optimum_int8,
                     bool(manifest["tokenizer"]["char_level"]))
@@ -343,10 +343,10 @@ def wait_idle(pids: list[int], quiet_ns: int = 200_000, window_s: float = 0.005,
     an int8 session went from 46 to 79 ms. Without /proc (not Linux) it falls back to a pause.
     """
     start = time.perf_counter()
-    if not pids or _cpu_ns(pids) is None:
+    before = _cpu_ns(pids) if pids else None
+    if before is None:
         time.sleep(0.2)
         return time.perf_counter() - start
-    before = _cpu_ns(pids)
     while time.perf_counter() - start < limit_s:
         time.sleep(window_s)
         now = _cpu_ns(pids)
