@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mlm_export import OnnxMaskFiller
-from mlm_export.artifact import read_manifest
+from mlm_export.manifest import read_manifest
 from mlm_export.bench import wait_idle
 from mlm_export.precision import INT8_RECIPES, to_int8
 from mlm_export.providers import create_session

@@ -10,28 +10,34 @@ from typing import Any
 
 from .errors import (
     ArtifactError,
+    ConfigError,
     ExportError,
     FusionError,
     InputError,
     IntegrityError,
+    Interrupted,
     MissingHeadError,
     MlmExportError,
     ParityError,
     ProviderError,
+    SignatureError,
     SourceError,
+    StorageError,
 )
 from .predictor import OnnxMaskFiller
 
 __version__ = "0.2.0"
 
 __all__ = [
-    "ArtifactError", "ExportConfig", "ExportError", "FusionError", "InputError", "IntegrityError",
-    "MissingHeadError", "MlmExportError", "OnnxMaskFiller", "ParityError", "ProviderError",
-    "SourceError", "export_model", "verify_artifact",
+    "ArtifactError", "ConfigError", "ExportConfig", "ExportError", "FusionError", "InputError",
+    "IntegrityError", "Interrupted", "MissingHeadError", "MlmExportError", "OnnxMaskFiller", "ParityError",
+    "ProviderError", "SignatureError", "SourceError", "StorageError", "export_model", "sign_artifact",
+    "verify_artifact",
 ]
 
 _LAZY = {"export_model": ("pipeline", "export_model"),
          "verify_artifact": ("verify", "verify_artifact"),
+         "sign_artifact": ("signing", "sign_artifact"),
          "ExportConfig": ("config", "ExportConfig")}
 
 

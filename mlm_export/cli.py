@@ -1,32 +1,119 @@
 """Command line: parses arguments and calls the library; no pipeline logic lives here.
 
-Exit codes: 0 success, 1 error, 2 usage, 3 parity failure.
+One error path for every command: a failure ends in one `Error: ...` line on stderr (and, under
+`--json`, one `{"error": {"type", "message", "exit_code"}}` document on stdout) with its exit code.
+A traceback is printed only with `--debug` (or MLM_EXPORT_DEBUG=1).
+
+Exit codes: 0 success, 1 error, 2 usage, 3 parity failure, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM), 129 hung up (SIGHUP).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from collections.abc import Callable
+from typing import Any, TextIO
 
 import click
 
-from .errors import MlmExportError
+from ._stdio import stdout_to_stderr
+from .config import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .errors import MlmExportError, ParityError
+from .interrupts import signals_as_interrupts
 from .precision import INT8_RECIPE_NAMES
 
-PARITY_EXIT = 3
+PARITY_EXIT = ParityError.exit_code
+INTERRUPT_EXIT = 130
 
 
-class _DefaultToExport(click.Group):
-    """`mlm-export MODEL ...` means `mlm-export export MODEL ...`."""
+@dataclass
+class _Output:
+    """Where a command's result and errors go: the real stdout (held aside while it runs) and stderr."""
+
+    as_json: bool
+    debug: bool
+    stream: TextIO | None = None
+
+    def result(self, data: Any, text: str) -> None:
+        click.echo(json.dumps(data, indent=2) if self.as_json else text, file=self.stream)
+
+    def error(self, kind: str, message: str, exit_code: int, exc: BaseException | None = None,
+              **details: Any) -> int:
+        if self.debug and exc is not None:
+            traceback.print_exception(exc, file=sys.stderr)
+        click.echo(f"Error: {message}", err=True)
+        if self.as_json:
+            error = {"type": kind, "message": message, "exit_code": exit_code} | details
+            click.echo(json.dumps({"error": error}, indent=2), file=self.stream)
+        return exit_code
+
+
+def _flag(args: list[str], *names: str) -> bool:
+    """Whether a flag was given, known before parsing so that even usage errors honour --json."""
+    options = args[: args.index("--")] if "--" in args else args
+    return any(name in options for name in names)
+
+
+class _Cli(click.Group):
+    """`mlm-export MODEL ...` means `mlm-export export MODEL ...`; every command shares one error path."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             args = ["export", *args]
         return super().parse_args(ctx, args)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        output = _Output(as_json=_flag(args, "--json"),
+                         debug=_flag(args, "--debug") or os.environ.get("MLM_EXPORT_DEBUG", "") not in ("", "0"))
+        with signals_as_interrupts(), stdout_to_stderr() as stream:
+            output.stream = stream
+            code = self._guarded(output, args, prog_name, complete_var, extra)
+        sys.exit(code)
+
+    def _guarded(self, output: _Output, args: list[str], prog_name: str | None, complete_var: str | None,
+                 extra: dict) -> int:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, obj=output, **extra)
+            return code if isinstance(code, int) else 0
+        except ParityError as exc:
+            report = exc.report.to_dict() if hasattr(exc.report, "to_dict") else None
+            return output.error("ParityError", str(exc), exc.exit_code, exc, report=report)
+        except MlmExportError as exc:
+            return output.error(type(exc).__name__, str(exc), exc.exit_code, exc)
+        except click.ClickException as exc:
+            if output.as_json:
+                kind = "UsageError" if isinstance(exc, click.UsageError) else type(exc).__name__
+                return output.error(kind, exc.format_message(), exc.exit_code, exc)
+            exc.show()  # click's own "Usage: ... Error: ..." text
+            return exc.exit_code
+        except click.Abort as exc:  # click turns KeyboardInterrupt (and so Interrupted) into Abort
+            cause = exc.__cause__
+            code = getattr(cause, "exit_code", INTERRUPT_EXIT)
+            message = str(cause) if cause is not None and str(cause) else "interrupted (SIGINT)"
+            return output.error("Interrupted", f"{message}; nothing was left half-written", code, exc)
+        except KeyboardInterrupt as exc:  # raised outside click's own handler
+            return output.error("Interrupted", f"{exc or 'interrupted (SIGINT)'}; nothing was left "
+                                "half-written", getattr(exc, "exit_code", INTERRUPT_EXIT), exc)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # the reader of our stdout went away: nothing left to say
+                return 1
+            return output.error(type(exc).__name__, f"{exc} (run with --debug for details)", 1, exc)
+        except Exception as exc:
+            return output.error("InternalError", f"unexpected {type(exc).__name__}: {exc}. This is a bug "
+                                "in mlm-export; please report it with the output of --debug", 1, exc)
+
+
+def _out() -> _Output:
+    output = click.get_current_context().find_object(_Output)
+    return output if output is not None else _Output(as_json=False, debug=False)  # invoked without main()
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -41,24 +128,19 @@ def _setup_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
-def _run(action: Callable[[], Any]) -> Any:
-    """Turn library errors into a one-line message on stderr and the documented exit code."""
-    try:
-        return action()
-    except MlmExportError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+def common_options(command: Any) -> Any:
+    """--json and --debug on every command (main() reads them before parsing)."""
+    command = click.option("--debug", is_flag=True, expose_value=False,
+                           help="Print the traceback of an error (also MLM_EXPORT_DEBUG=1).")(command)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON on stdout; errors too.")(command)
 
 
-def _emit(as_json: bool, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, indent=2) if as_json else text)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
+key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.group(cls=_DefaultToExport, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlm-export")
 def main() -> None:
     """Export a BERT masked language model to a verified, optimized ONNX artifact, and serve it.
@@ -66,15 +148,17 @@ def main() -> None:
     \b
     mlm-export MODEL [OPTIONS]       same as `mlm-export export MODEL`
     MODEL is a local Hugging Face directory, a hub id, or the built-in name `antiberty`.
+    Exit codes: 0 ok, 1 error, 2 usage, 3 parity failure, 130 Ctrl-C, 143 SIGTERM.
     """
 
 
 @main.command("export")
 @click.argument("model")
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Artifact directory [models/<name>].")
-@click.option("--force", is_flag=True, help="Replace an existing artifact directory.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing mlm-export artifact at --out (never other directories).")
 @click.option("--revision", help="Hub revision (branch, tag or commit) for a hub id.")
-@click.option("--opset", type=click.IntRange(17, None), default=17, show_default=True)
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True)
 @click.option("--fp16", is_flag=True, help="Add an fp16 fill-mask variant (for the CUDA provider).")
 @click.option("--int8", is_flag=True, help="Add an int8 fill-mask variant (for the CPU provider).")
 @click.option("--int8-recipe", type=click.Choice(("auto",) + INT8_RECIPE_NAMES), default="auto",
@@ -82,32 +166,22 @@ def main() -> None:
               help="int8 quantization recipe (implies --int8); auto keeps the fastest that passes the gate.")
 @click.option("--allow-unfused", is_flag=True,
               help="Export even if attention did not fuse in every layer (recorded in the manifest).")
-@json_option
+@common_options
 @quiet_option
 def export_command(model: str, out: Path | None, force: bool, revision: str | None, opset: int,
                    fp16: bool, int8: bool, int8_recipe: str, allow_unfused: bool, as_json: bool,
                    quiet: bool) -> None:
     """Export MODEL, fuse it, verify every graph against PyTorch, and write the artifact."""
     from .config import ExportConfig
-    from .errors import ParityError
     from .pipeline import export_model
 
     _setup_logging(quiet)
     config = ExportConfig(model=model, out=out, revision=revision, force=force,
                           allow_unfused=allow_unfused, opset=opset, fp16=fp16,
                           int8=int8 or int8_recipe != "auto", int8_recipe=int8_recipe)
-    try:
-        result = export_model(config)
-    except ParityError as exc:
-        if as_json and exc.report is not None:
-            click.echo(json.dumps(exc.report.to_dict(), indent=2))
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(PARITY_EXIT)
-    except MlmExportError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    _emit(as_json, {"path": str(result.path), "manifest": result.manifest},
-          f"{result.report.summary()}\nwrote {result.path}")
+    result = export_model(config)
+    _out().result({"path": str(result.path), "manifest": result.manifest},
+                  f"{result.report.summary()}\nwrote {result.path}")
 
 
 @main.command("verify")
@@ -116,20 +190,22 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 @click.option("--probe-file", type=click.File("r", encoding="utf-8"),
               help="Realistic probe texts, one per line, used instead of the packaged set.")
 @click.option("--providers", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@json_option
+@click.option("--key", type=key_file, help="Public key: require a valid signature of the manifest.")
+@common_options
 @quiet_option
-def verify_command(directory: Path, source: str | None, probe_file: Any, providers: str,
+def verify_command(directory: Path, source: str | None, probe_file: Any, providers: str, key: Path | None,
                    as_json: bool, quiet: bool) -> None:
-    """Check file hashes, then compare every graph in DIRECTORY with a fresh PyTorch model."""
+    """Check the signature (with --key) and file hashes, then compare every graph with a fresh PyTorch model."""
     from .verify import verify_artifact
 
     _setup_logging(quiet)
     texts = [line.strip() for line in probe_file if line.strip()] if probe_file else None
-    report = _run(lambda: verify_artifact(directory, source=source, providers=providers, probe_texts=texts))
-    _emit(as_json, report.to_dict(), report.summary())
+    report = verify_artifact(directory, source=source, providers=providers, probe_texts=texts, public_key=key)
     if not report.passed:
-        click.echo("Error: parity check failed", err=True)
-        sys.exit(PARITY_EXIT)
+        if not as_json:
+            click.echo(report.summary(), file=_out().stream)
+        raise ParityError("parity check failed", report)
+    _out().result(report.to_dict(), report.summary())
 
 
 @main.command("predict")
@@ -138,53 +214,62 @@ def verify_command(directory: Path, source: str | None, probe_file: Any, provide
 @click.option("--top-k", "-k", type=click.IntRange(1, None), default=5, show_default=True)
 @click.option("--variant", help="Graph variant (e.g. fp32); default: best for the provider.")
 @click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
-@json_option
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (1 to 4 x the CPUs).")
+@click.option("--no-sequence", is_flag=True, help="Leave out each candidate's filled-in sequence.")
+@click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
+@common_options
 def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant: str | None,
-                    providers: str, as_json: bool) -> None:
+                    providers: str, threads: int | None, no_sequence: bool, key: Path | None,
+                    as_json: bool) -> None:
     """Fill the [MASK] tokens of each TEXT with the artifact in DIRECTORY."""
     from .predictor import OnnxMaskFiller
 
-    filler = _run(lambda: OnnxMaskFiller.from_pretrained(directory, variant=variant, providers=providers))
-    results = _run(lambda: filler(list(texts), top_k=top_k))
-    if as_json:
-        click.echo(json.dumps({"variant": filler.variant, "provider": filler.provider,
-                               "results": results}, indent=2))
-        return
+    filler = OnnxMaskFiller.from_pretrained(directory, variant=variant, providers=providers, threads=threads,
+                                            public_key=key)
+    results = filler(list(texts), top_k=top_k, return_sequence=not no_sequence)
+    lines = []
     for text, result in zip(texts, results):
-        click.echo(text)
+        lines.append(text)
         masks = [result] if result and isinstance(result[0], dict) else result
         for n, candidates in enumerate(masks, 1):
             if len(masks) > 1:
-                click.echo(f"  mask {n}:")
+                lines.append(f"  mask {n}:")
             for rank, c in enumerate(candidates, 1):
-                click.echo(f"  {rank:>2}. {c['token_str']:<12} {c['score']:.4f}  {c['sequence']}")
+                lines.append(f"  {rank:>2}. {c['token_str']:<12} {c['score']:.4f}  {c.get('sequence', '')}".rstrip())
+    _out().result({"variant": filler.variant, "provider": filler.provider, "results": results}, "\n".join(lines))
 
 
 @main.command("info")
 @click.argument("directory", type=click.Path(path_type=Path))
-@json_option
+@common_options
 def info_command(directory: Path, as_json: bool) -> None:
     """Show what an artifact holds: source, and per graph its size, fusion and parity."""
-    from .artifact import read_manifest
+    from .manifest import read_manifest
     from .predictor import preferred_variant
     from .providers import requested_providers
+    from .signing import signature_fingerprint
 
-    manifest = _run(lambda: read_manifest(directory))
-    provider = _run(lambda: requested_providers("auto")[0])
+    manifest = read_manifest(directory)
+    provider = requested_providers("auto")[0]
     default = preferred_variant(manifest, provider)
+    signed = signature_fingerprint(directory)
     if as_json:
-        click.echo(json.dumps(manifest | {"default_variant": {"provider": provider,
-                                                              "variant": default}}, indent=2))
+        _out().result(manifest | {"default_variant": {"provider": provider, "variant": default},
+                                  "signature": {"fingerprint": signed} if signed else None}, "")
         return
     src, model = manifest["source"], manifest["model"]
-    click.echo(f"{manifest['name']}  ({src['kind']}: {src['location']})")
-    click.echo(f"  {model['num_layers']} layers, hidden {model['hidden_size']}, vocab "
-               f"{model['vocab_size']}, max length {model['max_length']}, "
-               f"{model['float32_parameter_bytes'] / 1e6:.1f} MB float32 parameters")
-    click.echo(f"  opset {manifest['opset']}; " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
-    click.echo(f"  realistic probe set: {manifest.get('probe_set') or 'none (synthetic probes only)'}")
-    click.echo(f"  default variant here: {default} ({provider})")
-    fp32_size = manifest["files"][manifest["graphs"]["fp32"]["file"]]["size"]
+    lines = [
+        f"{manifest['name']}  ({src['kind']}: {src['location']})",
+        f"  {model['num_layers']} layers, hidden {model['hidden_size']}, vocab {model['vocab_size']}, max "
+        f"length {model['max_length']}, {model['float32_parameter_bytes'] / 1e6:.1f} MB float32 parameters",
+        f"  opset {manifest['opset']}; " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
+        f"  realistic probe set: {manifest.get('probe_set') or 'none (synthetic probes only)'}",
+        f"  default variant here: {default} ({provider})",
+        f"  signature: {'signed, key fingerprint ' + signed + ' (check it with verify --key)' if signed else 'none'}",
+    ]
+    fill = [g for g in manifest["graphs"].values() if g["form"] == "fill-mask"]
+    reference = (manifest["graphs"].get("fp32") or (fill or list(manifest["graphs"].values()))[0])["file"]
+    fp32_size = manifest["files"][reference]["size"] or 1
     rows = [("graph", "file", "MB", "%fp32", "attention", "gated on", "positions", "max|Δlogit|",
              "top1", "top5-ovl", "top5-set", "provider", "gate")]
     for name, g in manifest["graphs"].items():
@@ -201,10 +286,9 @@ def info_command(directory: Path, as_json: bool) -> None:
             p.get("provider", "-").replace("ExecutionProvider", ""),
             ("pass" if p.get("passed") else "FAIL") if p else "not verified"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     tolerances = {name: g["tolerance"] for name, g in manifest["graphs"].items()}
-    click.echo("  gates: " + "; ".join(
+    lines.append("  gates: " + "; ".join(
         f"{name} " + ", ".join(filter(None, [
             f"max|Δlogit|<={t['max_abs_logit']:g}" if t.get("max_abs_logit") is not None else "",
             f"top1>={t['min_top1_agreement']:.1%}", f"top{t['top_k']}-overlap>={t['min_topk_overlap']:.0%}"]))
@@ -214,7 +298,33 @@ def info_command(directory: Path, as_json: bool) -> None:
         tried = ", ".join(f"{t['recipe']} {'pass' if t['passed'] else 'fail'} (top1 {t['top1_agreement']:.2%}, "
                           f"overlap {t['topk_overlap']:.2%})" for t in int8.get("recipes_tried", []))
         how = f"; tried {tried}" if tried else " (chosen by hand)"
-        click.echo(f"  quantization recipe for int8: {int8['recipe']}{how}")
+        lines.append(f"  quantization recipe for int8: {int8['recipe']}{how}")
+    _out().result(None, "\n".join(lines))
+
+
+@main.command("sign")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--key", type=key_file, required=True, help="Ed25519 private key (PEM or OpenSSH).")
+@common_options
+def sign_command(directory: Path, key: Path, as_json: bool) -> None:
+    """Check every file of the artifact in DIRECTORY, then sign its manifest (writes manifest.sig)."""
+    from .signing import sign_artifact
+
+    info = sign_artifact(directory, key)
+    _out().result(info.to_dict(), f"signed {directory} (key fingerprint {info.fingerprint}): {info.path}")
+
+
+@main.command("keygen")
+@click.argument("path", type=click.Path(path_type=Path))
+@common_options
+def keygen_command(path: Path, as_json: bool) -> None:
+    """Create an Ed25519 key pair for `sign`: PATH (private, mode 600) and PATH.pub; never overwrites."""
+    from .signing import fingerprint, generate_key, load_public_key
+
+    private, public = generate_key(path)
+    fp = fingerprint(load_public_key(public))
+    _out().result({"private_key": str(private), "public_key": str(public), "fingerprint": fp},
+                  f"wrote {private} (keep it secret) and {public} (fingerprint {fp})")
 
 
 @main.command("bench")
@@ -227,24 +337,26 @@ def info_command(directory: Path, as_json: bool) -> None:
 @click.option("--threads", type=click.IntRange(1, None), default=2, show_default=True)
 @click.option("--rounds", "round_scale", type=click.FloatRange(0.01, None), default=1.0, show_default=True,
               help="Scale every workload's number of timed rounds.")
-@json_option
+@common_options
 @quiet_option
 def bench_command(models: tuple[str, ...], systems: tuple[str, ...], out: Path, work: Path, threads: int,
                   round_scale: float, as_json: bool, quiet: bool) -> None:
     """Time OnnxMaskFiller against transformers, torch bf16 and optimum, side by side."""
     from .bench import SYSTEMS, BenchConfig, run_benchmark
+    from .providers import check_threads
 
     _setup_logging(quiet)
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
         raise click.BadParameter(f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}",
                                  param_hint="--system")
+    check_threads(threads)
     config = BenchConfig(models=models or ("bert-base", "antiberty"), systems=systems or SYSTEMS,
                          out=out, work=work, threads=threads, round_scale=round_scale)
-    summary = _run(lambda: run_benchmark(config))
-    _emit(as_json, {k: v for k, v in summary.items() if k != "table"},
-          f"{summary['table']}\nwrote {out / 'bench.json'}, {out / 'bench.md'}"
-          + (f", {summary['chart']}" if summary["chart"] else ""))
+    summary = run_benchmark(config)
+    _out().result({k: v for k, v in summary.items() if k != "table"},
+                  f"{summary['table']}\nwrote {out / 'bench.json'}, {out / 'bench.md'}"
+                  + (f", {summary['chart']}" if summary["chart"] else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
 from .precision import find_int8_recipe
 
 DEFAULT_OPSET = 17
+MIN_OPSET = 17  # LayerNormalization
+MAX_OPSET = 23  # the newest torch.onnx (TorchScript exporter, torch 2.13) writes
 BUILTIN_MODELS = ("antiberty",)
 
 
@@ -31,8 +34,14 @@ class ExportConfig:
         return ("fp32",) + (("fp16",) if self.fp16 else ()) + (("int8",) if self.int8 else ())
 
     def __post_init__(self) -> None:
-        if self.opset < 17:
-            raise ValueError(f"opset {self.opset} is too old: LayerNormalization needs opset >= 17")
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool):
+            raise ConfigError(f"opset must be an integer, got {self.opset!r}")
+        if self.opset < MIN_OPSET:
+            raise ConfigError(f"opset {self.opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+        if self.opset > MAX_OPSET:
+            raise ConfigError(f"opset {self.opset} is newer than torch.onnx can write (at most {MAX_OPSET})")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError(f"model must name a directory, a hub id or a built-in model, got {self.model!r}")
         if self.int8_recipe != "auto":
             find_int8_recipe(self.int8_recipe)  # raises on an unknown name
 

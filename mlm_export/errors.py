@@ -1,24 +1,41 @@
 """One exception tree, so callers can catch everything mlm-export raises with one clause.
 
     MlmExportError                  exit code 1 unless noted
+    ├── ConfigError (ValueError)    invalid export settings: opset, recipe (exit code 2, like usage)
     ├── SourceError                 the model cannot be found or loaded
     │   └── MissingHeadError        the checkpoint has no trained MLM head
     ├── ExportError                 torch.onnx or graph surgery failed
     │   └── FusionError             fewer fused attention nodes than layers
     ├── ParityError                 a graph disagrees with PyTorch beyond its gate (exit code 3)
-    ├── ArtifactError               missing/invalid artifact, or one exists without --force
+    ├── ArtifactError               missing/invalid artifact, or a destination that may not be replaced
+    │   ├── StorageError            the artifact cannot be written: no space, read-only, no permission
     │   └── IntegrityError          a file's sha256 differs from the manifest
+    │       └── SignatureError      the manifest's Ed25519 signature is missing or wrong
     ├── ProviderError               an execution provider request cannot be honoured
-    └── InputError (ValueError)     bad predictor input: empty, no [MASK], too long
+    └── InputError (ValueError)     bad predictor input or setting: no [MASK], too long, top_k, threads
+
+    KeyboardInterrupt               Ctrl-C (exit code 130)
+    └── Interrupted                 SIGTERM or SIGHUP, raised so cleanup runs (exit code 128 + signal)
+
+`Interrupted` is not an `MlmExportError`: like Ctrl-C it must pass through `except Exception` blocks
+in third-party code, so that the partial export is removed on the way out.
 """
 
 from __future__ import annotations
+
+import signal
 
 
 class MlmExportError(Exception):
     """Base of every error mlm-export raises on purpose."""
 
     exit_code = 1
+
+
+class ConfigError(MlmExportError, ValueError):
+    """Settings that can never work are refused before any slow work, as a usage error."""
+
+    exit_code = 2
 
 
 class SourceError(MlmExportError):
@@ -48,11 +65,19 @@ class ParityError(MlmExportError):
 
 
 class ArtifactError(MlmExportError):
-    """The artifact directory is missing, malformed, or would be overwritten."""
+    """The artifact directory is missing or malformed, or a destination may not be replaced."""
+
+
+class StorageError(ArtifactError):
+    """Writing failed for a reason the user can fix on their side: disk space, permissions."""
 
 
 class IntegrityError(ArtifactError):
     """A file no longer matches the sha256 recorded when it was verified."""
+
+
+class SignatureError(IntegrityError):
+    """sha256 catches corruption; only a signature catches a manifest edited along with a graph."""
 
 
 class ProviderError(MlmExportError):
@@ -60,4 +85,13 @@ class ProviderError(MlmExportError):
 
 
 class InputError(MlmExportError, ValueError):
-    """The predictor was given input it cannot answer."""
+    """The predictor was given input or settings it cannot answer."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM from `docker stop`, systemd, `timeout`; SIGHUP), as an exception."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -11,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,19 @@ class ResolvedSource:
         safetensors = [p for p in files if p.suffix == ".safetensors"]
         return safetensors or files
 
+    @property
+    def float32_weight_bytes(self) -> int:
+        """Size the weights take as float32, read from safetensors headers without loading them.
+
+        Only sizes the disk-space check: a half-precision checkpoint doubles in the export, and
+        a pickled file, which cannot be measured without unpickling, counts as its size.
+        """
+        total = 0
+        for path in self.weight_files:
+            elements = _safetensors_elements(path) if path.suffix == ".safetensors" else None
+            total += 4 * elements if elements is not None else path.stat().st_size
+        return total
+
     @functools.cached_property
     def weights_sha256(self) -> str:
         """Hashed once per source: export records it and its verify step checks it again."""
@@ -79,6 +93,20 @@ class ResolvedSource:
         return digest.hexdigest()
 
 
+def _safetensors_elements(path: Path) -> int | None:
+    """Number of tensor elements a safetensors header declares; None if the header is unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            length = int.from_bytes(fh.read(8), "little")
+            if not 2 <= length <= 100 * 1024 * 1024:
+                return None
+            header = json.loads(fh.read(length))
+        return sum(math.prod(int(d) for d in entry["shape"])
+                   for key, entry in header.items() if key != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def require_export_extra() -> None:
     """A serving install lacks torch; say which extra to add instead of failing mid-way."""
     missing = [m for m in ("torch", "transformers", "onnx", "onnxruntime")
@@ -88,17 +116,22 @@ def require_export_extra() -> None:
                           "pip install 'mlm-export[export,cpu]' (or [export,gpu])")
 
 
-def resolve(model: str, revision: str | None = None) -> ResolvedSource:
-    """Pin MODEL to local files; hub downloads happen here and nowhere else."""
+def parse_source(model: str, revision: str | None = None) -> SourceSpec:
+    """What MODEL names, without touching the network: the destination checks need this first."""
     if model in BUILTIN_MODELS:
-        return _resolve_antiberty()
+        return SourceSpec("builtin", model)
     path = Path(model).expanduser()
     if path.is_dir():
-        return _resolve_local(path.resolve(), SourceSpec("local", str(path.resolve())))
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        return SourceSpec("local", str(path.resolve()))
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or not model.strip():
         raise SourceError(f"{model!r} is not a directory: pass a Hugging Face model directory "
                           f"(config.json plus weights), a hub id, or one of {', '.join(BUILTIN_MODELS)}")
-    return _resolve_hub(model, revision)
+    return SourceSpec("hub", model, revision)
+
+
+def resolve(model: str, revision: str | None = None) -> ResolvedSource:
+    """Pin MODEL to local files; hub downloads happen here and nowhere else."""
+    return resolve_spec(parse_source(model, revision))
 
 
 def resolve_spec(spec: SourceSpec) -> ResolvedSource:
@@ -157,21 +190,21 @@ def load_model(source: ResolvedSource, attn_implementation: str | None = None) -
     from transformers import BertConfig, BertForMaskedLM
     from transformers.utils import logging as hf_logging
 
-    config_data = json.loads((source.model_dir / "config.json").read_text())
+    config_data = read_config(source)
     model_type = config_data.get("model_type")
     if model_type != "bert":
         raise SourceError(f"{source.spec.location}: model_type {model_type!r} is not supported; "
                           "mlm-export handles BERT-style checkpoints (model_type 'bert')")
-    config = BertConfig.from_pretrained(source.model_dir)
     kwargs: dict[str, Any] = {"output_loading_info": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # we report missing weights ourselves, precisely
     try:
+        config = BertConfig.from_pretrained(source.model_dir)
         model, info = BertForMaskedLM.from_pretrained(source.model_dir, config=config, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise SourceError(f"could not load {source.model_dir}: {exc}") from exc
+    except Exception as exc:  # transformers, torch and safetensors each raise their own kinds
+        raise SourceError(f"could not load {source.model_dir}: {_load_failure(exc)}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(k for k in info["missing_keys"] if not k.endswith("position_ids"))
@@ -187,13 +220,49 @@ def load_model(source: ResolvedSource, attn_implementation: str | None = None) -
     return model.eval()
 
 
+def read_config(source: ResolvedSource) -> dict:
+    """config.json as a dict, or a SourceError that says what is wrong with it."""
+    path = source.model_dir / "config.json"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path} is not a readable JSON file ({exc}); fix or re-save the model's "
+                          "config.json") from exc
+    if not isinstance(data, dict):
+        raise SourceError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The cause a user can act on, found in the chain of errors transformers wraps."""
+    chain, current = [], exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for error in chain:
+        text = str(error)
+        if type(error).__name__ == "UnpicklingError" or "Weights only load failed" in text:
+            return ("its pickled weights hold objects other than tensors, and loading them would run "
+                    "code; mlm-export refused (torch.load weights_only=True). If you trust the file, "
+                    "convert it to safetensors where it came from; otherwise do not use it. "
+                    f"Detail: {text.split('. ')[0]}")
+        if type(error).__name__ == "SafetensorError":
+            return (f"a safetensors file is corrupt or truncated ({text}); download or copy it again")
+    first = str(exc).splitlines()[0] if str(exc) else "no detail"
+    return f"{type(exc).__name__}: {first}"
+
+
 def load_tokenizer(source: ResolvedSource) -> Any:
     """A `tokenizers.Tokenizer` with padding and truncation off: the predictor pads itself."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     tokenizer_json = source.model_dir / "tokenizer.json"
     if tokenizer_json.is_file() and not source.char_level:
-        tok = Tokenizer.from_file(str(tokenizer_json))
+        try:
+            tok = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as exc:  # the Rust side raises a bare Exception
+            raise SourceError(f"{tokenizer_json} is not a tokenizer file the `tokenizers` library can "
+                              f"read ({exc}); re-save it, or remove it to build one from vocab.txt") from exc
     elif source.vocab_file is not None:
         lower = _lowercase_setting(source)
         vocab = _read_vocab(source.vocab_file)
@@ -225,7 +294,10 @@ def load_tokenizer(source: ResolvedSource) -> Any:
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
-    tokens = path.read_text(encoding="utf-8").splitlines()
+    try:
+        tokens = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"cannot read {path} as UTF-8 text ({exc})") from exc
     return {token: index for index, token in enumerate(tokens)}
 
 
@@ -234,5 +306,9 @@ def _lowercase_setting(source: ResolvedSource) -> bool:
         return False  # protein letters are case-sensitive; lowercasing maps every residue to [UNK]
     cfg = source.model_dir / "tokenizer_config.json"
     if cfg.is_file():
-        return bool(json.loads(cfg.read_text()).get("do_lower_case", True))
+        try:
+            data = json.loads(cfg.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SourceError(f"{cfg} is not a readable JSON file ({exc})") from exc
+        return bool(data.get("do_lower_case", True)) if isinstance(data, dict) else True
     return True

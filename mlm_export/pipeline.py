@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact import FORMAT_VERSION, atomic_directory, ensure_writable, file_entries, write_manifest
+from .artifact import file_entries
 from .config import FP32_TOLERANCE, TOLERANCES, ExportConfig
 from .errors import ExportError, ParityError
 from .export import export_fill_mask, export_logits
@@ -23,10 +23,13 @@ from .load import (
     ResolvedSource,
     load_model,
     load_tokenizer,
+    parse_source,
     require_export_extra,
-    resolve,
+    resolve_spec,
 )
+from .manifest import FORMAT_VERSION, write_manifest
 from .precision import INT8_RECIPES, find_int8_recipe, fused_op_counts, to_fp16, to_int8
+from .staging import atomic_directory, check_destination
 from .verify import (
     VerifyReport,
     build_probes,
@@ -62,15 +65,20 @@ def library_versions() -> dict[str, str]:
 
 
 def export_model(config: ExportConfig) -> ExportResult:
-    """Export, fuse and verify MODEL; the artifact appears only if every graph passes its gate."""
+    """Export, fuse and verify MODEL; the artifact appears only if every graph passes its gate.
+
+    Every check that can fail fast (destination, source, disk space, a writable parent) runs before
+    the model is loaded; an interruption or failure at any stage leaves nothing behind.
+    """
     require_export_extra()
-    source = resolve(config.model, config.revision)
-    out = Path(config.out) if config.out else Path("models") / source.spec.default_name
-    ensure_writable(out, config.force)
-    log.info("loading %s from %s", source.spec.location, source.model_dir)
-    model = load_model(source, attn_implementation="eager")
-    tokenizer = load_tokenizer(source)
-    with atomic_directory(out, config.force) as tmp:
+    spec = parse_source(config.model, config.revision)
+    out = Path(config.out) if config.out else Path("models") / spec.default_name
+    check_destination(out, config.force, [Path(spec.location)] if spec.kind == "local" else [])
+    source = resolve_spec(spec)
+    with atomic_directory(out, config.force, [source.model_dir], disk_needed(source, config)) as tmp:
+        log.info("loading %s from %s", source.spec.location, source.model_dir)
+        model = load_model(source, attn_implementation="eager")
+        tokenizer = load_tokenizer(source)
         manifest = _build(model, tokenizer, source, config, tmp)
         del model  # the reference is reloaded fresh by verify
         report = verify_artifact(tmp, source=source)
@@ -81,6 +89,17 @@ def export_model(config: ExportConfig) -> ExportResult:
         write_manifest(tmp, manifest)
     log.info("wrote %s", out)
     return ExportResult(out, manifest, report)
+
+
+def disk_needed(source: ResolvedSource, config: ExportConfig) -> int:
+    """Bytes the build directory holds at its peak, with float32 weights P.
+
+    The logits form stores the tied decoder a second time (up to 1.3 P), the fused fp32 graph and
+    its unfused input are on disk together (2 P); fp16 adds 0.5 P; int8 adds its graph and the
+    quantizer's full-size intermediate (1.5 P).
+    """
+    factor = 3.3 + (0.5 if config.fp16 else 0.0) + (1.5 if config.int8 else 0.0)
+    return int(source.float32_weight_bytes * factor) + 32 * 1024 * 1024
 
 
 def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportConfig, tmp: Path) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._quiet import quiet_onnxruntime_tools
-from .errors import ExportError
+from .errors import ConfigError, ExportError
 
 log = logging.getLogger("mlm_export")
 
@@ -58,7 +58,7 @@ def find_int8_recipe(name: str) -> Int8Recipe:
     for recipe in INT8_RECIPES:
         if recipe.name == name:
             return recipe
-    raise ValueError(f"unknown int8 recipe {name!r}; choose one of {', '.join(INT8_RECIPE_NAMES)}")
+    raise ConfigError(f"unknown int8 recipe {name!r}; choose one of {', '.join(INT8_RECIPE_NAMES)}")
 
 
 def fused_op_counts(path: Path) -> dict[str, int]:

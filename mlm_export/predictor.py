@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
-from .artifact import checked_file, read_manifest
+from .artifact import checked_file
 from .errors import ArtifactError, InputError, ProviderError
-from .providers import CUDA, create_session, requested_providers
+from .manifest import read_manifest
+from .providers import CUDA, check_threads, create_session, requested_providers
 
 # Best variant first, per provider. int8 is never picked for CUDA: its int8 ops fall back to the
 # CPU there, an order of magnitude slower.
@@ -46,25 +47,34 @@ class OnnxMaskFiller:
         self.mask_token_id: int = tok["mask_token_id"]
         self.pad_token_id: int = tok["pad_token_id"]
         self.max_length: int = manifest["model"]["max_length"]
+        self.vocab_size: int = manifest["model"]["vocab_size"]
         self._strip = {tok["cls_token_id"], tok["sep_token_id"], tok["pad_token_id"]}
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, variant: str | None = None,
                         providers: str | Sequence[str] = "auto", threads: int | None = None,
-                        batch_size: int = 32, io_binding: bool | None = None) -> OnnxMaskFiller:
-        """Open an artifact; the graph and tokenizer are checked against their sha256 first."""
+                        batch_size: int = 32, io_binding: bool | None = None,
+                        public_key: Any = None) -> OnnxMaskFiller:
+        """Open an artifact; the graph and tokenizer are checked against their sha256 first.
+
+        `public_key` (a key file, PEM/OpenSSH bytes or a key object) makes the manifest's Ed25519
+        signature mandatory: an unsigned or edited artifact raises `SignatureError`.
+        """
         from tokenizers import Tokenizer
 
         directory = Path(directory)
-        manifest = read_manifest(directory)
+        check_threads(threads)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if variant is not None and not isinstance(variant, str):
+            raise InputError(f"variant must be a name such as 'fp32' or None, got {variant!r}")
+        manifest = read_manifest(directory, public_key=public_key)
         variants = _fill_mask_graphs(manifest)
         if not variants:
             raise ArtifactError(f"{directory} has no fill-mask graph")
         if variant is not None and variant not in variants:
             raise ArtifactError(f"variant {variant!r} is not in {directory}; it has "
                                 f"{', '.join(sorted(variants))}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         primary = requested_providers(providers)[0]
         if variant == "int8" and primary == CUDA:
             raise ProviderError("the int8 variant is for the CPU provider: on CUDA its int8 ops fall "
@@ -79,7 +89,12 @@ class OnnxMaskFiller:
             first = _pick(variants, landed)
             session = create_session(str(checked_file(directory, manifest, variants[first]["file"])),
                                      providers, threads)
-        tokenizer = Tokenizer.from_file(str(checked_file(directory, manifest, "tokenizer.json")))
+        tokenizer_file = checked_file(directory, manifest, manifest["tokenizer"]["file"])
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # the Rust side raises a bare Exception
+            raise ArtifactError(f"{tokenizer_file} cannot be read by `tokenizers` ({exc}); "
+                                "re-export the artifact") from exc
         tokenizer.no_padding()
         tokenizer.no_truncation()
         return cls(directory, manifest, first, session, tokenizer, batch_size, io_binding)
@@ -88,30 +103,44 @@ class OnnxMaskFiller:
         return (f"OnnxMaskFiller({str(self.directory)!r}, variant={self.variant!r}, "
                 f"provider={self.provider!r})")
 
-    def __call__(self, inputs: str | Sequence[str], top_k: int = 5) -> list:
+    def __call__(self, inputs: str | Sequence[str], top_k: int = 5, return_sequence: bool = True) -> list:
         """Per text: a list of {score, token, token_str, sequence} for one mask, a list of such
-        lists for several masks. A single string in gives that result; a list gives a list."""
+        lists for several masks. A single string in gives that result; a list gives a list.
+
+        Each candidate's `sequence` is the whole text with that mask filled, so a call returns
+        masks x top_k copies of its texts: 10 texts with 510 masks each at top_k=25 hold 127,500
+        decoded sequences (several hundred MB). `return_sequence=False` leaves the key out.
+        `top_k` above the vocabulary size returns the whole vocabulary, ranked.
+        """
         single = isinstance(inputs, str)
-        texts = [inputs] if single else list(inputs)
+        texts = [inputs] if single else _as_text_list(inputs)
         if not texts:
             raise InputError("no input texts were given")
         if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+        top_k = min(int(top_k), self.vocab_size)  # before any conversion to a fixed-width integer
         encoded = self._encode(texts)
         results: list[Any] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            for index, result in zip(chunk, self._run([encoded[i] for i in chunk], int(top_k))):
+            for index, result in zip(chunk, self._run([encoded[i] for i in chunk], top_k, bool(return_sequence))):
                 results[index] = result
         return results[0] if single else results
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         for i, text in enumerate(texts):
+            if isinstance(text, (bytes, bytearray)):
+                raise InputError(f"input {i} is bytes, not a string; decode it first, e.g. text.decode('utf-8')")
             if not isinstance(text, str):
                 raise InputError(f"input {i} is a {type(text).__name__}, not a string")
             if not text.strip():
                 raise InputError(f"input {i} is empty")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(f"input {i} is not valid Unicode ({exc.reason} at character "
+                                 f"{exc.start}); it cannot be tokenized") from exc
         encodings = self.tokenizer.encode_batch(texts)
         ids = [e.ids for e in encodings]
         for i, row in enumerate(ids):
@@ -122,7 +151,7 @@ class OnnxMaskFiller:
                                  f"model takes at most {self.max_length}. Shorten the text.")
         return ids
 
-    def _run(self, rows: list[list[int]], top_k: int) -> list[list]:
+    def _run(self, rows: list[list[int]], top_k: int, with_sequence: bool) -> list[list]:
         width = max(len(r) for r in rows)
         input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros_like(input_ids)
@@ -134,7 +163,7 @@ class OnnxMaskFiller:
         batch_index, position, scores, token_ids = self._infer(feeds)
         per_row: list[list] = [[] for _ in rows]
         for b, p, row_scores, row_ids in zip(batch_index, position, scores, token_ids):
-            per_row[b].append([self._candidate(rows[b], int(p), float(s), int(t))
+            per_row[b].append([self._candidate(rows[b], int(p), float(s), int(t), with_sequence)
                                for s, t in zip(row_scores, row_ids)])
         return [masks[0] if len(masks) == 1 else masks for masks in per_row]
 
@@ -149,10 +178,13 @@ class OnnxMaskFiller:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def _candidate(self, row: list[int], position: int, score: float, token: int) -> dict:
-        filled = [token if i == position else t for i, t in enumerate(row) if t not in self._strip]
-        return {"score": score, "token": token, "token_str": self.tokenizer.decode([token], skip_special_tokens=False),
-                "sequence": self.tokenizer.decode(filled, skip_special_tokens=False)}
+    def _candidate(self, row: list[int], position: int, score: float, token: int, with_sequence: bool) -> dict:
+        candidate = {"score": score, "token": token,
+                     "token_str": self.tokenizer.decode([token], skip_special_tokens=False)}
+        if with_sequence:
+            filled = [token if i == position else t for i, t in enumerate(row) if t not in self._strip]
+            candidate["sequence"] = self.tokenizer.decode(filled, skip_special_tokens=False)
+        return candidate
 
 
 def preferred_variant(manifest: dict, provider: str) -> str:
@@ -162,6 +194,17 @@ def preferred_variant(manifest: dict, provider: str) -> str:
 
 def _fill_mask_graphs(manifest: dict) -> dict[str, dict]:
     return {name: g for name, g in manifest["graphs"].items() if g["form"] == "fill-mask"}
+
+
+def _as_text_list(inputs: object) -> list:
+    """A list of the texts in `inputs`; refuses what only looks iterable (bytes, mappings, numbers)."""
+    if isinstance(inputs, (bytes, bytearray)):
+        raise InputError("inputs are bytes, not a string; decode them first, e.g. text.decode('utf-8')")
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs)
+    if isinstance(inputs, Sequence) or (isinstance(inputs, Iterable) and not isinstance(inputs, (Mapping, Set))):
+        return list(inputs)
+    raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
 
 
 def _pick(variants: dict, provider: str) -> str:

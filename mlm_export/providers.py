@@ -6,11 +6,12 @@ A CUDA request that ends on the CPU is an error, never a silent fallback.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import warnings
 from typing import Any
 from collections.abc import Sequence
 
-from .errors import ProviderError
+from .errors import InputError, ProviderError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -48,6 +49,23 @@ def _clash_hint() -> str:
     return ""
 
 
+THREADS_PER_CPU = 4  # the most intra-op threads accepted per logical CPU
+
+
+def check_threads(threads: object) -> None:
+    """ONNX Runtime starts one OS thread per intra-op thread: a huge count exhausts the machine."""
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool):
+        raise InputError(f"threads must be an integer or None, got {threads!r}")
+    cpus = os.cpu_count() or 1
+    limit = THREADS_PER_CPU * cpus
+    if not 1 <= threads <= limit:
+        why = ": more threads than cores only adds contention" if threads > limit else ""
+        raise InputError(f"threads must be between 1 and {limit} ({THREADS_PER_CPU} x the {cpus} CPUs "
+                         f"here), got {threads}{why}")
+
+
 def requested_providers(spec: str | Sequence[str]) -> list[str]:
     """Translate "auto" | "cpu" | "cuda" | explicit list into ONNX Runtime provider names."""
     ort = _ort()
@@ -69,6 +87,9 @@ def requested_providers(spec: str | Sequence[str]) -> list[str]:
             return [CUDA, CPU] if CUDA in available else [CPU]
         raise ProviderError(f"unknown providers value {spec!r}: use 'auto', 'cpu', 'cuda' or a list "
                             "of ONNX Runtime provider names")
+    if not isinstance(spec, Sequence) or not all(isinstance(p, str) for p in spec):
+        raise ProviderError(f"providers must be 'auto', 'cpu', 'cuda' or a list of ONNX Runtime provider "
+                            f"names, got {spec!r}")
     providers = list(spec)
     unknown = [p for p in providers if p not in available]
     if not providers or unknown:
@@ -79,12 +100,11 @@ def requested_providers(spec: str | Sequence[str]) -> list[str]:
 
 def create_session(path: str, spec: str | Sequence[str] = "auto", threads: int | None = None) -> Any:
     """An InferenceSession whose primary provider is the one asked for, or a ProviderError."""
+    check_threads(threads)
     ort = _ort()
     providers = requested_providers(spec)
     options = ort.SessionOptions()
     if threads is not None:
-        if threads < 1:
-            raise ProviderError(f"threads must be >= 1, got {threads}")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .artifact import check_all_files, read_manifest
+from .artifact import check_all_files
+from .manifest import path_inside, read_manifest
 from .config import Tolerance
 from .errors import SourceError
 from .load import ResolvedSource, SourceSpec, load_model, require_export_extra, resolve, resolve_spec
@@ -335,14 +336,19 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | None = None,
-                    providers: str = "cpu", probe_texts: list[str] | None = None) -> VerifyReport:
-    """Compare every graph of the artifact with a freshly loaded PyTorch model."""
+                    providers: str = "cpu", probe_texts: list[str] | None = None,
+                    public_key: Any = None) -> VerifyReport:
+    """Compare every graph of the artifact with a freshly loaded PyTorch model.
+
+    With `public_key`, the manifest's signature is checked first (`SignatureError` if it fails).
+    """
     require_export_extra()
     from tokenizers import Tokenizer
 
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, public_key=public_key)
     check_all_files(directory, manifest)
+    root = directory.resolve()
     if source is None:
         resolved = resolve_spec(SourceSpec.from_dict(manifest["source"]))
     elif isinstance(source, str):
@@ -355,13 +361,14 @@ def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | Non
                           f"exported from (sha256 {expected[:12]}…); pass --source with the original")
     log.info("loading the PyTorch reference (eval mode)")
     model = load_model(resolved)
-    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(path_inside(root, manifest["tokenizer"]["file"], "tokenizer.file")))
     batches = build_probes(manifest, tokenizer, probe_texts)
     refs = reference_logits(model, batches, manifest["tokenizer"]["mask_token_id"])
     graphs = []
     for name, entry in manifest["graphs"].items():
         log.info("comparing %s on %d probe batches", entry["file"], len(batches))
-        graphs.append(compare_graph(directory / entry["file"], name, entry, batches, refs,
+        graphs.append(compare_graph(path_inside(root, entry["file"], f"graphs.{name}.file"), name, entry,
+                                    batches, refs,
                                     # int8 is a CPU variant: on CUDA its int8 ops fall back to the CPU
                                     "cpu" if entry["precision"] == "int8" else providers))
     return VerifyReport(str(directory), graphs)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from mlm_export import ArtifactError, ExportConfig, IntegrityError, OnnxMaskFiller, export_model
-from mlm_export.artifact import atomic_directory, read_manifest
+from mlm_export.manifest import read_manifest
+from mlm_export.staging import atomic_directory
 
 
 def _flip_byte(path: Path, offset: int | None = None) -> None:
@@ -26,26 +28,24 @@ def test_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_build_keeps_the_old_artifact(tmp_path: Path) -> None:
-    out = tmp_path / "art"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+def test_failed_build_keeps_the_old_artifact(tiny_artifact: Path, tmp_path: Path) -> None:
+    out = Path(shutil.copytree(tiny_artifact, tmp_path / "art"))
+    before = sorted(p.name for p in out.iterdir())
     with pytest.raises(RuntimeError), atomic_directory(out, force=True) as tmp:
         (tmp / "new.txt").write_text("new")
         raise RuntimeError("boom")
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
-    assert (out / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in out.iterdir()) == before and read_manifest(out)
 
 
 def test_existing_artifact_needs_force(tiny_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "art"
-    out.mkdir()
-    (out / "mine.txt").write_text("user data")
+    out = export_model(ExportConfig(str(tiny_dir), out=tmp_path / "art")).path
+    created = read_manifest(out)["created"]
     with pytest.raises(ArtifactError, match="--force"):
         export_model(ExportConfig(str(tiny_dir), out=out))
-    assert (out / "mine.txt").read_text() == "user data"
+    assert read_manifest(out)["created"] == created
     export_model(ExportConfig(str(tiny_dir), out=out, force=True))
-    assert not (out / "mine.txt").exists() and read_manifest(out)["graphs"]["fp32"]["parity"]["passed"]
+    assert read_manifest(out)["graphs"]["fp32"]["parity"]["passed"]
     assert [p.name for p in tmp_path.iterdir()] == ["art"], "no temporary siblings may remain"
 
 

@@ -79,7 +79,9 @@ def test_verify_exits_3_on_a_broken_graph(runner: CliRunner, tiny_copy: Path) ->
     _break_decoder_bias(tiny_copy)
     result = runner.invoke(main, ["verify", str(tiny_copy), "--json", "-q"])
     assert result.exit_code == 3
-    report = json.loads(result.stdout)
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "ParityError" and error["exit_code"] == 3
+    report = error["report"]
     assert report["passed"] is False
     assert report["graphs"]["logits"]["passed"] is True
     assert report["graphs"]["fp32"]["passed"] is False

@@ -209,7 +209,7 @@ def test_naive_int8_fails_the_gate_and_verify_exits_3(antiberty_export, tmp_path
 
     result = CliRunner().invoke(main, ["verify", str(artifact), "--json", "-q"])
     assert result.exit_code == 3, result.output
-    report = json.loads(result.stdout)["graphs"]["int8"]
+    report = json.loads(result.stdout)["error"]["report"]["graphs"]["int8"]
     assert report["passed"] is False and report["gated_on"] == "antibody"
     assert any("overlap" in f or "top-1" in f for f in report["failures"])
 

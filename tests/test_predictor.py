@@ -139,7 +139,7 @@ def test_both_onnxruntime_wheels_are_named_in_the_error(tiny_artifact: Path, mon
 def test_threads_option_is_applied(tiny_artifact: Path) -> None:
     filler = OnnxMaskFiller.from_pretrained(tiny_artifact, providers="cpu", threads=1)
     assert filler("a [MASK]")
-    with pytest.raises(ProviderError, match="threads"):
+    with pytest.raises(InputError, match="threads must be between 1 and"):
         OnnxMaskFiller.from_pretrained(tiny_artifact, providers="cpu", threads=0)
 
 

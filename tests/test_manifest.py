@@ -1,0 +1,145 @@
+"""The manifest reader: validated shape, and every file it names confined to the artifact directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from mlm_export import ArtifactError, OnnxMaskFiller
+from mlm_export.cli import main
+from mlm_export.manifest import read_manifest
+
+
+def _edit(artifact: Path, change: Any) -> None:
+    path = artifact / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _outside_graph(tmp_path: Path, tiny_artifact: Path) -> tuple[Path, str]:
+    """Another directory's graph, with its real sha256: what an attacker would point the manifest at."""
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    graph = other / "fill_mask.fp32.onnx"
+    graph.write_bytes((tiny_artifact / "fill_mask.fp32.onnx").read_bytes())
+    return graph, hashlib.sha256(graph.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name_of", [
+    lambda graph: str(graph),                            # absolute
+    lambda graph: f"../elsewhere/{graph.name}",          # climbs out
+    lambda graph: f"sub/{graph.name}",                   # a path, not a name
+    lambda graph: "..",
+])
+def test_a_graph_outside_the_artifact_is_never_hashed_or_served(tiny_artifact: Path, tiny_copy: Path,
+                                                                tmp_path: Path, name_of: Any) -> None:
+    graph, digest = _outside_graph(tmp_path, tiny_artifact)
+    name = name_of(graph)
+
+    def point_outside(m: dict) -> None:
+        m["files"][name] = {"sha256": digest, "size": graph.stat().st_size}
+        m["graphs"]["fp32"]["file"] = name
+
+    _edit(tiny_copy, point_outside)
+    with pytest.raises(ArtifactError, match="plain files inside its own directory"):
+        OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu")
+    result = CliRunner().invoke(main, ["predict", str(tiny_copy), "a [MASK]"])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: ")
+
+
+def test_a_symlink_out_of_the_artifact_is_refused_without_hashing_the_target(
+        tiny_artifact: Path, tiny_copy: Path, tmp_path: Path) -> None:
+    graph, digest = _outside_graph(tmp_path, tiny_artifact)
+    wrong = "0" * 64
+    (tiny_copy / "fill_mask.fp32.onnx").unlink()
+    (tiny_copy / "fill_mask.fp32.onnx").symlink_to(graph)
+    _edit(tiny_copy, lambda m: m["files"]["fill_mask.fp32.onnx"].update(sha256=wrong))
+    with pytest.raises(ArtifactError, match="outside the artifact directory") as info:
+        OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu")
+    assert digest[:8] not in str(info.value), "no digest of an outside file may be printed"
+    result = CliRunner().invoke(main, ["verify", str(tiny_copy)])
+    assert result.exit_code == 1 and "outside the artifact directory" in result.stderr
+    assert digest[:8] not in result.output
+
+
+def test_a_symlinked_manifest_out_of_the_artifact_is_refused(tiny_copy: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "other-manifest.json"
+    outside.write_bytes((tiny_copy / "manifest.json").read_bytes())
+    (tiny_copy / "manifest.json").unlink()
+    (tiny_copy / "manifest.json").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="outside the artifact directory"):
+        read_manifest(tiny_copy)
+
+
+def test_a_symlink_inside_the_artifact_and_a_symlinked_artifact_still_load(tiny_copy: Path, tmp_path: Path) -> None:
+    """Links that stay inside are how people deploy (models/current -> models/v3): keep them working."""
+    graph = tiny_copy / "fill_mask.fp32.onnx"
+    os.replace(graph, tiny_copy / "real.onnx")
+    graph.symlink_to("real.onnx")
+    current = tmp_path / "current"
+    current.symlink_to(tiny_copy)
+    filler = OnnxMaskFiller.from_pretrained(current, providers="cpu")
+    assert len(filler("the cat [MASK] .", top_k=2)) == 2
+
+
+REQUIRED = [
+    ("format_version",), ("name",), ("source",), ("source", "weights_sha256"), ("model",),
+    ("model", "max_length"), ("model", "vocab_size"), ("tokenizer",), ("tokenizer", "mask_token_id"),
+    ("tokenizer", "file"), ("versions",), ("opset",), ("graphs",), ("graphs", "fp32", "file"),
+    ("graphs", "fp32", "form"), ("graphs", "fp32", "tolerance"), ("graphs", "fp32", "tolerance", "top_k"),
+    ("files",), ("files", "tokenizer.json", "sha256"),
+]
+
+
+@pytest.mark.parametrize("key", REQUIRED, ids=".".join)
+def test_a_missing_key_is_an_artifact_error_naming_it(tiny_copy: Path, key: tuple[str, ...]) -> None:
+    def drop(m: dict) -> None:
+        parent = m
+        for part in key[:-1]:
+            parent = parent[part]
+        del parent[key[-1]]
+
+    _edit(tiny_copy, drop)
+    with pytest.raises(ArtifactError) as info:
+        OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu")
+    assert f"'{key[-1]}'" in str(info.value) or "format_version None" in str(info.value)
+    for command in (["info", str(tiny_copy)], ["predict", str(tiny_copy), "a [MASK]"], ["verify", str(tiny_copy)]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and result.stderr.startswith("Error: "), (command, result.output)
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m["model"].update(max_length="64"), "model.max_length: '64' is not of type 'integer'"),
+    (lambda m: m["graphs"]["fp32"].update(form="embeddings"), "graphs.fp32.form"),
+    (lambda m: m["graphs"]["fp32"].update(precision="int4"), "graphs.fp32.precision"),
+    (lambda m: m["files"]["model.onnx"].update(sha256="not-a-hash"), "files.model.onnx.sha256"),
+    (lambda m: m.update(format_version=2), "format_version 2"),
+    (lambda m: m.update(graphs={}), "graphs"),
+    (lambda m: m["files"].pop("fill_mask.fp32.onnx"),
+     "graphs.fp32.file names 'fill_mask.fp32.onnx', which has no sha256"),
+])
+def test_ill_typed_or_unknown_values_are_refused(tiny_copy: Path, change: Any, match: str) -> None:
+    _edit(tiny_copy, change)
+    with pytest.raises(ArtifactError, match=match):
+        read_manifest(tiny_copy)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"\xff\xfe{\x00}", "not UTF-8"),
+    (b"[1, 2, 3]", "JSON list, not an object"),
+    (b"", "not valid JSON"),
+])
+def test_undecodable_manifests(tiny_copy: Path, content: bytes, match: str) -> None:
+    (tiny_copy / "manifest.json").write_bytes(content)
+    with pytest.raises(ArtifactError, match=match):
+        read_manifest(tiny_copy)
+    result = CliRunner().invoke(main, ["info", str(tiny_copy), "--json"])
+    assert result.exit_code == 1 and json.loads(result.stdout)["error"]["type"] == "ArtifactError"
