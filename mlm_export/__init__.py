@@ -26,7 +26,7 @@ from .errors import (
 )
 from .predictor import OnnxMaskFiller
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "ArtifactError", "ConfigError", "ExportConfig", "ExportError", "FusionError", "InputError",

@@ -60,8 +60,28 @@ def _flag(args: list[str], *names: str) -> bool:
     return any(name in options for name in names)
 
 
+class _Command(click.Command):
+    """While the command body runs, stdout belongs to its result; library chatter goes to stderr.
+
+    Only the body: help, version and usage errors come before it and print normally.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        output = ctx.find_object(_Output)
+        with stdout_to_stderr() as stream:
+            if output is not None:
+                output.stream = stream
+            try:
+                return super().invoke(ctx)
+            finally:
+                if output is not None:
+                    output.stream = None  # back to the real sys.stdout, for the error path
+
+
 class _Cli(click.Group):
     """`mlm-export MODEL ...` means `mlm-export export MODEL ...`; every command shares one error path."""
+
+    command_class = _Command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
@@ -73,8 +93,7 @@ class _Cli(click.Group):
         args = list(sys.argv[1:] if args is None else args)
         output = _Output(as_json=_flag(args, "--json"),
                          debug=_flag(args, "--debug") or os.environ.get("MLM_EXPORT_DEBUG", "") not in ("", "0"))
-        with signals_as_interrupts(), stdout_to_stderr() as stream:
-            output.stream = stream
+        with signals_as_interrupts():
             code = self._guarded(output, args, prog_name, complete_var, extra)
         sys.exit(code)
 

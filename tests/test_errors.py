@@ -150,3 +150,11 @@ def test_stdout_under_json_is_exactly_one_document_despite_chatty_libraries(tiny
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)  # fails on any stray line
     assert document["manifest"]["opset"] == 22
+
+
+def test_help_and_version_still_print_on_stdout(runner: CliRunner) -> None:
+    """Only a command's body has its stdout moved aside; help comes before it."""
+    for args in (["--help"], ["export", "--help"], ["predict", "--help"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0 and result.stdout.startswith("Usage: "), args
+    assert "version" in runner.invoke(main, ["--version"]).stdout
