@@ -50,8 +50,10 @@ def test_a_graph_outside_the_artifact_is_never_hashed_or_served(tiny_artifact: P
     _edit(tiny_copy, point_outside)
     with pytest.raises(ArtifactError, match="plain files inside its own directory"):
         OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu")
-    result = CliRunner().invoke(main, ["predict", str(tiny_copy), "a [MASK]"])
-    assert result.exit_code == 1 and result.stderr.startswith("Error: ")
+    for command in (["predict", str(tiny_copy), "a [MASK]"], ["verify", str(tiny_copy)]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "Traceback" not in result.output
+        assert digest[:8] not in result.output.replace(name, "")
 
 
 def test_a_symlink_out_of_the_artifact_is_refused_without_hashing_the_target(

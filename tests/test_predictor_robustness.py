@@ -46,7 +46,12 @@ def _check_shape(filler: OnnxMaskFiller, text: str, result: list, top_k: int, wi
             assert set(c) == keys and 0 <= c["token"] < vocab and isinstance(c["token_str"], str)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomized: the suite runs the same examples every time (explore more with --hypothesis-seed)
+PROPERTY = {"deadline": None, "derandomize": True, "database": None,
+            "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+
+
+@settings(max_examples=250, **PROPERTY)
 @given(text=texts, top_k=st.integers(min_value=1, max_value=2**70), with_sequence=st.booleans())
 def test_any_text_gets_the_documented_shape_or_an_input_error(filler: OnnxMaskFiller, text: str, top_k: int,
                                                               with_sequence: bool) -> None:
@@ -57,7 +62,7 @@ def test_any_text_gets_the_documented_shape_or_an_input_error(filler: OnnxMaskFi
     _check_shape(filler, text, result, top_k, with_sequence)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, **PROPERTY)
 @given(batch=st.lists(st.one_of(texts, st.binary(max_size=8), st.integers(), st.none()), min_size=1, max_size=6))
 def test_any_batch_answers_every_text_or_raises_input_error(filler: OnnxMaskFiller, batch: list) -> None:
     try:
