@@ -47,7 +47,11 @@ def stdout_to_stderr() -> Iterator[TextIO]:
         with contextlib.redirect_stdout(sys.stderr):
             yield stream
     finally:
+        # whatever is still buffered for stdout belongs to the chatter: let it out while fd 1 is stderr
         _flush_c_stdio()
+        for pending in {id(s): s for s in (real, sys.__stdout__) if s is not None}.values():
+            with contextlib.suppress(OSError, ValueError):
+                pending.flush()
         with contextlib.suppress(OSError, ValueError):
             stream.close()  # flushes the results
         os.dup2(saved, out_fd)

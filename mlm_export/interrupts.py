@@ -33,11 +33,15 @@ def _main_thread() -> bool:
 
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise `Interrupted` in the main thread."""
+    """Within the block, SIGTERM and SIGHUP raise `Interrupted` in the main thread.
+
+    A signal the parent chose to ignore stays ignored: `nohup` relies on SIGHUP being ignored.
+    """
     if not _main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in TERMINATING}
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in TERMINATING
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     finally:
@@ -54,7 +58,7 @@ def deferred_signals() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    watched = (signal.SIGINT, *TERMINATING)
+    watched = [s for s in (signal.SIGINT, *TERMINATING) if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {signum: signal.signal(signum, lambda n, _f: pending.append(n)) for signum in watched}
     try:
         yield

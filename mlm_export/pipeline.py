@@ -29,7 +29,7 @@ from .load import (
 )
 from .manifest import FORMAT_VERSION, write_manifest
 from .precision import INT8_RECIPES, find_int8_recipe, fused_op_counts, to_fp16, to_int8
-from .staging import atomic_directory, check_destination
+from .staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
 from .verify import (
     VerifyReport,
     build_probes,
@@ -73,9 +73,12 @@ def export_model(config: ExportConfig) -> ExportResult:
     require_export_extra()
     spec = parse_source(config.model, config.revision)
     out = Path(config.out) if config.out else Path("models") / spec.default_name
-    check_destination(out, config.force, [Path(spec.location)] if spec.kind == "local" else [])
-    source = resolve_spec(spec)
-    with atomic_directory(out, config.force, [source.model_dir], disk_needed(source, config)) as tmp:
+    local = [Path(spec.location)] if spec.kind == "local" else []
+    prepare_destination(out, config.force, local)
+    with atomic_directory(out, config.force, local) as tmp:
+        source = resolve_spec(spec)  # a hub download happens only once the destination is known good
+        check_destination(out, config.force, [source.model_dir])
+        estimate_free_space(tmp.parent.parent, disk_needed(source, config))
         log.info("loading %s from %s", source.spec.location, source.model_dir)
         model = load_model(source, attn_implementation="eager")
         tokenizer = load_tokenizer(source)

@@ -3,18 +3,21 @@
 The rules (README, "Safety"):
 - An existing destination is replaced only with `force`, and only when it is an mlm-export artifact
   holding nothing but the files its manifest lists. The source model's directory, any directory
-  above it, and the working directory (or one above it) are never replaced.
-- A staging directory is named `.NAME.mlm-export-tmp-PID-XXXXXXXX` and holds `owner.json` (pid,
-  host, process start time) beside the artifact being built. A kill -9 cannot be caught, so the
-  next export into the same parent removes the stagings whose owner is gone, and says so.
+  above it, the working directory (or one above it) and a symlink are never replaced.
+- A staging directory is named `.NAME.mlm-export-tmp-PID-XXXXXXXX`. It holds `owner.json` (pid,
+  host, process start time), locked for as long as its export runs, beside `artifact/`, the
+  directory being built. A kill -9 cannot be caught, so the next export into the same parent
+  removes the stagings whose owner is gone (the lock is free and the pid is dead or reused), and
+  says so.
 - Nothing is deleted that this module did not create: parents it made are removed again (if still
-  empty) after a failure, and a directory without our marker is never touched.
+  empty) after a failure, and a staging without our marker is at most `rmdir`ed (only if empty).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -23,18 +26,54 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ArtifactError, StorageError
 from .interrupts import deferred_signals
-from .manifest import MANIFEST, MAX_MANIFEST_BYTES, SIGNATURE
+from .manifest import MANIFEST, SIGNATURE, read_manifest
 
 log = logging.getLogger("mlm_export")
 
 OWNER = "owner.json"
+BUILD = "artifact"  # inside a staging: the directory that is renamed to --out
 _STAGING = re.compile(r"^\.(?P<name>.+)\.mlm-export-(?P<kind>tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 _LEGACY = re.compile(r"^\..+\.(tmp|old)-[A-Za-z0-9_]{8}$")  # mlm-export <= 0.2.0: no owner recorded
 _SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who created a staging: enough to tell, later, whether that process is gone."""
+
+    pid: int
+    host: str
+    start: int | None  # clock ticks after boot when the process started (Linux); tells a reused pid
+
+    @classmethod
+    def me(cls) -> Owner:
+        return cls(os.getpid(), socket.gethostname(), _start_time(os.getpid()))
+
+    @classmethod
+    def read(cls, path: Path) -> Owner | None:
+        try:
+            data = json.loads(path.read_text())
+            return cls(int(data["pid"]), str(data["host"]), None if data.get("start") is None else int(data["start"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def gone(self) -> bool:
+        """True only when we can tell: same host, and the pid is dead or now names another process."""
+        if self.host != socket.gethostname():
+            return False  # another machine's pid says nothing here
+        if not _pid_alive(self.pid):
+            return True
+        now = _start_time(self.pid)
+        return self.start is not None and now is not None and now != self.start
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))  # unlike Path.resolve(), never raises on a symlink loop
 
 
 def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
@@ -42,19 +81,22 @@ def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) ->
     out = Path(out)
     if not os.path.lexists(out):
         return
-    real = out.resolve()
+    if out.is_symlink():
+        raise ArtifactError(f"{out} is a symlink (to {os.readlink(out)}); mlm-export does not replace "
+                            "links. Pass the directory it points to, or remove the link")
+    real = _real(out)
     if not real.is_dir():
         raise ArtifactError(f"{out} exists and is not a directory; choose another --out")
-    cwd = Path.cwd().resolve()
+    cwd = _real(Path.cwd())
     if real == cwd or real in cwd.parents:
         raise ArtifactError(f"{out} is {'the' if real == cwd else 'above the'} current directory; "
                             "mlm-export never replaces it. Choose another --out, e.g. models/NAME")
     for source in protected:
-        source = Path(source).resolve()
+        source = _real(Path(source))
         if real == source or real in source.parents:
             raise ArtifactError(f"{out} {'is' if real == source else 'contains'} the source model "
                                 f"directory {source}; mlm-export never replaces it. Choose another --out")
-    foreign = _foreign_entries(real, out)
+    foreign = _foreign_entries(out)
     if foreign:
         raise ArtifactError(f"{out} holds files that are not part of its artifact ({', '.join(foreign[:5])}"
                             f"{', ...' if len(foreign) > 5 else ''}); --force only replaces what "
@@ -63,24 +105,28 @@ def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) ->
         raise ArtifactError(f"{out} already exists; pass --force to replace that artifact")
 
 
-def _foreign_entries(real: Path, out: Path) -> list[str]:
-    """Entries of an artifact directory its manifest does not account for; refuses a non-artifact."""
-    path = real / MANIFEST
-    if not path.is_file() or path.is_symlink():
+def _foreign_entries(out: Path) -> list[str]:
+    """Entries of an artifact its manifest does not account for; refuses a directory that is no artifact."""
+    if not (out / MANIFEST).exists():
         raise ArtifactError(f"{out} already exists and is not an mlm-export artifact (no {MANIFEST}); "
                             "mlm-export only replaces its own artifacts. Choose another --out")
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ValueError("too large")
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-        files = manifest["files"]
-        if not isinstance(manifest["format_version"], int) or not isinstance(files, dict):
-            raise ValueError("not a manifest")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{out} already exists and its {MANIFEST} is not an mlm-export manifest "
-                            f"({exc}); mlm-export only replaces its own artifacts. Choose another --out") from exc
-    allowed = set(files) | {MANIFEST, MANIFEST + ".tmp", SIGNATURE, SIGNATURE + ".tmp"}
-    return sorted(entry.name for entry in real.iterdir() if entry.name not in allowed)
+        files = read_manifest(out)["files"]
+    except ArtifactError as exc:
+        raise ArtifactError(f"{out} already exists and does not hold a valid mlm-export manifest; "
+                            "mlm-export only replaces its own artifacts. Choose another --out, or "
+                            f"remove it yourself. The manifest's problem: {exc}") from exc
+    ours = set(files) | {MANIFEST, MANIFEST + ".tmp", SIGNATURE, SIGNATURE + ".tmp"}
+    return sorted(entry.name for entry in out.iterdir()
+                  if entry.name not in ours or (entry.is_dir() and not entry.is_symlink()))
+
+
+def prepare_destination(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
+    """Heal what killed exports left beside `out`, then refuse an `out` that may not be replaced."""
+    parent = Path(os.path.abspath(out)).parent
+    if parent.is_dir():
+        heal_stale_stagings(parent)  # first: it may put back an artifact that a crash moved aside
+    check_destination(out, force, protected)
 
 
 def estimate_free_space(parent: Path, need: int) -> None:
@@ -92,35 +138,31 @@ def estimate_free_space(parent: Path, need: int) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(out: Path, force: bool, protected: Sequence[Path] = (),
-                     need_bytes: int = 0) -> Iterator[Path]:
-    """Yield an empty directory to build in; it replaces `out` only if the block succeeds."""
+def atomic_directory(out: Path, force: bool, protected: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield an empty directory to build in; it replaces `out` only if the block succeeds.
+
+    Creating the staging directory first proves that `out`'s parent is writable before any slow work.
+    """
     out = Path(out)
-    check_destination(out, force, protected)
+    prepare_destination(out, force, protected)
     parent = Path(os.path.abspath(out)).parent
     made = _make_parents(parent)
     try:
-        heal_stale_stagings(parent)
-        if need_bytes:
-            estimate_free_space(parent, need_bytes)
-        staging = _new_staging(parent, out.name, "tmp")
-        try:
-            build = staging / out.name
-            build.mkdir()
-            yield build
-            with deferred_signals():
-                _publish(build, out, force, protected)
-        except BaseException as exc:
-            space = _space_error(exc)
-            if space is not None:
-                raise StorageError(f"ran out of disk space while writing the artifact in {parent} "
-                                   f"({space.strerror}; {_size(shutil.disk_usage(parent).free)} free "
-                                   "now). Nothing was written; free some space or choose another "
-                                   "--out") from exc
-            raise
-        finally:
-            with deferred_signals():
-                shutil.rmtree(staging, ignore_errors=True)
+        with _staging(parent, out.name, "tmp") as staging:
+            build = staging / BUILD
+            try:
+                build.mkdir()
+                yield build
+                with deferred_signals():
+                    _publish(build, out, force, protected)
+            except BaseException as exc:
+                space = _space_error(exc)
+                if space is not None:
+                    raise StorageError(f"ran out of disk space while writing the artifact in {parent} "
+                                       f"({space.strerror}; {_size(shutil.disk_usage(parent).free)} free "
+                                       "now). Nothing was written; free some space or choose another "
+                                       "--out") from exc
+                raise
     except BaseException:
         for directory in reversed(made):
             with contextlib.suppress(OSError):
@@ -133,14 +175,34 @@ def _publish(build: Path, out: Path, force: bool, protected: Sequence[Path]) -> 
         os.replace(build, out)
         return
     check_destination(out, force, protected)  # it may have appeared or changed while we built
-    old = _new_staging(out.parent, out.name, "old")
-    os.replace(out, old / out.name)
+    with _staging(out.parent, out.name, "old") as old:
+        os.replace(out, old / BUILD)
+        try:
+            os.replace(build, out)
+        except OSError:
+            os.replace(old / BUILD, out)
+            raise
+
+
+@contextlib.contextmanager
+def _staging(parent: Path, name: str, kind: str) -> Iterator[Path]:
+    """A marked, locked sibling directory, removed with everything in it when the block ends."""
     try:
-        os.replace(build, out)
-    except OSError:
-        os.replace(old / out.name, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.mlm-export-{kind}-{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise StorageError(f"cannot write in {parent}: {exc.strerror}. mlm-export builds the artifact "
+                           "beside --out and renames it into place; choose a writable --out") from exc
+    try:
+        with open(staging / OWNER, "w") as marker:
+            # held for the whole export: a free lock later means its owner is gone, whatever the pid says
+            with contextlib.suppress(OSError):
+                fcntl.flock(marker.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            marker.write(json.dumps(asdict(Owner.me())))
+            marker.flush()
+            yield staging
+    finally:
+        with deferred_signals():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _make_parents(parent: Path) -> list[Path]:
@@ -156,6 +218,10 @@ def _make_parents(parent: Path) -> list[Path]:
     for directory in reversed(missing):
         try:
             directory.mkdir()
+        except FileExistsError:
+            if not directory.is_dir():
+                raise StorageError(f"cannot create {parent}: {directory} is not a directory") from None
+            continue  # created by someone else meanwhile: not ours to remove
         except OSError as exc:
             for done in reversed(made):
                 with contextlib.suppress(OSError):
@@ -163,17 +229,6 @@ def _make_parents(parent: Path) -> list[Path]:
             raise StorageError(f"cannot create {directory}: {exc.strerror}; choose another --out") from exc
         made.append(directory)
     return made
-
-
-def _new_staging(parent: Path, name: str, kind: str) -> Path:
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.mlm-export-{kind}-{os.getpid()}-", dir=parent))
-        (staging / OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                 "start": _start_time(os.getpid())}))
-    except OSError as exc:
-        raise StorageError(f"cannot write in {parent}: {exc.strerror}. mlm-export builds the artifact "
-                           "beside --out and renames it into place; choose a writable --out") from exc
-    return staging
 
 
 def heal_stale_stagings(parent: Path) -> None:
@@ -191,36 +246,42 @@ def heal_stale_stagings(parent: Path) -> None:
             continue
         if entry.is_symlink() or not entry.is_dir():
             continue
-        if not (entry / OWNER).exists() and not _pid_alive(int(match["pid"])):
-            with contextlib.suppress(OSError):
-                entry.rmdir()  # killed between creating it and writing the marker; rmdir needs it empty
+        if not (entry / OWNER).exists():
+            if not _pid_alive(int(match["pid"])):
+                with contextlib.suppress(OSError):
+                    entry.rmdir()  # killed before it wrote its marker; rmdir only removes it empty
             continue
-        if _owner_alive(entry / OWNER):
+        if not _stale(entry / OWNER):
             continue
-        kept, target = entry / match["name"], parent / match["name"]
+        kept, target = entry / BUILD, parent / match["name"]
         if match["kind"] == "old" and kept.is_dir() and not os.path.lexists(target):
-            os.replace(kept, target)  # killed between moving the old artifact aside and publishing
-            log.warning("restored %s, which an export (pid %s) killed mid-replacement had moved aside",
-                        target, match["pid"])
+            try:
+                os.replace(kept, target)  # killed between moving the old artifact aside and publishing
+                log.warning("restored %s, which an export (pid %s) killed mid-replacement had moved aside",
+                            target, match["pid"])
+            except OSError as exc:
+                log.warning("could not restore %s from %s: %s", target, kept, exc.strerror)
+                continue
         size = _tree_size(entry)
         shutil.rmtree(entry, ignore_errors=True)
-        log.warning("removed %s (%s), left by an export (pid %s) that was killed", entry, _size(size),
-                    match["pid"])
+        if os.path.lexists(entry):
+            log.warning("could not remove %s, left by an export (pid %s) that was killed", entry, match["pid"])
+        else:
+            log.warning("removed %s (%s), left by an export (pid %s) that was killed", entry, _size(size),
+                        match["pid"])
 
 
-def _owner_alive(marker: Path) -> bool:
-    """False only when we can tell: a marker of ours, from this host, whose process is gone."""
+def _stale(marker: Path) -> bool:
+    """Its owner's lock is free and its owner is known to be gone."""
     try:
-        owner = json.loads(marker.read_text())
-        pid, host, start = int(owner["pid"]), str(owner["host"]), owner.get("start")
-    except (OSError, ValueError, KeyError, TypeError):
-        return True  # no readable marker: not ours, or still being created; leave it alone
-    if host != socket.gethostname():
-        return True  # another machine's pid says nothing here
-    if not _pid_alive(pid):
-        return False
-    now = _start_time(pid)
-    return start is None or now is None or now == start  # a different start: the pid was reused
+        with open(marker) as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # held: its export is running, in this pid namespace or another
+    except OSError:
+        pass  # no locks on this filesystem: judge by the marker alone
+    owner = Owner.read(marker)
+    return owner is not None and owner.gone()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -242,9 +303,8 @@ def _proc_stat(pid: int) -> list[str] | None:
 
 
 def _start_time(pid: int) -> int | None:
-    """Clock ticks since boot when `pid` started (Linux); tells a reused pid from the original."""
     fields = _proc_stat(pid)
-    return None if fields is None or _is_zombie(pid) else int(fields[19])
+    return None if fields is None or fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _is_zombie(pid: int) -> bool:

@@ -158,3 +158,24 @@ def test_help_and_version_still_print_on_stdout(runner: CliRunner) -> None:
         result = runner.invoke(main, args)
         assert result.exit_code == 0 and result.stdout.startswith("Usage: "), args
     assert "version" in runner.invoke(main, ["--version"]).stdout
+
+
+def test_stdout_guard_sends_every_kind_of_stray_write_to_stderr(tmp_path: Path) -> None:
+    """Block-buffered pipes (no PYTHONUNBUFFERED): Python, a saved sys.stdout, the fd, and C's printf."""
+    code = (
+        "import ctypes, os, sys\n"
+        "from mlm_export._stdio import stdout_to_stderr\n"
+        "saved = sys.stdout\n"
+        "with stdout_to_stderr() as out:\n"
+        "    print('python-print')\n"
+        "    saved.write('saved-reference\\n')\n"
+        "    os.write(1, b'fd-write\\n')\n"
+        "    ctypes.CDLL(None).printf(b'c-printf\\n')\n"
+        "    out.write('{\"result\": 1}\\n')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == '{"result": 1}\n'
+    for stray in ("python-print", "saved-reference", "fd-write", "c-printf"):
+        assert stray in result.stderr

@@ -90,7 +90,7 @@ def test_force_refuses_a_file_and_a_foreign_manifest(source: Path, tmp_path: Pat
     other = tmp_path / "other-tool"
     other.mkdir()
     (other / "manifest.json").write_text('{"name": "something else"}')
-    with pytest.raises(ArtifactError, match="not an mlm-export manifest"):
+    with pytest.raises(ArtifactError, match="does not hold a valid mlm-export manifest"):
         export_model(ExportConfig(str(source), out=other, force=True))
     assert a_file.read_text() == "data" and (other / "manifest.json").is_file()
 
@@ -175,7 +175,7 @@ def _start_export(source: Path, out: Path, *extra: str) -> subprocess.Popen:
 def _wait_for_staging(parent: Path, process: subprocess.Popen) -> Path:
     """The staging directory is complete (marker, build folder) from before the model load until publishing."""
     for _ in range(60_000):
-        found = [p for p in parent.iterdir() if ".mlm-export-tmp-" in p.name and (p / "art").is_dir()]
+        found = [p for p in parent.iterdir() if ".mlm-export-tmp-" in p.name and (p / "artifact").is_dir()]
         if found:
             return found[0]
         assert process.poll() is None, process.communicate()
@@ -195,6 +195,19 @@ def test_a_signal_mid_export_cleans_up_and_exits_128_plus_signal(source: Path, t
     assert "Error: interrupted" in stderr and "Traceback" not in stderr
     assert not out.exists() and _debris(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mybert"]
+
+
+def test_nohup_keeps_an_export_alive_through_sighup(source: Path, tmp_path: Path) -> None:
+    """A signal the parent set to SIG_IGN (nohup: SIGHUP) must stay ignored."""
+    out = tmp_path / "art"
+    process = subprocess.Popen([sys.executable, "-m", "mlm_export.cli", str(source), "--out", str(out), "-q"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    _wait_for_staging(tmp_path, process)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate()
+    assert process.returncode == 0, stderr
+    assert read_manifest(out) and _debris(tmp_path) == []
 
 
 def test_the_next_export_heals_what_kill_9_left(source: Path, tmp_path: Path) -> None:
@@ -231,12 +244,80 @@ def test_healing_removes_an_empty_staging_whose_owner_died_before_writing_its_ma
     assert not empty.exists()
 
 
+def _fake_staging(parent: Path, kind: str, owner: dict) -> Path:
+    staging = parent / f".art.mlm-export-{kind}-{owner['pid']}-abcd1234"
+    staging.mkdir()
+    (staging / OWNER).write_text(json.dumps(owner))
+    return staging
+
+
+def test_healing_treats_a_reused_pid_as_gone(tmp_path: Path) -> None:
+    """Our own pid, but another start time: the process that made it is gone and the pid was reused."""
+    staging = _fake_staging(tmp_path, "tmp", {"pid": os.getpid(), "host": socket.gethostname(), "start": 1})
+    heal_stale_stagings(tmp_path)
+    assert not staging.exists()
+
+
+def test_healing_leaves_a_staging_whose_owner_holds_its_lock(tmp_path: Path) -> None:
+    """Another pid namespace (a container sharing the hostname) sees a dead pid; the lock says alive."""
+    staging = _fake_staging(tmp_path, "tmp", {"pid": 999999995, "host": socket.gethostname(), "start": None})
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys\n"
+        f"fh = open({str(staging / OWNER)!r})\n"
+        "fcntl.flock(fh.fileno(), fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        heal_stale_stagings(tmp_path)
+        assert staging.is_dir()
+    finally:
+        holder.communicate("")
+    heal_stale_stagings(tmp_path)
+    assert not staging.exists(), "once the lock is free and the pid dead, it is stale"
+
+
+def test_healing_keeps_the_destination_when_it_exists(tiny_artifact: Path, tmp_path: Path) -> None:
+    aside = _fake_staging(tmp_path, "old", {"pid": 999999994, "host": socket.gethostname(), "start": 1})
+    (aside / "artifact").mkdir()
+    (aside / "artifact" / "stale.txt").write_text("old copy")
+    current = Path(shutil.copytree(tiny_artifact, tmp_path / "art"))
+    before = _snapshot(current)
+    heal_stale_stagings(tmp_path)
+    assert _snapshot(current) == before and not aside.exists()
+
+
+def test_healing_runs_before_the_destination_check(source: Path, tiny_artifact: Path, tmp_path: Path) -> None:
+    """An artifact put back by healing must be found by the --force check, not after the whole export."""
+    aside = _fake_staging(tmp_path, "old", {"pid": 999999993, "host": socket.gethostname(), "start": 1})
+    shutil.copytree(tiny_artifact, aside / "artifact")
+    result = CliRunner().invoke(main, [str(source), "--out", str(tmp_path / "art")])
+    assert result.exit_code == 1 and "restored" in result.stderr and "pass --force" in result.stderr
+    assert "loading" not in result.stderr and read_manifest(tmp_path / "art")
+
+
+def test_force_refuses_a_symlinked_destination_and_a_listed_directory(source: Path, tmp_path: Path) -> None:
+    out = export_model(ExportConfig(str(source), out=tmp_path / "v3")).path
+    link = tmp_path / "current"
+    link.symlink_to(out)
+    with pytest.raises(ArtifactError, match="is a symlink"):
+        export_model(ExportConfig(str(source), out=link, force=True))
+    assert link.is_symlink() and read_manifest(out)
+    # a name the manifest lists, but a directory of the user's: not ours to delete
+    (out / "config.json").unlink()
+    (out / "config.json").mkdir()
+    (out / "config.json" / "mine.txt").write_text("user data")
+    with pytest.raises(ArtifactError, match=r"not part of its artifact \(config.json\)"):
+        export_model(ExportConfig(str(source), out=out, force=True))
+    assert (out / "config.json" / "mine.txt").read_text() == "user data"
+
+
 def test_healing_restores_an_artifact_moved_aside_when_the_export_died(tiny_artifact: Path, tmp_path: Path) -> None:
     """Killed between moving the old artifact aside and publishing the new one: put the old one back."""
     aside = tmp_path / ".art.mlm-export-old-999999997-abcd1234"
     aside.mkdir()
     (aside / OWNER).write_text(json.dumps({"pid": 999999997, "host": socket.gethostname(), "start": 1}))
-    shutil.copytree(tiny_artifact, aside / "art")
+    shutil.copytree(tiny_artifact, aside / "artifact")
     heal_stale_stagings(tmp_path)
     assert read_manifest(tmp_path / "art") and _debris(tmp_path) == []
 
