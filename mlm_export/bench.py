@@ -22,6 +22,8 @@ from typing import Any
 from collections.abc import Callable
 
 from ._quiet import quiet_onnxruntime_tools
+from .errors import ArtifactError
+from .manifest import read_manifest
 
 log = logging.getLogger("mlm_export")
 
@@ -105,8 +107,10 @@ def prepare(model: str, work: Path, seed: int) -> Prepared:
     else:
         hf_dir = Path(model).resolve()
     artifact = root / "artifact"
-    manifest_file = artifact / "manifest.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+    try:
+        manifest = read_manifest(artifact)
+    except ArtifactError:
+        manifest = None  # no cache yet, or one this version cannot read: rebuild it
     # a cached artifact from other library versions would benchmark yesterday's graphs
     if manifest is None or manifest["versions"] != library_versions():
         source = "antiberty" if model == "antiberty" else str(hf_dir)
@@ -175,7 +179,7 @@ def make_texts(prepared: Prepared, workload: Workload, seed: int) -> list[str]:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(prepared.artifact / "tokenizer.json"))
-    manifest = json.loads((prepared.artifact / "manifest.json").read_text())
+    manifest = read_manifest(prepared.artifact)
     longest = min(workload.length, manifest["model"]["max_length"])
     rng = random.Random(f"{seed}-{workload.name}")
     if prepared.char_level:

@@ -27,6 +27,7 @@ from .config import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .errors import MlmExportError, ParityError
 from .interrupts import signals_as_interrupts
 from .precision import INT8_RECIPE_NAMES
+from .providers import max_threads
 
 PARITY_EXIT = ParityError.exit_code
 INTERRUPT_EXIT = 130
@@ -113,14 +114,12 @@ class _Cli(click.Group):
                 return output.error(kind, exc.format_message(), exc.exit_code, exc)
             exc.show()  # click's own "Usage: ... Error: ..." text
             return exc.exit_code
-        except click.Abort as exc:  # click turns KeyboardInterrupt (and so Interrupted) into Abort
-            cause = exc.__cause__
-            code = getattr(cause, "exit_code", INTERRUPT_EXIT)
-            message = str(cause) if cause is not None and str(cause) else "interrupted (SIGINT)"
-            return output.error("Interrupted", f"{message}; nothing was left half-written", code, exc)
+        except click.Abort as exc:  # click turns KeyboardInterrupt (so Interrupted) and EOFError into Abort
+            if not isinstance(exc.__cause__, KeyboardInterrupt):
+                return output.error("Aborted", "aborted: end of input", 1, exc)
+            return self._interrupted(output, exc.__cause__)
         except KeyboardInterrupt as exc:  # raised outside click's own handler
-            return output.error("Interrupted", f"{exc or 'interrupted (SIGINT)'}; nothing was left "
-                                "half-written", getattr(exc, "exit_code", INTERRUPT_EXIT), exc)
+            return self._interrupted(output, exc)
         except OSError as exc:
             if exc.errno == errno.EPIPE:  # the reader of our stdout went away: nothing left to say
                 return 1
@@ -128,6 +127,12 @@ class _Cli(click.Group):
         except Exception as exc:
             return output.error("InternalError", f"unexpected {type(exc).__name__}: {exc}. This is a bug "
                                 "in mlm-export; please report it with the output of --debug", 1, exc)
+
+    @staticmethod
+    def _interrupted(output: _Output, exc: KeyboardInterrupt) -> int:
+        message = str(exc) or "interrupted (SIGINT)"
+        return output.error("Interrupted", f"{message}; an export leaves its complete artifact or nothing",
+                            getattr(exc, "exit_code", INTERRUPT_EXIT), exc)
 
 
 def _out() -> _Output:
@@ -206,19 +211,19 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 @main.command("verify")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--source", help="Model to compare against, if not the one recorded in the manifest.")
-@click.option("--probe-file", type=click.File("r", encoding="utf-8"),
-              help="Realistic probe texts, one per line, used instead of the packaged set.")
+@click.option("--probe-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Realistic probe texts, one per line (UTF-8), used instead of the packaged set.")
 @click.option("--providers", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--key", type=key_file, help="Public key: require a valid signature of the manifest.")
 @common_options
 @quiet_option
-def verify_command(directory: Path, source: str | None, probe_file: Any, providers: str, key: Path | None,
-                   as_json: bool, quiet: bool) -> None:
+def verify_command(directory: Path, source: str | None, probe_file: Path | None, providers: str,
+                   key: Path | None, as_json: bool, quiet: bool) -> None:
     """Check the signature (with --key) and file hashes, then compare every graph with a fresh PyTorch model."""
-    from .verify import verify_artifact
+    from .verify import read_probe_file, verify_artifact
 
     _setup_logging(quiet)
-    texts = [line.strip() for line in probe_file if line.strip()] if probe_file else None
+    texts = read_probe_file(probe_file) if probe_file else None
     report = verify_artifact(directory, source=source, providers=providers, probe_texts=texts, public_key=key)
     if not report.passed:
         if not as_json:
@@ -233,7 +238,8 @@ def verify_command(directory: Path, source: str | None, probe_file: Any, provide
 @click.option("--top-k", "-k", type=click.IntRange(1, None), default=5, show_default=True)
 @click.option("--variant", help="Graph variant (e.g. fp32); default: best for the provider.")
 @click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (1 to 4 x the CPUs).")
+@click.option("--threads", type=click.IntRange(1, max_threads()),
+              help="ONNX Runtime intra-op threads (1 to 4 x the CPUs this process may use).")
 @click.option("--no-sequence", is_flag=True, help="Leave out each candidate's filled-in sequence.")
 @click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
 @common_options
@@ -353,7 +359,7 @@ def keygen_command(path: Path, as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
 @click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/work"), show_default=True,
               help="Cache for the exported models the systems load.")
-@click.option("--threads", type=click.IntRange(1, None), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(1, max_threads()), default=2, show_default=True)
 @click.option("--rounds", "round_scale", type=click.FloatRange(0.01, None), default=1.0, show_default=True,
               help="Scale every workload's number of timed rounds.")
 @common_options
@@ -362,14 +368,12 @@ def bench_command(models: tuple[str, ...], systems: tuple[str, ...], out: Path, 
                   round_scale: float, as_json: bool, quiet: bool) -> None:
     """Time OnnxMaskFiller against transformers, torch bf16 and optimum, side by side."""
     from .bench import SYSTEMS, BenchConfig, run_benchmark
-    from .providers import check_threads
 
     _setup_logging(quiet)
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
         raise click.BadParameter(f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}",
                                  param_hint="--system")
-    check_threads(threads)
     config = BenchConfig(models=models or ("bert-base", "antiberty"), systems=systems or SYSTEMS,
                          out=out, work=work, threads=threads, round_scale=round_scale)
     summary = run_benchmark(config)

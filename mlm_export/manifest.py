@@ -57,6 +57,11 @@ def read_manifest(directory: Path | str, public_key: object = None) -> dict:
     With `public_key` (a key file's path, PEM/OpenSSH bytes, or a key object) the manifest's
     Ed25519 signature is checked on the very bytes that are then parsed.
     """
+    return read_manifest_bytes(directory, public_key)[0]
+
+
+def read_manifest_bytes(directory: Path | str, public_key: object = None) -> tuple[dict, bytes]:
+    """The validated manifest and the exact bytes it was parsed from (what a signature covers)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not a directory; export one with: mlm-export MODEL --out {directory}")
@@ -74,7 +79,7 @@ def read_manifest(directory: Path | str, public_key: object = None) -> dict:
         verify_signature(root, data, public_key)
     manifest = parse_manifest(data, directory / MANIFEST)
     _check_names(manifest, directory / MANIFEST)
-    return manifest
+    return manifest, data
 
 
 def parse_manifest(data: bytes, origin: Path | str) -> dict:
@@ -116,6 +121,7 @@ def _check_names(manifest: dict, origin: Path) -> None:
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write through a temporary name, so a reader never sees half a manifest."""
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, directory / MANIFEST)

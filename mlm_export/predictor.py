@@ -6,13 +6,14 @@ production apps install `mlm-export[cpu]` or `[gpu]` and nothing heavier.
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
-from .artifact import checked_file
+from .artifact import checked_bytes, verified_path
 from .errors import ArtifactError, InputError, ProviderError
 from .manifest import read_manifest
 from .providers import CUDA, check_threads, create_session, requested_providers
@@ -64,8 +65,9 @@ class OnnxMaskFiller:
 
         directory = Path(directory)
         check_threads(threads)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = int(batch_size)
         if variant is not None and not isinstance(variant, str):
             raise InputError(f"variant must be a name such as 'fp32' or None, got {variant!r}")
         manifest = read_manifest(directory, public_key=public_key)
@@ -81,19 +83,22 @@ class OnnxMaskFiller:
                                 "back to the CPU. Use variant='fp16' (or None) with CUDA, or "
                                 "providers='cpu' with int8.")
         # Open the preferred variant for the requested providers; the session says where it landed.
+        # The session and the tokenizer load the very bytes that were hashed: a file swapped on
+        # disk between the check and the load cannot slip in.
         first = variant or _pick(variants, primary)
-        session = create_session(str(checked_file(directory, manifest, variants[first]["file"])),
-                                 providers, threads)
+        with verified_path(directory, manifest, variants[first]["file"]) as graph:
+            session = create_session(graph, providers, threads)
         landed = session.get_providers()[0]
         if variant is None and _pick(variants, landed) != first:
             first = _pick(variants, landed)
-            session = create_session(str(checked_file(directory, manifest, variants[first]["file"])),
-                                     providers, threads)
-        tokenizer_file = checked_file(directory, manifest, manifest["tokenizer"]["file"])
+            with verified_path(directory, manifest, variants[first]["file"]) as graph:
+                session = create_session(graph, providers, threads)
+        tokenizer_file = manifest["tokenizer"]["file"]
+        tokenizer_json = checked_bytes(directory, manifest, tokenizer_file)
         try:
-            tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        except Exception as exc:  # the Rust side raises a bare Exception
-            raise ArtifactError(f"{tokenizer_file} cannot be read by `tokenizers` ({exc}); "
+            tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+        except Exception as exc:  # not UTF-8, or the Rust side's bare Exception
+            raise ArtifactError(f"{directory / tokenizer_file} cannot be read by `tokenizers` ({exc}); "
                                 "re-export the artifact") from exc
         tokenizer.no_padding()
         tokenizer.no_truncation()
@@ -116,7 +121,7 @@ class OnnxMaskFiller:
         texts = [inputs] if single else _as_text_list(inputs)
         if not texts:
             raise InputError("no input texts were given")
-        if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1:
+        if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         top_k = min(int(top_k), self.vocab_size)  # before any conversion to a fixed-width integer
         encoded = self._encode(texts)
@@ -168,6 +173,14 @@ class OnnxMaskFiller:
         return [masks[0] if len(masks) == 1 else masks for masks in per_row]
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self._run_session(feeds)
+        except Exception as exc:  # onnxruntime's own error types: out of memory, a device fault
+            raise ProviderError(f"ONNX Runtime failed running the {self.variant} graph on {self.provider} "
+                                f"for a batch of {feeds['input_ids'].shape[0]} x {feeds['input_ids'].shape[1]} "
+                                f"tokens: {exc}") from exc
+
+    def _run_session(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not self.io_binding:
             return self.session.run(_OUTPUTS, feeds)
         binding = self.session.io_binding()  # one per call: bindings are not shared across threads

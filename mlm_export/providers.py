@@ -6,6 +6,7 @@ A CUDA request that ends on the CPU is an error, never a silent fallback.
 from __future__ import annotations
 
 import importlib.metadata
+import numbers
 import os
 import warnings
 from typing import Any
@@ -52,13 +53,25 @@ def _clash_hint() -> str:
 THREADS_PER_CPU = 4  # the most intra-op threads accepted per logical CPU
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's limit, where the kernel enforces one by affinity)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    return THREADS_PER_CPU * usable_cpus()
+
+
 def check_threads(threads: object) -> None:
     """ONNX Runtime starts one OS thread per intra-op thread: a huge count exhausts the machine."""
     if threads is None:
         return
-    if not isinstance(threads, int) or isinstance(threads, bool):
+    if not isinstance(threads, numbers.Integral) or isinstance(threads, bool):
         raise InputError(f"threads must be an integer or None, got {threads!r}")
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     limit = THREADS_PER_CPU * cpus
     if not 1 <= threads <= limit:
         why = ": more threads than cores only adds contention" if threads > limit else ""
@@ -98,26 +111,30 @@ def requested_providers(spec: str | Sequence[str]) -> list[str]:
     return providers
 
 
-def create_session(path: str, spec: str | Sequence[str] = "auto", threads: int | None = None) -> Any:
-    """An InferenceSession whose primary provider is the one asked for, or a ProviderError."""
+def create_session(model: str | bytes, spec: str | Sequence[str] = "auto", threads: int | None = None) -> Any:
+    """An InferenceSession whose primary provider is the one asked for, or a ProviderError.
+
+    `model` is a path, or the graph's bytes (the predictor passes the bytes it hash-checked).
+    """
     check_threads(threads)
     ort = _ort()
     providers = requested_providers(spec)
     options = ort.SessionOptions()
     if threads is not None:
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:
         if providers[0] == CUDA and isinstance(spec, str) and spec.lower() == "auto":
-            return create_session(path, "cpu", threads)  # auto: no usable GPU is a CPU machine
-        raise ProviderError(f"could not create an ONNX Runtime session for {path} with "
+            return create_session(model, "cpu", threads)  # auto: no usable GPU is a CPU machine
+        what = model if isinstance(model, str) else f"a {len(model)}-byte graph"
+        raise ProviderError(f"could not create an ONNX Runtime session for {what} with "
                             f"{providers}: {exc}" + _clash_hint()) from exc
     active = session.get_providers()
     if active[0] != providers[0]:
         if isinstance(spec, str) and spec.lower() == "auto":
-            return session if active[0] == CPU else create_session(path, "cpu", threads)
+            return session if active[0] == CPU else create_session(model, "cpu", threads)
         raise ProviderError(f"{providers[0]} was requested but ONNX Runtime fell back to "
                             f"{active[0]} (no usable device or missing CUDA libraries)." + _clash_hint())
     return session

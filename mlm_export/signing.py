@@ -21,7 +21,7 @@ from typing import Any
 
 from .artifact import check_all_files
 from .errors import ArtifactError, ConfigError, SignatureError, StorageError
-from .manifest import MANIFEST, SIGNATURE, path_inside, read_manifest
+from .manifest import MANIFEST, SIGNATURE, path_inside, read_manifest_bytes
 
 ALGORITHM = "ed25519"
 KEY_HELP = ("Create a key pair with `mlm-export keygen KEY` or "
@@ -129,10 +129,9 @@ def sign_artifact(directory: Path | str, key: str | Path | bytes) -> SignatureIn
     """Sign the manifest after checking every file against it: a tampered artifact is never signed."""
     directory = Path(directory)
     private = load_private_key(key)
-    manifest = read_manifest(directory)
+    manifest, data = read_manifest_bytes(directory)  # sign exactly the bytes that were validated
     check_all_files(directory, manifest)
     root = directory.resolve()
-    data = path_inside(root, MANIFEST, "the manifest").read_bytes()
     public = private.public_key()
     serialization, _ = _crypto()
     raw_public = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -144,7 +143,10 @@ def sign_artifact(directory: Path | str, key: str | Path | bytes) -> SignatureIn
         raise ArtifactError(f"{directory / SIGNATURE} is a symlink; remove it before signing")
     tmp = root / (SIGNATURE + ".tmp")
     try:
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        tmp.unlink(missing_ok=True)  # never write through a link someone left there
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -163,9 +165,9 @@ def signature_fingerprint(directory: Path | str) -> str | None:
 
 def verify_signature(root: Path, manifest_bytes: bytes, public_key: Any) -> SignatureInfo:
     """Raise SignatureError unless `manifest_bytes` carry a valid signature by `public_key`."""
+    public = load_public_key(public_key)  # first: it names the missing extra when cryptography is absent
     from cryptography.exceptions import InvalidSignature
 
-    public = load_public_key(public_key)
     path = path_inside(root, SIGNATURE, "the signature")
     if not path.is_file():
         raise SignatureError(f"{root} is not signed (no {SIGNATURE}), but a signed artifact was required; "

@@ -18,7 +18,7 @@ import numpy as np
 from .artifact import check_all_files
 from .manifest import path_inside, read_manifest
 from .config import Tolerance
-from .errors import SourceError
+from .errors import ConfigError, SourceError
 from .load import ResolvedSource, SourceSpec, load_model, require_export_extra, resolve, resolve_spec
 from .providers import create_session
 
@@ -104,6 +104,20 @@ def packaged_texts(name: str) -> list[str]:
     text = resources.files("mlm_export.probes").joinpath(f"{name}.txt").read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return [line.split("\t")[-1] for line in lines]
+
+
+def read_probe_file(path: Path | str) -> list[str]:
+    """A user's realistic probe texts: one per non-blank line of a UTF-8 file."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the probe file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the probe file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    texts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not texts:
+        raise ConfigError(f"the probe file {path} has no texts (one per line)")
+    return texts
 
 
 def antibody_sequences() -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlm_export import ArtifactError, ExportConfig, IntegrityError, OnnxMaskFiller, export_model
+from mlm_export.artifact import verified_path
 from mlm_export.manifest import read_manifest
 from mlm_export.staging import atomic_directory
 
@@ -92,3 +93,26 @@ def test_artifact_gets_normal_permissions_not_mkdtemps_private_ones(tiny_artifac
     umask = os.umask(0)
     os.umask(umask)
     assert tiny_artifact.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_graph_swapped_after_its_hash_check_is_not_what_gets_loaded(tiny_copy: Path) -> None:
+    """verified_path reads through the descriptor it hashed, and notices the swap afterwards."""
+    manifest = read_manifest(tiny_copy)
+    graph = tiny_copy / "fill_mask.fp32.onnx"
+    original = graph.read_bytes()
+    with pytest.raises(IntegrityError, match="changed while it was being loaded"), \
+            verified_path(tiny_copy, manifest, graph.name) as path:
+        swapped = tiny_copy / "swap.tmp"
+        swapped.write_bytes((tiny_copy / "model.onnx").read_bytes())
+        os.replace(swapped, graph)  # the attacker's graph now has the name
+        loaded = Path(path).read_bytes()
+    assert loaded == original, "the loader must read the bytes that were hashed"
+
+
+def test_a_graph_written_in_place_while_loading_is_refused(tiny_copy: Path) -> None:
+    manifest = read_manifest(tiny_copy)
+    graph = tiny_copy / "fill_mask.fp32.onnx"
+    with pytest.raises(IntegrityError, match="changed while it was being loaded"), \
+            verified_path(tiny_copy, manifest, graph.name), open(graph, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00")

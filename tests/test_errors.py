@@ -101,7 +101,7 @@ def test_json_errors_are_one_document_on_stdout(runner: CliRunner, tiny_artifact
         (["info", str(tmp_path / "missing"), "--json"], 1, "ArtifactError"),
         (["predict", str(tiny_artifact), "--json"], 2, "UsageError"),           # TEXTS missing
         (["export", "x", "--opset", "99", "--json"], 2, "UsageError"),
-        (["predict", str(tiny_artifact), "a [MASK]", "--threads", "1000000", "--json"], 1, "InputError"),
+        (["predict", str(tiny_artifact), "a [MASK]", "--threads", "1000000", "--json"], 2, "UsageError"),
         (["export", "antiberty", "--out", ".", "--force", "--json"], 1, "ArtifactError"),
     ]
     for args, code, kind in cases:
@@ -179,3 +179,12 @@ def test_stdout_guard_sends_every_kind_of_stray_write_to_stderr(tmp_path: Path) 
     assert result.stdout == '{"result": 1}\n'
     for stray in ("python-print", "saved-reference", "fd-write", "c-printf"):
         assert stray in result.stderr
+
+
+def test_a_probe_file_that_is_not_utf8_is_a_usage_error(runner: CliRunner, tiny_artifact: Path, tmp_path: Path) -> None:
+    probes = tmp_path / "probes.txt"
+    probes.write_bytes("caf\u00e9 [MASK]\n".encode("latin-1"))
+    result = runner.invoke(main, ["verify", str(tiny_artifact), "--probe-file", str(probes), "--json"])
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "ConfigError" and "is not UTF-8 text" in error["message"]

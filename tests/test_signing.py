@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,19 @@ def test_unusable_keys_are_named(tiny_copy: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["verify", str(tiny_copy), "--key", str(garbage)])
     assert result.exit_code == 2 and "not a public key" in result.stderr
     assert not (tiny_copy / "manifest.sig").exists()
+
+
+def test_a_serving_install_without_cryptography_names_the_extra(tiny_artifact: Path, keys: tuple[Path, Path]) -> None:
+    """`mlm-export[cpu]` alone has no cryptography: asking for a signature check says what to install."""
+    code = (
+        "import sys\n"
+        "sys.modules['cryptography'] = None  # as if not installed\n"
+        "from mlm_export import OnnxMaskFiller, ConfigError\n"
+        "try:\n"
+        f"    OnnxMaskFiller.from_pretrained({str(tiny_artifact)!r}, providers='cpu', public_key={str(keys[1])!r})\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'mlm-export[sign]'" in result.stdout
