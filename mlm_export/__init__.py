@@ -1,7 +1,7 @@
 """mlm-export: verified, optimized ONNX artifacts for BERT masked language models.
 
 Importing this package never imports torch or transformers: `OnnxMaskFiller` is for apps that ship
-without them. The export side (`export_model`, `verify_artifact`, `ExportConfig`) loads lazily on first use.
+without them. Everything but the exceptions loads lazily on first use.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from .errors import (
     SourceError,
     StorageError,
 )
-from .predictor import OnnxMaskFiller
 
 __version__ = "0.3.0"
 
@@ -35,7 +34,10 @@ __all__ = [
     "verify_artifact",
 ]
 
-_LAZY = {"export_model": ("pipeline", "export_model"),
+# Loaded on first use: `import mlm_export` (and so the CLI's start) stays cheap, and a Ctrl-C during
+# start-up lands in the CLI's handler rather than in an import of numpy.
+_LAZY = {"OnnxMaskFiller": ("predictor", "OnnxMaskFiller"),
+         "export_model": ("pipeline", "export_model"),
          "verify_artifact": ("verify", "verify_artifact"),
          "sign_artifact": ("signing", "sign_artifact"),
          "ExportConfig": ("config", "ExportConfig")}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -42,7 +43,7 @@ class _Output:
     stream: TextIO | None = None
 
     def result(self, data: Any, text: str) -> None:
-        click.echo(json.dumps(data, indent=2) if self.as_json else text, file=self.stream)
+        click.echo(_json(data) if self.as_json else text, file=self.stream)
 
     def error(self, kind: str, message: str, exit_code: int, exc: BaseException | None = None,
               **details: Any) -> int:
@@ -51,8 +52,22 @@ class _Output:
         click.echo(f"Error: {message}", err=True)
         if self.as_json:
             error = {"type": kind, "message": message, "exit_code": exit_code} | details
-            click.echo(json.dumps({"error": error}, indent=2), file=self.stream)
+            click.echo(_json({"error": error}), file=self.stream)
         return exit_code
+
+
+def _json(data: Any) -> str:
+    """Strict JSON: NaN and infinity (e.g. in a broken graph's parity figures) become null."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, allow_nan=False)
 
 
 def _flag(args: list[str], *names: str) -> bool:
@@ -92,6 +107,11 @@ class _Cli(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         args = list(sys.argv[1:] if args is None else args)
+        try:
+            os.getcwd()
+        except FileNotFoundError:  # torch and MKL die with a native error when started from here
+            click.echo("Error: the current directory no longer exists; cd to an existing one", err=True)
+            sys.exit(1)
         output = _Output(as_json=_flag(args, "--json"),
                          debug=_flag(args, "--debug") or os.environ.get("MLM_EXPORT_DEBUG", "") not in ("", "0"))
         with signals_as_interrupts():

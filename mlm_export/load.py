@@ -220,6 +220,13 @@ def load_model(source: ResolvedSource, attn_implementation: str | None = None) -
     return model.eval()
 
 
+def model_facts(config: Any) -> dict[str, int]:
+    """The shape facts the manifest records and the runtime trusts, from a BertConfig."""
+    return {"num_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+            "num_heads": config.num_attention_heads, "vocab_size": config.vocab_size,
+            "type_vocab_size": config.type_vocab_size, "max_length": config.max_position_embeddings}
+
+
 def read_config(source: ResolvedSource) -> dict:
     """config.json as a dict, or a SourceError that says what is wrong with it."""
     path = source.model_dir / "config.json"

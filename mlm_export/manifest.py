@@ -29,7 +29,10 @@ def _validator() -> Any:
     import jsonschema
 
     schema = json.loads(resources.files("mlm_export.schemas").joinpath(SCHEMA).read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
+    base = jsonschema.Draft202012Validator
+    # JSON Schema counts 1e20 and 3.0 as integers; numpy and range() do not, so neither do we
+    strict = base.TYPE_CHECKER.redefine("integer", lambda _c, v: isinstance(v, int) and not isinstance(v, bool))
+    return jsonschema.validators.extend(base, type_checker=strict)(schema)
 
 
 def check_plain_name(name: object, where: str) -> str:
@@ -78,7 +81,9 @@ def read_manifest_bytes(directory: Path | str, public_key: object = None) -> tup
 
         verify_signature(root, data, public_key)
     manifest = parse_manifest(data, directory / MANIFEST)
-    _check_names(manifest, directory / MANIFEST)
+    _check_consistency(manifest, directory / MANIFEST)
+    for name in manifest["files"]:
+        path_inside(root, name, "the file")  # a link out is refused now, not only when its file is used
     return manifest, data
 
 
@@ -89,8 +94,8 @@ def parse_manifest(data: bytes, origin: Path | str) -> dict:
     except UnicodeDecodeError as exc:
         raise ArtifactError(f"{origin} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                             "re-export the artifact") from exc
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{origin} is not valid JSON ({exc}); re-export the artifact") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, a 5000-digit number, deep nesting
+        raise ArtifactError(f"{origin} is not valid JSON ({str(exc)[:200]}); re-export the artifact") from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{origin} holds a JSON {type(manifest).__name__}, not an object; "
                             "re-export the artifact")
@@ -107,7 +112,17 @@ def parse_manifest(data: bytes, origin: Path | str) -> dict:
     return manifest
 
 
-def _check_names(manifest: dict, origin: Path) -> None:
+def _check_consistency(manifest: dict, origin: Path) -> None:
+    """What a schema cannot say: names plain and listed, token ids inside the vocabulary."""
+    vocab = manifest["model"]["vocab_size"]
+    tokenizer = manifest["tokenizer"]
+    for key in ("mask_token_id", "pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id"):
+        if tokenizer[key] >= vocab:
+            raise ArtifactError(f"{origin}: tokenizer.{key} is {tokenizer[key]}, outside the vocabulary "
+                                f"(model.vocab_size {vocab}); re-export the artifact")
+    if any(i >= vocab for i in tokenizer["special_token_ids"]):
+        raise ArtifactError(f"{origin}: tokenizer.special_token_ids has an id outside the vocabulary "
+                            f"(model.vocab_size {vocab}); re-export the artifact")
     files = manifest["files"]
     for name in files:
         check_plain_name(name, f"{origin}: files")

@@ -23,6 +23,7 @@ from .load import (
     ResolvedSource,
     load_model,
     load_tokenizer,
+    model_facts,
     parse_source,
     require_export_extra,
     resolve_spec,
@@ -136,11 +137,7 @@ def _build(model: Any, tokenizer: Any, source: ResolvedSource, config: ExportCon
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": source.spec.to_dict() | {"weights_sha256": source.weights_sha256,
                                            "weights_files": [p.name for p in source.weight_files]},
-        "model": {
-            "architecture": "BertForMaskedLM",
-            "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
-            "num_heads": cfg.num_attention_heads, "vocab_size": cfg.vocab_size,
-            "type_vocab_size": cfg.type_vocab_size, "max_length": cfg.max_position_embeddings,
+        "model": {"architecture": "BertForMaskedLM"} | model_facts(cfg) | {
             "parameters": param_bytes // 4, "float32_parameter_bytes": param_bytes,
         },
         "tokenizer": {

@@ -7,6 +7,7 @@ production apps install `mlm-export[cpu]` or `[gpu]` and nothing heavier.
 from __future__ import annotations
 
 import numbers
+import os
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence, Set
@@ -63,6 +64,8 @@ class OnnxMaskFiller:
         """
         from tokenizers import Tokenizer
 
+        if not isinstance(directory, (str, os.PathLike)):
+            raise InputError(f"directory must be a path to an artifact, got {type(directory).__name__}")
         directory = Path(directory)
         check_threads(threads)
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
@@ -117,6 +120,8 @@ class OnnxMaskFiller:
         decoded sequences (several hundred MB). `return_sequence=False` leaves the key out.
         `top_k` above the vocabulary size returns the whole vocabulary, ranked.
         """
+        if not isinstance(return_sequence, (bool, np.bool_)):
+            raise InputError(f"return_sequence must be True or False, got {return_sequence!r}")
         single = isinstance(inputs, str)
         texts = [inputs] if single else _as_text_list(inputs)
         if not texts:
@@ -166,6 +171,9 @@ class OnnxMaskFiller:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": np.zeros_like(input_ids), "top_k": np.array(top_k, dtype=np.int64)}
         batch_index, position, scores, token_ids = self._infer(feeds)
+        if not np.isfinite(scores).all():
+            raise ArtifactError(f"the {self.variant} graph of {self.directory} produced non-finite scores (NaN "
+                                "or inf): it is broken or was altered. Run `mlm-export verify` on it")
         per_row: list[list] = [[] for _ in rows]
         for b, p, row_scores, row_ids in zip(batch_index, position, scores, token_ids):
             per_row[b].append([self._candidate(rows[b], int(p), float(s), int(t), with_sequence)
@@ -216,7 +224,10 @@ def _as_text_list(inputs: object) -> list:
     if isinstance(inputs, (list, tuple)):
         return list(inputs)
     if isinstance(inputs, Sequence) or (isinstance(inputs, Iterable) and not isinstance(inputs, (Mapping, Set))):
-        return list(inputs)
+        try:
+            return list(inputs)
+        except TypeError as exc:  # e.g. a 0-d numpy array: iterable in type, not in fact
+            raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}") from exc
     raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
 
 

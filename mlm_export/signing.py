@@ -15,6 +15,8 @@ import base64
 import hashlib
 import json
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,13 +54,24 @@ def fingerprint(public_key: Any) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+MAX_KEY_BYTES = 64 * 1024  # PEM and OpenSSH Ed25519 keys are a few hundred bytes
+
+
 def _key_bytes(key: str | Path | bytes) -> tuple[bytes, str]:
     if isinstance(key, bytes):
         return key, "the key"
+    if not isinstance(key, (str, os.PathLike)):
+        raise ConfigError(f"a key must be a file path, PEM/OpenSSH bytes or a key object, got {type(key).__name__}")
     try:
-        return Path(key).read_bytes(), str(key)
+        if not stat.S_ISREG(os.stat(key).st_mode):
+            raise ConfigError(f"the key file {key} is not a regular file")
+        with open(key, "rb") as fh:
+            data = fh.read(MAX_KEY_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the key file {key}: {exc.strerror}") from exc
+    if len(data) > MAX_KEY_BYTES:
+        raise ConfigError(f"the key file {key} is over {MAX_KEY_BYTES // 1024} KB: not a key")
+    return data, str(key)
 
 
 def load_private_key(key: str | Path | bytes) -> Any:
@@ -102,6 +115,8 @@ def generate_key(path: Path) -> tuple[Path, Path]:
     """Write a new private key (mode 0600) to `path` and its public key to `path`.pub; never overwrites."""
     serialization, ed25519 = _crypto()
     path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise ConfigError(f"{str(path)!r} is not a file name for a key; give one, e.g. keys/signing-key")
     public_path = path.with_name(path.name + ".pub")
     for target in (path, public_path):
         if os.path.lexists(target):
@@ -158,9 +173,12 @@ def signature_fingerprint(directory: Path | str) -> str | None:
     """The fingerprint a signature file claims (unverified), or None when the artifact is unsigned."""
     try:
         path = path_inside(Path(directory).resolve(), SIGNATURE, "the signature")
-        return str(json.loads(path.read_text(encoding="utf-8"))["fingerprint"]) if path.is_file() else None
-    except (ArtifactError, OSError, ValueError, KeyError, TypeError):
+        if not path.is_file() or path.stat().st_size > MAX_KEY_BYTES:
+            return None
+        claimed = json.loads(path.read_bytes().decode("utf-8"))["fingerprint"]
+    except (ArtifactError, OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
+    return claimed if isinstance(claimed, str) and re.fullmatch(r"[0-9a-f]{16}", claimed) else "unreadable"
 
 
 def verify_signature(root: Path, manifest_bytes: bytes, public_key: Any) -> SignatureInfo:
@@ -173,12 +191,14 @@ def verify_signature(root: Path, manifest_bytes: bytes, public_key: Any) -> Sign
         raise SignatureError(f"{root} is not signed (no {SIGNATURE}), but a signed artifact was required; "
                              "sign it with: mlm-export sign ARTIFACT --key KEY")
     try:
+        if path.stat().st_size > MAX_KEY_BYTES:
+            raise ValueError("too large")
         record = json.loads(path.read_bytes().decode("utf-8"))
         if record.get("algorithm") != ALGORITHM:
             raise ValueError(f"algorithm {record.get('algorithm')!r}")
         signature = base64.b64decode(record["signature"], validate=True)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SignatureError(f"{root / SIGNATURE} is not an mlm-export signature ({exc})") from exc
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise SignatureError(f"{root / SIGNATURE} is not an mlm-export signature ({str(exc)[:200]})") from exc
     try:
         public.verify(signature, manifest_bytes)
     except InvalidSignature as exc:

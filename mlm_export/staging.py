@@ -49,17 +49,22 @@ class Owner:
     pid: int
     host: str
     start: int | None  # clock ticks after boot when the process started (Linux); tells a reused pid
+    target: str | None = None  # the full name of --out (the staging's name holds at most 64 characters)
 
     @classmethod
-    def me(cls) -> Owner:
-        return cls(os.getpid(), socket.gethostname(), _start_time(os.getpid()))
+    def me(cls, target: str) -> Owner:
+        return cls(os.getpid(), socket.gethostname(), _start_time(os.getpid()), target)
 
     @classmethod
     def read(cls, path: Path) -> Owner | None:
         try:
+            if path.stat().st_size > 64 * 1024:
+                return None
             data = json.loads(path.read_text())
-            return cls(int(data["pid"]), str(data["host"]), None if data.get("start") is None else int(data["start"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            start, target = data.get("start"), data.get("target")
+            return cls(int(data["pid"]), str(data["host"]), None if start is None else int(start),
+                       target if isinstance(target, str) and target and "/" not in target else None)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None
 
     def gone(self) -> bool:
@@ -76,15 +81,23 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))  # unlike Path.resolve(), never raises on a symlink loop
 
 
+def _target(out: Path) -> Path:
+    """`out` with `.`, `..` and linked parents resolved; a link as the last part stays a link."""
+    if out.name in ("", ".", ".."):
+        return _real(out)  # "nonexistent/.." is the current directory, not a folder named ".."
+    return _real(out.parent) / out.name
+
+
 def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
     """Refuse, before any slow work, an `out` that exists and may not be replaced."""
     out = Path(out)
-    if not os.path.lexists(out):
+    target = _target(out)
+    if not os.path.lexists(target):
         return
-    if out.is_symlink():
-        raise ArtifactError(f"{out} is a symlink (to {os.readlink(out)}); mlm-export does not replace "
+    if target.is_symlink():
+        raise ArtifactError(f"{out} is a symlink (to {os.readlink(target)}); mlm-export does not replace "
                             "links. Pass the directory it points to, or remove the link")
-    real = _real(out)
+    real = _real(target)
     if not real.is_dir():
         raise ArtifactError(f"{out} exists and is not a directory; choose another --out")
     cwd = _real(Path.cwd())
@@ -96,7 +109,7 @@ def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) ->
         if real == source or real in source.parents:
             raise ArtifactError(f"{out} {'is' if real == source else 'contains'} the source model "
                                 f"directory {source}; mlm-export never replaces it. Choose another --out")
-    foreign = _foreign_entries(out)
+    foreign = _foreign_entries(target, out)
     if foreign:
         raise ArtifactError(f"{out} holds files that are not part of its artifact ({', '.join(foreign[:5])}"
                             f"{', ...' if len(foreign) > 5 else ''}); --force only replaces what "
@@ -105,25 +118,25 @@ def check_destination(out: Path, force: bool, protected: Sequence[Path] = ()) ->
         raise ArtifactError(f"{out} already exists; pass --force to replace that artifact")
 
 
-def _foreign_entries(out: Path) -> list[str]:
+def _foreign_entries(target: Path, out: Path) -> list[str]:
     """Entries of an artifact its manifest does not account for; refuses a directory that is no artifact."""
-    if not (out / MANIFEST).exists():
+    if not (target / MANIFEST).exists():
         raise ArtifactError(f"{out} already exists and is not an mlm-export artifact (no {MANIFEST}); "
                             "mlm-export only replaces its own artifacts. Choose another --out")
     try:
-        files = read_manifest(out)["files"]
+        files = read_manifest(target)["files"]
     except ArtifactError as exc:
         raise ArtifactError(f"{out} already exists and does not hold a valid mlm-export manifest; "
                             "mlm-export only replaces its own artifacts. Choose another --out, or "
                             f"remove it yourself. The manifest's problem: {exc}") from exc
     ours = set(files) | {MANIFEST, MANIFEST + ".tmp", SIGNATURE, SIGNATURE + ".tmp"}
-    return sorted(entry.name for entry in out.iterdir()
+    return sorted(entry.name for entry in target.iterdir()
                   if entry.name not in ours or (entry.is_dir() and not entry.is_symlink()))
 
 
 def prepare_destination(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
     """Heal what killed exports left beside `out`, then refuse an `out` that may not be replaced."""
-    parent = Path(os.path.abspath(out)).parent
+    parent = _target(Path(out)).parent
     if parent.is_dir():
         heal_stale_stagings(parent)  # first: it may put back an artifact that a crash moved aside
     check_destination(out, force, protected)
@@ -145,16 +158,17 @@ def atomic_directory(out: Path, force: bool, protected: Sequence[Path] = ()) -> 
     """
     out = Path(out)
     prepare_destination(out, force, protected)
-    parent = Path(os.path.abspath(out)).parent
+    target = _target(out)
+    parent = target.parent
     made = _make_parents(parent)
     try:
-        with _staging(parent, out.name, "tmp") as staging:
+        with _staging(parent, target.name, "tmp") as staging:
             build = staging / BUILD
             try:
                 build.mkdir()
                 yield build
                 with deferred_signals():
-                    _publish(build, out, force, protected)
+                    _publish(build, target, force, protected)
             except BaseException as exc:
                 space = _space_error(exc)
                 if space is not None:
@@ -188,7 +202,7 @@ def _publish(build: Path, out: Path, force: bool, protected: Sequence[Path]) -> 
 def _staging(parent: Path, name: str, kind: str) -> Iterator[Path]:
     """A marked, locked sibling directory, removed with everything in it when the block ends."""
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.mlm-export-{kind}-{os.getpid()}-", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{name[:64]}.mlm-export-{kind}-{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise StorageError(f"cannot write in {parent}: {exc.strerror}. mlm-export builds the artifact "
                            "beside --out and renames it into place; choose a writable --out") from exc
@@ -197,7 +211,7 @@ def _staging(parent: Path, name: str, kind: str) -> Iterator[Path]:
             # held for the whole export: a free lock later means its owner is gone, whatever the pid says
             with contextlib.suppress(OSError):
                 fcntl.flock(marker.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            marker.write(json.dumps(asdict(Owner.me())))
+            marker.write(json.dumps(asdict(Owner.me(name))))
             marker.flush()
             yield staging
     finally:
@@ -251,9 +265,10 @@ def heal_stale_stagings(parent: Path) -> None:
                 with contextlib.suppress(OSError):
                     entry.rmdir()  # killed before it wrote its marker; rmdir only removes it empty
             continue
-        if not _stale(entry / OWNER):
+        owner = _stale_owner(entry / OWNER)
+        if owner is None:
             continue
-        kept, target = entry / BUILD, parent / match["name"]
+        kept, target = entry / BUILD, parent / (owner.target or match["name"])
         if match["kind"] == "old" and kept.is_dir() and not os.path.lexists(target):
             try:
                 os.replace(kept, target)  # killed between moving the old artifact aside and publishing
@@ -271,17 +286,17 @@ def heal_stale_stagings(parent: Path) -> None:
                         match["pid"])
 
 
-def _stale(marker: Path) -> bool:
-    """Its owner's lock is free and its owner is known to be gone."""
+def _stale_owner(marker: Path) -> Owner | None:
+    """The owner recorded in `marker` if its lock is free and it is known to be gone; else None."""
     try:
         with open(marker) as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False  # held: its export is running, in this pid namespace or another
+        return None  # held: its export is running, in this pid namespace or another
     except OSError:
         pass  # no locks on this filesystem: judge by the marker alone
     owner = Owner.read(marker)
-    return owner is not None and owner.gone()
+    return owner if owner is not None and owner.gone() else None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -18,8 +18,16 @@ import numpy as np
 from .artifact import check_all_files
 from .manifest import path_inside, read_manifest
 from .config import Tolerance
-from .errors import ConfigError, SourceError
-from .load import ResolvedSource, SourceSpec, load_model, require_export_extra, resolve, resolve_spec
+from .errors import ArtifactError, ConfigError, SourceError
+from .load import (
+    ResolvedSource,
+    SourceSpec,
+    load_model,
+    model_facts,
+    require_export_extra,
+    resolve,
+    resolve_spec,
+)
 from .providers import create_session
 
 log = logging.getLogger("mlm_export")
@@ -99,8 +107,13 @@ def synthetic_probes(spec: ProbeSpec) -> list[ProbeBatch]:
     return batches
 
 
+PACKAGED_SETS = ("antibody", "english")
+
+
 def packaged_texts(name: str) -> list[str]:
     """Realistic probe texts shipped in mlm_export/probes/ (antibody: the sequence column)."""
+    if name not in PACKAGED_SETS:
+        raise ArtifactError(f"no packaged probe set is called {name!r}; mlm-export has {', '.join(PACKAGED_SETS)}")
     text = resources.files("mlm_export.probes").joinpath(f"{name}.txt").read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return [line.split("\t")[-1] for line in lines]
@@ -124,7 +137,6 @@ def antibody_sequences() -> list[str]:
     return packaged_texts("antibody")
 
 
-PACKAGED_SETS = ("antibody", "english")
 REALISTIC_POSITIONS = 360  # enough masked positions for a 99% gate to mean something
 
 
@@ -375,6 +387,10 @@ def verify_artifact(directory: Path | str, *, source: str | ResolvedSource | Non
                           f"exported from (sha256 {expected[:12]}…); pass --source with the original")
     log.info("loading the PyTorch reference (eval mode)")
     model = load_model(resolved)
+    for key, actual in model_facts(model.config).items():
+        if manifest["model"][key] != actual:  # probes are built from these numbers: they must be true
+            raise ArtifactError(f"{directory / 'manifest.json'} says model.{key} is {manifest['model'][key]}, "
+                                f"but the source model has {actual}: the manifest was edited; re-export")
     tokenizer = Tokenizer.from_file(str(path_inside(root, manifest["tokenizer"]["file"], "tokenizer.file")))
     batches = build_probes(manifest, tokenizer, probe_texts)
     refs = reference_logits(model, batches, manifest["tokenizer"]["mask_token_id"])

@@ -188,3 +188,59 @@ def test_a_probe_file_that_is_not_utf8_is_a_usage_error(runner: CliRunner, tiny_
     assert result.exit_code == 2
     error = json.loads(result.stdout)["error"]
     assert error["type"] == "ConfigError" and "is not UTF-8 text" in error["message"]
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_graph_that_answers_nan_is_an_error_and_json_stays_strict(runner: CliRunner, tiny_copy: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from mlm_export.artifact import sha256_file
+
+    manifest = json.loads((tiny_copy / "manifest.json").read_text())
+    path = tiny_copy / "fill_mask.fp32.onnx"
+    model = onnx.load(str(path))
+    bias = next(t for t in model.graph.initializer if list(t.dims) == [manifest["model"]["vocab_size"]])
+    bias.CopyFrom(numpy_helper.from_array(np.full(list(bias.dims), np.nan, dtype=np.float32), bias.name))
+    onnx.save(model, str(path))
+    manifest["files"][path.name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+
+    predicted = runner.invoke(main, ["predict", str(tiny_copy), "a [MASK]", "--json"])
+    assert predicted.exit_code == 1
+    assert "non-finite scores" in _strict_json(predicted.stdout)["error"]["message"]
+    verified = runner.invoke(main, ["verify", str(tiny_copy), "--json", "-q"])
+    assert verified.exit_code == 3
+    assert _strict_json(verified.stdout)["error"]["report"]["passed"] is False
+
+
+def test_out_spelled_through_a_missing_folder_is_still_the_current_directory(
+        runner: CliRunner, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, [str(tiny_dir), "--out", "missing/..", "--force"])
+    assert result.exit_code == 1 and "is the current directory" in result.stderr
+    assert "loading" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_long_out_name_fits_its_staging_directory(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / ("a" * 250)
+    export_model(ExportConfig(str(tiny_dir), out=out))
+    assert (out / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_a_deleted_working_directory_is_an_error_line(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = (f"import os; os.chdir({str(gone)!r}); os.rmdir({str(gone)!r})\n"
+            "from mlm_export.cli import main\n"
+            "main(['info', 'x'])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: the current directory no longer exists; cd to an existing one"

@@ -145,3 +145,44 @@ def test_undecodable_manifests(tiny_copy: Path, content: bytes, match: str) -> N
         read_manifest(tiny_copy)
     result = CliRunner().invoke(main, ["info", str(tiny_copy), "--json"])
     assert result.exit_code == 1 and json.loads(result.stdout)["error"]["type"] == "ArtifactError"
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m.update(probe_set="../../../etc/passwd"), "probe_set"),
+    (lambda m: m["tokenizer"].update(pad_token_id=1e20), "tokenizer.pad_token_id"),
+    (lambda m: m["model"].update(vocab_size=10**30), "model.vocab_size"),
+    (lambda m: m["model"].update(max_length=3.0), "model.max_length"),
+    (lambda m: m["tokenizer"].update(mask_token_id=999), "outside the vocabulary"),
+    (lambda m: m["tokenizer"].update(special_token_ids=[0, 1, 999]), "outside the vocabulary"),
+])
+def test_hostile_values_are_refused_by_name(tiny_copy: Path, change: Any, match: str) -> None:
+    """Values a schema's 'integer' lets through (1e20, 3.0) or that only break later, deep in numpy."""
+    _edit(tiny_copy, change)
+    with pytest.raises(ArtifactError, match=match):
+        read_manifest(tiny_copy)
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000 + b"]" * 100_000, b'{"format_version": ' + b"9" * 5000 + b"}"])
+def test_pathological_json_is_an_artifact_error(tiny_copy: Path, content: bytes) -> None:
+    (tiny_copy / "manifest.json").write_bytes(content)
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        read_manifest(tiny_copy)
+
+
+def test_a_link_out_is_refused_even_for_a_file_the_command_never_reads(tiny_copy: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "vocab.txt"
+    outside.write_text("[PAD]\n")
+    (tiny_copy / "vocab.txt").unlink()
+    (tiny_copy / "vocab.txt").symlink_to(outside)
+    for command in (["info", str(tiny_copy)], ["predict", str(tiny_copy), "a [MASK]"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and "outside the artifact directory" in result.stderr, command
+
+
+def test_verify_refuses_model_facts_the_source_contradicts(tiny_copy: Path) -> None:
+    """Probes are sized from the manifest: an edited max_length must not make verify build 1e6-token inputs."""
+    _edit(tiny_copy, lambda m: m["model"].update(max_length=100_000))
+    result = CliRunner().invoke(main, ["verify", str(tiny_copy), "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "ArtifactError" and "model.max_length is 100000" in error["message"]

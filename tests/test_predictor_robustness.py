@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -149,3 +151,13 @@ def test_memory_stays_flat_over_many_calls(filler: OnnxMaskFiller) -> None:
     grown = _rss_bytes() - before
     # 2000 calls x 80 candidates: a leak of the results alone would be well over 50 MB
     assert grown < 24 * 1024 * 1024, f"RSS grew by {grown / 1e6:.1f} MB over 2000 calls"
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda f, a: OnnxMaskFiller.from_pretrained(None), "directory must be a path"),  # type: ignore[arg-type]
+    (lambda f, a: f(np.array("a [MASK]")), "a string or a list of strings"),
+    (lambda f, a: f("a [MASK]", return_sequence="no"), "return_sequence must be True or False"),
+])
+def test_api_arguments_of_the_wrong_kind(filler: OnnxMaskFiller, tiny_artifact: Path, call: Any, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        call(filler, tiny_artifact)

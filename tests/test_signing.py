@@ -129,3 +129,20 @@ def test_a_serving_install_without_cryptography_names_the_extra(tiny_artifact: P
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "pip install 'mlm-export[sign]'" in result.stdout
+
+
+@pytest.mark.parametrize("key,match", [
+    ("/dev/zero", "not a regular file"), (123, "a key must be a file path"),
+])
+def test_key_arguments_that_are_no_key_files(tiny_copy: Path, key: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu", public_key=key)
+
+
+def test_oversized_key_file_and_empty_keygen_path(tiny_copy: Path, tmp_path: Path) -> None:
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"x" * 100_000)
+    with pytest.raises(ConfigError, match="over 64 KB"):
+        sign_artifact(tiny_copy, big)
+    with pytest.raises(ConfigError, match="not a file name for a key"):
+        generate_key(Path(""))
