@@ -30,8 +30,7 @@ from .interrupts import signals_as_interrupts
 from .precision import INT8_RECIPE_NAMES
 from .providers import max_threads
 
-PARITY_EXIT = ParityError.exit_code
-INTERRUPT_EXIT = 130
+INTERRUPT_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 @dataclass

@@ -11,7 +11,7 @@
     │   ├── StorageError            the artifact cannot be written: no space, read-only, no permission
     │   └── IntegrityError          a file's sha256 differs from the manifest
     │       └── SignatureError      the manifest's Ed25519 signature is missing or wrong
-    ├── ProviderError               an execution provider request cannot be honoured
+    ├── ProviderError               an execution provider cannot be used, or a run on it failed
     └── InputError (ValueError)     bad predictor input or setting: no [MASK], too long, top_k, threads
 
     KeyboardInterrupt               Ctrl-C (exit code 130)
@@ -81,7 +81,10 @@ class SignatureError(IntegrityError):
 
 
 class ProviderError(MlmExportError):
-    """Falling back silently from a requested provider would hide a broken deployment."""
+    """Falling back silently from a requested provider would hide a broken deployment.
+
+    Also raised when ONNX Runtime fails while running (out of memory, a device fault).
+    """
 
 
 class InputError(MlmExportError, ValueError):
