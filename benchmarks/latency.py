@@ -25,9 +25,9 @@ import numpy as np
 
 from mlm_export import OnnxMaskFiller
 from mlm_export.manifest import read_manifest
-from mlm_export.bench import wait_idle
-from mlm_export.precision import INT8_RECIPES, to_int8
-from mlm_export.providers import create_session
+from harness import wait_idle  # benchmarks/harness.py, beside this script
+from mlm_export.build.precision import INT8_RECIPES, to_int8
+from mlm_export.runtime.providers import create_session
 
 
 def feeds(manifest: dict, batch: int, length: int, masks_every: int, seed: int = 0) -> dict:

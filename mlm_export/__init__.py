@@ -36,8 +36,8 @@ __all__ = [
 
 # Loaded on first use: `import mlm_export` (and so the CLI's start) stays cheap, and a Ctrl-C during
 # start-up lands in the CLI's handler rather than in an import of numpy.
-_LAZY = {"OnnxMaskFiller": ("predictor", "OnnxMaskFiller"),
-         "export_model": ("pipeline", "export_model"),
+_LAZY = {"OnnxMaskFiller": ("runtime.predictor", "OnnxMaskFiller"),
+         "export_model": ("build.pipeline", "export_model"),
          "verify_artifact": ("verify", "verify_artifact"),
          "sign_artifact": ("signing", "sign_artifact"),
          "ExportConfig": ("config", "ExportConfig")}

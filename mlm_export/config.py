@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .precision import find_int8_recipe
+from .build.precision import find_int8_recipe
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNormalization

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlm_export.bench import BenchConfig, Workload, make_texts, prepare, run_benchmark, run_model
+from benchmarks.harness import BenchConfig, Workload, make_texts, prepare, run_benchmark, run_model
 from mlm_export.cli import main
 
 SMALL = (Workload("1x8", 1, 8, 1, rounds=1), Workload("4x16", 4, 16, 2, rounds=1),
@@ -98,7 +98,7 @@ def test_wait_idle_outlasts_a_worker_still_burning_cpu() -> None:
     import sys
     import time
 
-    from mlm_export.bench import wait_idle
+    from benchmarks.harness import wait_idle
 
     process = subprocess.Popen([sys.executable, "-c", SPIN_THEN_SLEEP], stdout=subprocess.PIPE, text=True)
     try:

@@ -13,8 +13,8 @@ import torch
 from transformers import BertForMaskedLM
 
 from mlm_export.errors import FusionError
-from mlm_export.export import export_fill_mask
-from mlm_export.fuse import fuse
+from mlm_export.build.trace import export_fill_mask
+from mlm_export.build.fuse import fuse
 
 MASK, PAD, CLS, SEP = 4, 0, 2, 3
 

@@ -15,8 +15,8 @@ from mlm_export import OnnxMaskFiller, ProviderError
 from mlm_export.artifact import sha256_file
 from mlm_export.cli import main
 from mlm_export.config import ExportConfig
-from mlm_export.precision import INT8_RECIPE_NAMES, INT8_RECIPES, Int8Recipe, matmul_roles, to_int8
-from mlm_export.predictor import preferred_variant
+from mlm_export.build.precision import INT8_RECIPE_NAMES, INT8_RECIPES, Int8Recipe, matmul_roles, to_int8
+from mlm_export.runtime.predictor import preferred_variant
 
 
 def _manifest(path: Path) -> dict:

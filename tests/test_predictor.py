@@ -125,7 +125,7 @@ def test_unknown_provider_string(tiny_artifact: Path) -> None:
 
 
 def test_both_onnxruntime_wheels_are_named_in_the_error(tiny_artifact: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from mlm_export import providers
+    from mlm_export.runtime import providers
 
     monkeypatch.setattr(providers, "installed_wheels", lambda: ["onnxruntime", "onnxruntime-gpu"])
     import onnxruntime as ort

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlm_export import ExportConfig, MissingHeadError, SourceError, export_model
-from mlm_export.load import load_model, load_tokenizer, resolve
+from mlm_export.build.load import load_model, load_tokenizer, resolve
 
 
 def test_encoder_only_checkpoint_is_refused_naming_the_head(minilm_dir: Path, tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact import file_entries
-from .config import FP32_TOLERANCE, TOLERANCES, ExportConfig
-from .errors import ExportError, ParityError
-from .export import export_fill_mask, export_logits
+from ..artifact import file_entries
+from ..config import FP32_TOLERANCE, TOLERANCES, ExportConfig
+from ..errors import ExportError, ParityError
+from .trace import export_fill_mask, export_logits
 from .fuse import FusionReport, fuse
 from .load import (
     SPECIAL_TOKENS,
@@ -28,10 +28,10 @@ from .load import (
     require_export_extra,
     resolve_spec,
 )
-from .manifest import FORMAT_VERSION, write_manifest
+from ..manifest import FORMAT_VERSION, write_manifest
 from .precision import INT8_RECIPES, find_int8_recipe, fused_op_counts, to_fp16, to_int8
-from .staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
-from .verify import (
+from ..staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
+from ..verify import (
     VerifyReport,
     build_probes,
     choose_probe_set,

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact import sha256_file
-from .config import BUILTIN_MODELS
-from .errors import ExportError, MissingHeadError, SourceError
+from ..artifact import sha256_file
+from ..config import BUILTIN_MODELS
+from ..errors import ExportError, MissingHeadError, SourceError
 
 log = logging.getLogger("mlm_export")
 

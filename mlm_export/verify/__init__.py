@@ -15,11 +15,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .artifact import check_all_files
-from .manifest import path_inside, read_manifest
-from .config import Tolerance
-from .errors import ArtifactError, ConfigError, SourceError
-from .load import (
+from ..artifact import check_all_files
+from ..manifest import path_inside, read_manifest
+from ..config import Tolerance
+from ..errors import ArtifactError, ConfigError, SourceError
+from ..build.load import (
     ResolvedSource,
     SourceSpec,
     load_model,
@@ -28,7 +28,7 @@ from .load import (
     resolve,
     resolve_spec,
 )
-from .providers import create_session
+from ..runtime.providers import create_session
 
 log = logging.getLogger("mlm_export")
 

@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 from collections.abc import Sequence
 
-from .errors import InputError, ProviderError
+from ..errors import InputError, ProviderError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

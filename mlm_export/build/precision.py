@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._quiet import quiet_onnxruntime_tools
-from .errors import ConfigError, ExportError
+from .._quiet import quiet_onnxruntime_tools
+from ..errors import ConfigError, ExportError
 
 log = logging.getLogger("mlm_export")
 

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._quiet import quiet_onnxruntime_tools
-from .errors import ExportError, FusionError
+from .._quiet import quiet_onnxruntime_tools
+from ..errors import ExportError, FusionError
 
 log = logging.getLogger("mlm_export")
 

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
-from .artifact import checked_bytes, verified_path
-from .errors import ArtifactError, InputError, ProviderError
-from .manifest import read_manifest
+from ..artifact import checked_bytes, verified_path
+from ..errors import ArtifactError, InputError, ProviderError
+from ..manifest import read_manifest
 from .providers import CUDA, check_threads, create_session, requested_providers
 
 # Best variant first, per provider. int8 is never picked for CUDA: its int8 ops fall back to the

