@@ -96,7 +96,7 @@ class SystemResult:
 def prepare(model: str, work: Path, seed: int) -> Prepared:
     """Build or reuse every artifact the systems load; cached under `work`."""
     from mlm_export.config import ExportConfig
-    from mlm_export.build.load import resolve
+    from mlm_export.build.source import resolve
     from mlm_export.build.pipeline import export_model, library_versions
 
     root = work / _slug(model)
@@ -112,13 +112,13 @@ def prepare(model: str, work: Path, seed: int) -> Prepared:
     except ArtifactError:
         manifest = None  # no cache yet, or one this version cannot read: rebuild it
     # a cached artifact from other library versions would benchmark yesterday's graphs
-    if manifest is None or manifest["versions"] != library_versions():
+    if manifest is None or manifest.versions != library_versions():
         source = "antiberty" if model == "antiberty" else str(hf_dir)
         log.info("bench: exporting %s with mlm-export (fp32, fp16, int8)", model)
         manifest = export_model(ExportConfig(source, out=artifact, force=True, fp16=True, int8=True)).manifest
     optimum_fp32, optimum_int8 = _optimum_models(hf_dir, root)
     return Prepared(model, hf_dir, artifact, optimum_fp32, optimum_int8,
-                    bool(manifest["tokenizer"]["char_level"]))
+                    manifest.tokenizer.char_level)
 
 
 def _slug(model: str) -> str:
@@ -180,7 +180,7 @@ def make_texts(prepared: Prepared, workload: Workload, seed: int) -> list[str]:
 
     tokenizer = Tokenizer.from_file(str(prepared.artifact / "tokenizer.json"))
     manifest = read_manifest(prepared.artifact)
-    longest = min(workload.length, manifest["model"]["max_length"])
+    longest = min(workload.length, manifest.model.max_length)
     rng = random.Random(f"{seed}-{workload.name}")
     if prepared.char_level:
         from mlm_export.verify import antibody_sequences
@@ -209,7 +209,7 @@ def _build(system: str, prepared: Prepared, threads: int) -> tuple[Callable[[lis
         variant = system.rsplit("-", 1)[1]
         filler = OnnxMaskFiller.from_pretrained(prepared.artifact, variant=variant, providers="cpu",
                                                 threads=threads)
-        size = filler.manifest["files"][filler.manifest["graphs"][variant]["file"]]["size"]
+        size = filler.manifest.files[filler.graph.file].size
         return lambda texts: _top1_ours(filler(texts, top_k=5)), size / 1e6
     if system == "ort-session-int8":
         filler = OnnxMaskFiller.from_pretrained(prepared.artifact, variant="int8", providers="cpu",
@@ -269,8 +269,9 @@ def _feeds(filler: Any, texts: list[str]) -> dict:
     ids = np.full((len(rows), width), filler.pad_token_id, dtype=np.int64)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = row
-    return {"input_ids": ids, "attention_mask": (ids != filler.pad_token_id).astype(np.int64),
-            "token_type_ids": np.zeros_like(ids), "top_k": np.array(5, dtype=np.int64)}
+    available = {"input_ids": ids, "attention_mask": (ids != filler.pad_token_id).astype(np.int64),
+                 "token_type_ids": np.zeros_like(ids), "top_k": np.array(5, dtype=np.int64)}
+    return {name: available[name] for name in filler.graph.input_names}
 
 
 def _masks(result: Any) -> list[list[dict]]:
@@ -518,7 +519,7 @@ def chart(reports: list[dict], path: Path) -> Path | None:
 
 def run_benchmark(config: BenchConfig) -> dict:
     """Prepare each model, run every system on every workload, write JSON, markdown and a chart."""
-    from mlm_export.build.load import require_export_extra
+    from mlm_export.build.source import require_export_extra
 
     require_export_extra()
     config.out.mkdir(parents=True, exist_ok=True)

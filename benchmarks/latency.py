@@ -24,21 +24,22 @@ from pathlib import Path
 import numpy as np
 
 from mlm_export import OnnxMaskFiller
-from mlm_export.manifest import read_manifest
+from mlm_export.manifest import Manifest, read_manifest
 from harness import wait_idle  # benchmarks/harness.py, beside this script
 from mlm_export.build.precision import INT8_RECIPES, to_int8
 from mlm_export.runtime.providers import create_session
 
 
-def feeds(manifest: dict, batch: int, length: int, masks_every: int, seed: int = 0) -> dict:
-    tok, vocab = manifest["tokenizer"], manifest["model"]["vocab_size"]
+def feeds(manifest: Manifest, batch: int, length: int, masks_every: int, seed: int = 0) -> dict:
+    tok, vocab = manifest.tokenizer, manifest.model.vocab_size
     rng = np.random.default_rng(seed)
-    normal = np.setdiff1d(np.arange(vocab), tok["special_token_ids"])
+    normal = np.setdiff1d(np.arange(vocab), tok.all_special_ids)
     ids = rng.choice(normal, size=(batch, length)).astype(np.int64)
-    ids[:, 0], ids[:, -1] = tok["cls_token_id"], tok["sep_token_id"]
-    ids[:, 1:-1:masks_every] = tok["mask_token_id"]
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
-            "token_type_ids": np.zeros_like(ids), "top_k": np.array(5, dtype=np.int64)}
+    ids[:, 0], ids[:, -1] = tok.special_ids["cls"], tok.special_ids["sep"]
+    ids[:, 1:-1:masks_every] = tok.mask_token_id
+    available = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "token_type_ids": np.zeros_like(ids), "top_k": np.array(5, dtype=np.int64)}
+    return {name: available[name] for name in manifest.graphs["fp32"].input_names}
 
 
 def main() -> None:
@@ -56,18 +57,18 @@ def main() -> None:
     args = parser.parse_args()
 
     manifest = read_manifest(args.artifact)
-    variants = [n for n, g in manifest["graphs"].items() if g["form"] == "fill-mask"
+    variants = [n for n, g in manifest.graphs.items() if g.form == "fill-mask"
                 and not (args.providers == "cuda" and n == "int8")]
     fillers = {v: OnnxMaskFiller.from_pretrained(args.artifact, variant=v, providers=args.providers,
                                                  threads=args.threads) for v in variants}
     # the predictor's own path (IO binding on CUDA) for the variants, bare sessions for the recipes
     runners = {v: f._infer for v, f in fillers.items()}
-    sizes = {v: manifest["files"][manifest["graphs"][v]["file"]]["size"] for v in variants}
+    sizes = {v: manifest.files[manifest.graphs[v].file].size for v in variants}
     if args.int8_recipes:
         with tempfile.TemporaryDirectory() as tmp:
             for recipe in INT8_RECIPES:
                 path = Path(tmp) / f"{recipe.name}.onnx"
-                to_int8(args.artifact / manifest["graphs"]["fp32"]["file"], path, recipe)
+                to_int8(args.artifact / manifest.graphs["fp32"].file, path, recipe)
                 session = create_session(str(path), "cpu", args.threads)
                 runners[recipe.name] = functools.partial(session.run, None)
                 sizes[recipe.name] = path.stat().st_size
@@ -90,7 +91,7 @@ def main() -> None:
         for v in variants:
             median = statistics.median(times[v])
             size = sizes[v]
-            parity = manifest["graphs"].get(v, {}).get("parity") or {}
+            parity = manifest.graphs[v].parity if v in manifest.graphs and manifest.graphs[v].parity else {}
             row = {"variant": v, "provider": fillers[v].provider if v in fillers else "CPUExecutionProvider",
                    "batch": batch,
                    "length": args.length, "repeats": repeats,

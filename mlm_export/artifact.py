@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import IntegrityError
-from .manifest import MANIFEST, SIGNATURE, path_inside
+from .manifest import MANIFEST, SIGNATURE, FileEntry, Manifest, path_inside
 
 
 def sha256_file(path: Path) -> str:
@@ -25,26 +25,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_entries(directory: Path) -> dict[str, dict]:
+def file_entries(directory: Path) -> dict[str, FileEntry]:
     """sha256 and size of every file but the manifest, which cannot hash itself."""
     return {
-        path.name: {"sha256": sha256_file(path), "size": path.stat().st_size}
+        path.name: FileEntry(sha256_file(path), path.stat().st_size)
         for path in sorted(directory.iterdir())
         if path.is_file() and path.name not in (MANIFEST, SIGNATURE)
     }
 
 
-def checked_bytes(directory: Path, manifest: dict, name: str) -> bytes:
+def checked_bytes(directory: Path, manifest: Manifest, name: str) -> bytes:
     """The contents of `name`, read once, after they matched the manifest's sha256 and size."""
     entry, path = _listed(directory, manifest, name)
     data = path.read_bytes()
-    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise _mismatch(directory, name, entry)
     return data
 
 
 @contextlib.contextmanager
-def verified_path(directory: Path, manifest: dict, name: str) -> Iterator[str]:
+def verified_path(directory: Path, manifest: Manifest, name: str) -> Iterator[str]:
     """A path that reads exactly the bytes that were hash-checked, for a loader that wants a path.
 
     The file is opened once; its hash is computed through that descriptor, and on Linux the loader
@@ -58,7 +58,7 @@ def verified_path(directory: Path, manifest: dict, name: str) -> Iterator[str]:
         digest = hashlib.sha256()
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-        if digest.hexdigest() != entry["sha256"]:
+        if digest.hexdigest() != entry.sha256:
             raise _mismatch(directory, name, entry)
         via_fd = f"/proc/self/fd/{fh.fileno()}"
         yield via_fd if os.path.exists(via_fd) else str(path)
@@ -68,16 +68,16 @@ def verified_path(directory: Path, manifest: dict, name: str) -> Iterator[str]:
         raise IntegrityError(f"{Path(directory) / name} changed while it was being loaded; load it again")
 
 
-def checked_file(directory: Path, manifest: dict, name: str) -> Path:
+def checked_file(directory: Path, manifest: Manifest, name: str) -> Path:
     """Path to `name` after its sha256 matched the manifest; refuses tampered, missing or outside files."""
     entry, path = _listed(directory, manifest, name)
-    if sha256_file(path) != entry["sha256"]:
+    if sha256_file(path) != entry.sha256:
         raise _mismatch(directory, name, entry)
     return path
 
 
-def _listed(directory: Path, manifest: dict, name: str) -> tuple[dict, Path]:
-    entry = manifest["files"].get(name)
+def _listed(directory: Path, manifest: Manifest, name: str) -> tuple[FileEntry, Path]:
+    entry = manifest.files.get(name)
     if entry is None:
         raise IntegrityError(f"{name} is not listed in {Path(directory) / MANIFEST}")
     path = path_inside(Path(directory).resolve(), name, "the file")
@@ -86,12 +86,12 @@ def _listed(directory: Path, manifest: dict, name: str) -> tuple[dict, Path]:
     return entry, path
 
 
-def _mismatch(directory: Path, name: str, entry: dict) -> IntegrityError:
+def _mismatch(directory: Path, name: str, entry: FileEntry) -> IntegrityError:
     return IntegrityError(f"{Path(directory) / name} does not match its sha256 in the manifest (expected "
-                          f"{entry['sha256'][:12]}…): the file was modified or corrupted; re-export the artifact")
+                          f"{entry.sha256[:12]}…): the file was modified or corrupted; re-export the artifact")
 
 
-def check_all_files(directory: Path, manifest: dict) -> None:
+def check_all_files(directory: Path, manifest: Manifest) -> None:
     """Every listed file present, inside the directory, and matching its sha256."""
-    for name in manifest["files"]:
+    for name in manifest.files:
         checked_file(directory, manifest, name)

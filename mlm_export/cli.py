@@ -223,7 +223,7 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
                           allow_unfused=allow_unfused, opset=opset, fp16=fp16,
                           int8=int8 or int8_recipe != "auto", int8_recipe=int8_recipe)
     result = export_model(config)
-    _out().result({"path": str(result.path), "manifest": result.manifest},
+    _out().result({"path": str(result.path), "manifest": result.manifest.to_dict()},
                   f"{result.report.summary()}\nwrote {result.path}")
 
 
@@ -298,31 +298,38 @@ def info_command(directory: Path, as_json: bool) -> None:
     default = preferred_variant(manifest, provider)
     signed = signature_fingerprint(directory)
     if as_json:
-        _out().result(manifest | {"default_variant": {"provider": provider, "variant": default},
-                                  "signature": {"fingerprint": signed} if signed else None}, "")
+        _out().result(manifest.to_dict() | {"default_variant": {"provider": provider, "variant": default},
+                                            "signature": {"fingerprint": signed} if signed else None}, "")
         return
-    src, model = manifest["source"], manifest["model"]
+    src, model, tok = manifest.source, manifest.model, manifest.tokenizer
+    specials = " ".join(tok.special_tokens[role] for role in ("cls", "sep", "mask", "pad", "unk"))
     lines = [
-        f"{manifest['name']}  ({src['kind']}: {src['location']})",
-        f"  {model['num_layers']} layers, hidden {model['hidden_size']}, vocab {model['vocab_size']}, max "
-        f"length {model['max_length']}, {model['float32_parameter_bytes'] / 1e6:.1f} MB float32 parameters",
-        f"  opset {manifest['opset']}; " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
-        f"  realistic probe set: {manifest.get('probe_set') or 'none (synthetic probes only)'}",
+        f"{manifest.name}  ({manifest.family}, {model.architecture}; {src.kind}: {src.location})",
+        f"  {model.num_layers} layers, hidden {model.hidden_size}, vocab {model.vocab_size}, max length "
+        f"{model.max_length}, {model.float32_parameter_bytes / 1e6:.1f} MB float32 parameters",
+        f"  tokenizer: {tok.scheme}; special tokens {specials}; graph inputs "
+        + ", ".join(n for n in next(iter(manifest.graphs.values())).input_names),
+        f"  opset {manifest.opset}; " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()),
+        f"  realistic probe set: {manifest.probe_set or 'none (synthetic probes only)'}",
         f"  default variant here: {default} ({provider})",
         f"  signature: {'signed, key fingerprint ' + signed + ' (check it with verify --key)' if signed else 'none'}",
     ]
-    fill = [g for g in manifest["graphs"].values() if g["form"] == "fill-mask"]
-    reference = (manifest["graphs"].get("fp32") or (fill or list(manifest["graphs"].values()))[0])["file"]
-    fp32_size = manifest["files"][reference]["size"] or 1
+    reference = (manifest.graphs.get("fp32") or next(iter(manifest.graphs.values()))).file
+    fp32_size = manifest.files[reference].size or 1
     rows = [("graph", "file", "MB", "%fp32", "attention", "gated on", "positions", "max|Δlogit|",
              "top1", "top5-ovl", "top5-set", "provider", "gate")]
-    for name, g in manifest["graphs"].items():
-        size = manifest["files"][g["file"]]["size"]
-        fusion = g.get("fusion")
-        p = g.get("parity") or {}
+    for name, g in manifest.graphs.items():
+        size = manifest.files[g.file].size
+        fusion = g.fusion
+        p = g.parity or {}
+        if not fusion:
+            attention = "-"
+        elif fusion.get("mode") == "none":
+            attention = "none"
+        else:
+            attention = f"{fusion['attention']}/{fusion['expected_attention']}"
         rows.append((
-            name, g["file"], f"{size / 1e6:.1f}", f"{100 * size / fp32_size:.0f}%",
-            f"{fusion['attention']}/{fusion['expected_attention']}" if fusion else "-",
+            name, g.file, f"{size / 1e6:.1f}", f"{100 * size / fp32_size:.0f}%", attention,
             p.get("gated_on", "-"), str(p.get("masked_positions", "-")),
             f"{p['max_abs_logit']:.2e}" if p else "-",
             f"{p['top1_agreement']:.2%}" if p else "-", f"{p['topk_overlap']:.2%}" if p else "-",
@@ -331,18 +338,17 @@ def info_command(directory: Path, as_json: bool) -> None:
             ("pass" if p.get("passed") else "FAIL") if p else "not verified"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    tolerances = {name: g["tolerance"] for name, g in manifest["graphs"].items()}
     lines.append("  gates: " + "; ".join(
         f"{name} " + ", ".join(filter(None, [
-            f"max|Δlogit|<={t['max_abs_logit']:g}" if t.get("max_abs_logit") is not None else "",
-            f"top1>={t['min_top1_agreement']:.1%}", f"top{t['top_k']}-overlap>={t['min_topk_overlap']:.0%}"]))
-        for name, t in tolerances.items()))
-    int8 = manifest["graphs"].get("int8")
-    if int8 and int8.get("recipe"):
+            f"max|Δlogit|<={t.max_abs_logit:g}" if t.max_abs_logit is not None else "",
+            f"top1>={t.min_top1_agreement:.1%}", f"top{t.top_k}-overlap>={t.min_topk_overlap:.0%}"]))
+        for name, t in ((name, g.tolerance) for name, g in manifest.graphs.items())))
+    int8 = manifest.graphs.get("int8")
+    if int8 and int8.recipe:
         tried = ", ".join(f"{t['recipe']} {'pass' if t['passed'] else 'fail'} (top1 {t['top1_agreement']:.2%}, "
-                          f"overlap {t['topk_overlap']:.2%})" for t in int8.get("recipes_tried", []))
+                          f"overlap {t['topk_overlap']:.2%})" for t in int8.recipes_tried)
         how = f"; tried {tried}" if tried else " (chosen by hand)"
-        lines.append(f"  quantization recipe for int8: {int8['recipe']}{how}")
+        lines.append(f"  quantization recipe for int8: {int8.recipe}{how}")
     _out().result(None, "\n".join(lines))
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .manifest import Tolerance
 from .build.precision import find_int8_recipe
 
 DEFAULT_OPSET = 17
@@ -27,6 +28,7 @@ class ExportConfig:
     fp16: bool = False
     int8: bool = False
     int8_recipe: str = "auto"  # or a name from precision.INT8_RECIPES; auto keeps the fastest that passes
+    probe_texts: tuple[str, ...] = ()  # realistic texts for the gates, stored in the artifact as probes.txt
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -42,32 +44,10 @@ class ExportConfig:
             raise ConfigError(f"opset {self.opset} is newer than torch.onnx can write (at most {MAX_OPSET})")
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError(f"model must name a directory, a hub id or a built-in model, got {self.model!r}")
+        if isinstance(self.probe_texts, str) or not all(isinstance(t, str) and t.strip() for t in self.probe_texts):
+            raise ConfigError("probe_texts must be a sequence of non-empty texts")
         if self.int8_recipe != "auto":
             find_int8_recipe(self.int8_recipe)  # raises on an unknown name
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """A variant's parity gate, written into the manifest so `verify` enforces the same numbers."""
-
-    max_abs_logit: float | None = None
-    min_top1_agreement: float = 1.0
-    min_topk_overlap: float = 1.0
-    top_k: int = 5
-    scope: str = "all"  # "all" probes, or the "realistic" texts when the artifact has some
-
-    def to_dict(self) -> dict:
-        return {
-            "max_abs_logit": self.max_abs_logit,
-            "min_top1_agreement": self.min_top1_agreement,
-            "min_topk_overlap": self.min_topk_overlap,
-            "top_k": self.top_k,
-            "scope": self.scope,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Tolerance:
-        return cls(**data)
 
 
 # fp32 must match PyTorch to float rounding; top-k sets must match except where PyTorch itself

@@ -1,15 +1,21 @@
-"""The manifest: reading it validates its shape and confines every file it names to the artifact.
+"""The artifact contract: a typed manifest, and a reader that validates it and confines every file
+it names to the artifact directory.
 
 Torch-free. The reader is the one gate between a manifest on disk and the code that trusts it: a
-missing or ill-typed key, an unknown form or precision, a format from another version, or a file
-name that could reach outside the directory (absolute, `..`, a symlink out) is an `ArtifactError`
-that names the key, never a `KeyError` later or a read of some other file.
+missing or ill-typed key, an unknown form, precision or family, a format from another version, or a
+file name that could reach outside the directory (absolute, `..`, a symlink out) is an
+`ArtifactError` that names the key, never a `KeyError` later or a read of some other file.
+
+Each graph declares its inputs and outputs (names, dtypes, axes): the predictor feeds exactly those
+and reads outputs by name, so it never needs to know a model family.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -19,9 +25,196 @@ from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # written by `mlm-export sign`; not listed in the manifest it signs
-FORMAT_VERSION = 1
-SCHEMA = "manifest-v1.schema.json"
+FORMAT_VERSION = 2
+SCHEMA = "manifest-v2.schema.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # real manifests are a few KB; refuse to parse a giant file
+ROLES = ("mask", "cls", "sep", "pad", "unk")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A variant's parity gate, written into the manifest so `verify` enforces the same numbers."""
+
+    max_abs_logit: float | None = None
+    min_top1_agreement: float = 1.0
+    min_topk_overlap: float = 1.0
+    top_k: int = 5
+    scope: str = "all"  # "all" probes, or the "realistic" texts when the artifact has some
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Tolerance:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: axes are names ("batch", "sequence", ...) or fixed sizes."""
+
+    name: str
+    dtype: str  # "int64" | "float32"
+    shape: tuple[str | int, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TensorSpec:
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    kind: str  # "builtin" | "local" | "hub"
+    location: str
+    revision: str | None
+    weights_sha256: str
+    weights_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    vocab_size: int
+    type_vocab_size: int  # 0 for families without token types
+    max_length: int       # tokens a sequence may hold, special tokens included
+    float32_parameter_bytes: int
+    parameters: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    file: str
+    scheme: str
+    special_tokens: dict[str, str]  # name by role: mask, cls, sep, pad, unk
+    special_ids: dict[str, int]     # id by role
+    all_special_ids: tuple[int, ...]
+
+    @property
+    def mask_token(self) -> str:
+        return self.special_tokens["mask"]
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.special_ids["mask"]
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.special_ids["pad"]
+
+    @property
+    def char_level(self) -> bool:
+        return self.scheme == "characters"
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    file: str
+    form: str       # "logits" | "fill-mask"
+    precision: str  # "fp32" | "fp16" | "int8"
+    family: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    tolerance: Tolerance
+    fusion: dict | None = None   # FusionReport.to_dict()
+    parity: dict | None = None   # GraphParity.to_dict(), once verified
+    weight_bytes: int | None = None
+    recipe: str | None = None    # int8 only
+    recipes_tried: tuple[dict, ...] = ()
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def to_dict(self) -> dict:
+        data = {"file": self.file, "form": self.form, "precision": self.precision, "family": self.family,
+                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+                "tolerance": self.tolerance.to_dict(), "fusion": self.fusion, "parity": self.parity}
+        if self.weight_bytes is not None:
+            data["weight_bytes"] = self.weight_bytes
+        if self.recipe is not None:
+            data["recipe"] = self.recipe
+            data["recipes_tried"] = list(self.recipes_tried)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> GraphEntry:
+        return cls(data["file"], data["form"], data["precision"], data["family"],
+                   tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+                   tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+                   Tolerance.from_dict(data["tolerance"]), data.get("fusion"), data.get("parity"),
+                   data.get("weight_bytes"), data.get("recipe"), tuple(data.get("recipes_tried") or ()))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything an artifact promises: where it came from, its model, tokenizer, graphs and files."""
+
+    name: str
+    family: str
+    source: SourceInfo
+    model: ModelInfo
+    tokenizer: TokenizerInfo
+    versions: dict[str, str]
+    opset: int
+    probe_set: str | None
+    graphs: dict[str, GraphEntry]
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def fill_mask_graphs(self) -> dict[str, GraphEntry]:
+        return {name: g for name, g in self.graphs.items() if g.form == "fill-mask"}
+
+    def with_graph(self, name: str, **changes: Any) -> Manifest:
+        return replace(self, graphs=self.graphs | {name: replace(self.graphs[name], **changes)})
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.format_version, "name": self.name, "created": self.created,
+            "family": self.family, "source": asdict(self.source) | {"weights_files": list(self.source.weights_files)},
+            "model": asdict(self.model),
+            "tokenizer": {"file": self.tokenizer.file, "scheme": self.tokenizer.scheme,
+                          "special_tokens": dict(self.tokenizer.special_tokens),
+                          "special_ids": dict(self.tokenizer.special_ids),
+                          "all_special_ids": list(self.tokenizer.all_special_ids)},
+            "versions": dict(self.versions), "opset": self.opset, "probe_set": self.probe_set,
+            "graphs": {name: g.to_dict() for name, g in self.graphs.items()},
+            "files": {name: asdict(f) for name, f in self.files.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Manifest:
+        """From a dict that already passed the schema."""
+        t = data["tokenizer"]
+        return cls(
+            name=data["name"], family=data["family"],
+            source=SourceInfo(**{k: data["source"].get(k) for k in ("kind", "location", "revision",
+                                                                    "weights_sha256")},
+                              weights_files=tuple(data["source"].get("weights_files") or ())),
+            model=ModelInfo(**{k: data["model"][k] for k in ModelInfo.__dataclass_fields__ if k in data["model"]}),
+            tokenizer=TokenizerInfo(t["file"], t["scheme"], dict(t["special_tokens"]), dict(t["special_ids"]),
+                                    tuple(t["all_special_ids"])),
+            versions=dict(data["versions"]), opset=data["opset"], probe_set=data.get("probe_set"),
+            graphs={name: GraphEntry.from_dict(g) for name, g in data["graphs"].items()},
+            files={name: FileEntry(f["sha256"], f["size"]) for name, f in data["files"].items()},
+            created=data.get("created", ""), format_version=data["format_version"])
 
 
 @cache
@@ -54,7 +247,7 @@ def path_inside(root: Path, name: str, where: str) -> Path:
     return real
 
 
-def read_manifest(directory: Path | str, public_key: object = None) -> dict:
+def read_manifest(directory: Path | str, public_key: object = None) -> Manifest:
     """The validated manifest of an artifact directory.
 
     With `public_key` (a key file's path, PEM/OpenSSH bytes, or a key object) the manifest's
@@ -63,7 +256,7 @@ def read_manifest(directory: Path | str, public_key: object = None) -> dict:
     return read_manifest_bytes(directory, public_key)[0]
 
 
-def read_manifest_bytes(directory: Path | str, public_key: object = None) -> tuple[dict, bytes]:
+def read_manifest_bytes(directory: Path | str, public_key: object = None) -> tuple[Manifest, bytes]:
     """The validated manifest and the exact bytes it was parsed from (what a signature covers)."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -80,9 +273,9 @@ def read_manifest_bytes(directory: Path | str, public_key: object = None) -> tup
         from .signing import verify_signature
 
         verify_signature(root, data, public_key)
-    manifest = parse_manifest(data, directory / MANIFEST)
+    manifest = Manifest.from_dict(parse_manifest(data, directory / MANIFEST))
     _check_consistency(manifest, directory / MANIFEST)
-    for name in manifest["files"]:
+    for name in manifest.files:
         path_inside(root, name, "the file")  # a link out is refused now, not only when its file is used
     return manifest, data
 
@@ -112,31 +305,37 @@ def parse_manifest(data: bytes, origin: Path | str) -> dict:
     return manifest
 
 
-def _check_consistency(manifest: dict, origin: Path) -> None:
-    """What a schema cannot say: names plain and listed, token ids inside the vocabulary."""
-    vocab = manifest["model"]["vocab_size"]
-    tokenizer = manifest["tokenizer"]
-    for key in ("mask_token_id", "pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id"):
-        if tokenizer[key] >= vocab:
-            raise ArtifactError(f"{origin}: tokenizer.{key} is {tokenizer[key]}, outside the vocabulary "
-                                f"(model.vocab_size {vocab}); re-export the artifact")
-    if any(i >= vocab for i in tokenizer["special_token_ids"]):
-        raise ArtifactError(f"{origin}: tokenizer.special_token_ids has an id outside the vocabulary "
+def _check_consistency(manifest: Manifest, origin: Path) -> None:
+    """What a schema cannot say: names plain and listed, token ids inside the vocabulary, graphs of
+    the manifest's own family."""
+    vocab = manifest.model.vocab_size
+    tokenizer = manifest.tokenizer
+    for role, token_id in tokenizer.special_ids.items():
+        if token_id >= vocab:
+            raise ArtifactError(f"{origin}: tokenizer.special_ids.{role} is {token_id}, outside the "
+                                f"vocabulary (model.vocab_size {vocab}); re-export the artifact")
+    if any(i >= vocab for i in tokenizer.all_special_ids):
+        raise ArtifactError(f"{origin}: tokenizer.all_special_ids has an id outside the vocabulary "
                             f"(model.vocab_size {vocab}); re-export the artifact")
-    files = manifest["files"]
-    for name in files:
+    for name in manifest.files:
         check_plain_name(name, f"{origin}: files")
-    named = [(f"graphs.{graph}.file", entry["file"]) for graph, entry in manifest["graphs"].items()]
-    named.append(("tokenizer.file", manifest["tokenizer"]["file"]))
+    named = [(f"graphs.{graph}.file", entry.file) for graph, entry in manifest.graphs.items()]
+    named.append(("tokenizer.file", tokenizer.file))
     for key, name in named:
         check_plain_name(name, f"{origin}: {key}")
-        if name not in files:
+        if name not in manifest.files:
             raise ArtifactError(f"{origin}: {key} names {name!r}, which has no sha256 under 'files'; "
                                 "re-export the artifact")
+    for graph, entry in manifest.graphs.items():
+        if entry.family != manifest.family:
+            raise ArtifactError(f"{origin}: graphs.{graph}.family is {entry.family!r}, but the artifact "
+                                f"is {manifest.family!r}; re-export the artifact")
+        if "input_ids" not in entry.input_names or "attention_mask" not in entry.input_names:
+            raise ArtifactError(f"{origin}: graphs.{graph}.inputs lack input_ids or attention_mask")
 
 
-def write_manifest(directory: Path, manifest: dict) -> None:
+def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Write through a temporary name, so a reader never sees half a manifest."""
     tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, directory / MANIFEST)

@@ -124,7 +124,7 @@ def _foreign_entries(target: Path, out: Path) -> list[str]:
         raise ArtifactError(f"{out} already exists and is not an mlm-export artifact (no {MANIFEST}); "
                             "mlm-export only replaces its own artifacts. Choose another --out")
     try:
-        files = read_manifest(target)["files"]
+        files = read_manifest(target).files
     except ArtifactError as exc:
         raise ArtifactError(f"{out} already exists and does not hold a valid mlm-export manifest; "
                             "mlm-export only replaces its own artifacts. Choose another --out, or "

@@ -11,7 +11,7 @@ TRASTUZUMAB_VH = antibody_sequences()[0]
 
 
 def test_export_passes_parity_with_identical_top5(antiberty_export) -> None:  # type: ignore[no-untyped-def]
-    manifest = antiberty_export.manifest
+    manifest = antiberty_export.manifest.to_dict()
     for name in ("logits", "fp32"):
         parity = manifest["graphs"][name]["parity"]
         assert parity["passed"], parity
@@ -23,7 +23,7 @@ def test_export_passes_parity_with_identical_top5(antiberty_export) -> None:  # 
 
 
 def test_fill_mask_file_is_not_bigger_than_the_weights(antiberty_export) -> None:  # type: ignore[no-untyped-def]
-    manifest = antiberty_export.manifest
+    manifest = antiberty_export.manifest.to_dict()
     assert manifest["files"]["fill_mask.fp32.onnx"]["size"] <= 1.05 * manifest["model"]["float32_parameter_bytes"]
 
 
@@ -40,7 +40,7 @@ def test_trained_head_recovers_conserved_cysteines(antiberty_export, residue_ind
 def test_predictor_matches_transformers_pipeline_on_antibodies(antiberty_export) -> None:  # type: ignore[no-untyped-def]
     from transformers import BertForMaskedLM, PreTrainedTokenizerFast, pipeline
 
-    from mlm_export.build.load import resolve
+    from mlm_export.build.source import resolve
 
     model = BertForMaskedLM.from_pretrained(resolve("antiberty").model_dir).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(antiberty_export.path)

@@ -41,12 +41,12 @@ def test_failed_build_keeps_the_old_artifact(tiny_artifact: Path, tmp_path: Path
 
 def test_existing_artifact_needs_force(tiny_dir: Path, tmp_path: Path) -> None:
     out = export_model(ExportConfig(str(tiny_dir), out=tmp_path / "art")).path
-    created = read_manifest(out)["created"]
+    created = read_manifest(out).created
     with pytest.raises(ArtifactError, match="--force"):
         export_model(ExportConfig(str(tiny_dir), out=out))
-    assert read_manifest(out)["created"] == created
+    assert read_manifest(out).created == created
     export_model(ExportConfig(str(tiny_dir), out=out, force=True))
-    assert read_manifest(out)["graphs"]["fp32"]["parity"]["passed"]
+    assert read_manifest(out).graphs["fp32"].parity["passed"]
     assert [p.name for p in tmp_path.iterdir()] == ["art"], "no temporary siblings may remain"
 
 

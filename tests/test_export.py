@@ -13,6 +13,7 @@ import torch
 from transformers import BertForMaskedLM
 
 from mlm_export.errors import FusionError
+from mlm_export.families import BERT
 from mlm_export.build.trace import export_fill_mask
 from mlm_export.build.fuse import fuse
 
@@ -124,7 +125,7 @@ def test_fusion_counts_match_layers_and_manifest(tiny_artifact: Path) -> None:
 def test_fusion_shortfall_fails_unless_allowed(tiny_dir: Path, tmp_path: Path) -> None:
     model = BertForMaskedLM.from_pretrained(tiny_dir, attn_implementation="eager").eval()
     raw = tmp_path / "raw.onnx"
-    export_fill_mask(model, raw, 17, MASK)
+    export_fill_mask(model, BERT, raw, 17, MASK)
     with pytest.raises(FusionError, match="attention fused in 2 of 3 layers"):
         fuse(raw, tmp_path / "fused.onnx", num_heads=4, hidden_size=32, num_layers=3)
     assert not (tmp_path / "fused.onnx").exists()
@@ -148,7 +149,7 @@ def test_manifest_records_source_versions_and_hashes(tiny_artifact: Path, tiny_d
     from mlm_export.artifact import sha256_file
 
     manifest = json.loads((tiny_artifact / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["opset"] >= 17
+    assert manifest["format_version"] == 2 and manifest["opset"] >= 17
     assert manifest["source"]["kind"] == "local" and manifest["source"]["location"] == str(tiny_dir)
     assert len(manifest["source"]["weights_sha256"]) == 64
     for lib in ("torch", "transformers", "onnx", "onnxruntime"):

@@ -93,7 +93,7 @@ def test_a_symlink_inside_the_artifact_and_a_symlinked_artifact_still_load(tiny_
 
 REQUIRED = [
     ("format_version",), ("name",), ("source",), ("source", "weights_sha256"), ("model",),
-    ("model", "max_length"), ("model", "vocab_size"), ("tokenizer",), ("tokenizer", "mask_token_id"),
+    ("model", "max_length"), ("model", "vocab_size"), ("tokenizer",), ("tokenizer", "special_ids", "mask"),
     ("tokenizer", "file"), ("versions",), ("opset",), ("graphs",), ("graphs", "fp32", "file"),
     ("graphs", "fp32", "form"), ("graphs", "fp32", "tolerance"), ("graphs", "fp32", "tolerance", "top_k"),
     ("files",), ("files", "tokenizer.json", "sha256"),
@@ -123,7 +123,12 @@ def test_a_missing_key_is_an_artifact_error_naming_it(tiny_copy: Path, key: tupl
     (lambda m: m["graphs"]["fp32"].update(form="embeddings"), "graphs.fp32.form"),
     (lambda m: m["graphs"]["fp32"].update(precision="int4"), "graphs.fp32.precision"),
     (lambda m: m["files"]["model.onnx"].update(sha256="not-a-hash"), "files.model.onnx.sha256"),
-    (lambda m: m.update(format_version=2), "format_version 2"),
+    (lambda m: m.update(format_version=3), "format_version 3"),
+    (lambda m: m.update(format_version=1), "format_version 1; this mlm-export reads 2. Re-export"),
+    (lambda m: m.update(family="gpt2"), "family"),
+    (lambda m: m["graphs"]["fp32"].update(family="roberta"), "graphs.fp32.family is .roberta."),
+    (lambda m: m["graphs"]["fp32"].update(inputs=[{"name": "x", "dtype": "int64", "shape": ["batch"]}]),
+     "lack input_ids"),
     (lambda m: m.update(graphs={}), "graphs"),
     (lambda m: m["files"].pop("fill_mask.fp32.onnx"),
      "graphs.fp32.file names 'fill_mask.fp32.onnx', which has no sha256"),
@@ -149,11 +154,11 @@ def test_undecodable_manifests(tiny_copy: Path, content: bytes, match: str) -> N
 
 @pytest.mark.parametrize("change,match", [
     (lambda m: m.update(probe_set="../../../etc/passwd"), "probe_set"),
-    (lambda m: m["tokenizer"].update(pad_token_id=1e20), "tokenizer.pad_token_id"),
+    (lambda m: m["tokenizer"]["special_ids"].update(pad=1e20), "tokenizer.special_ids.pad"),
     (lambda m: m["model"].update(vocab_size=10**30), "model.vocab_size"),
     (lambda m: m["model"].update(max_length=3.0), "model.max_length"),
-    (lambda m: m["tokenizer"].update(mask_token_id=999), "outside the vocabulary"),
-    (lambda m: m["tokenizer"].update(special_token_ids=[0, 1, 999]), "outside the vocabulary"),
+    (lambda m: m["tokenizer"]["special_ids"].update(mask=999), "outside the vocabulary"),
+    (lambda m: m["tokenizer"].update(all_special_ids=[0, 1, 999]), "outside the vocabulary"),
 ])
 def test_hostile_values_are_refused_by_name(tiny_copy: Path, change: Any, match: str) -> None:
     """Values a schema's 'integer' lets through (1e20, 3.0) or that only break later, deep in numpy."""

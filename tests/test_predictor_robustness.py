@@ -55,7 +55,7 @@ def _check_shape(filler: OnnxMaskFiller, text: str, result: list, top_k: int, wi
     masks = filler.tokenizer.encode(text).ids.count(filler.mask_token_id)
     per_mask = [result] if masks == 1 else result
     assert masks >= 1 and len(per_mask) == masks
-    vocab = filler.manifest["model"]["vocab_size"]
+    vocab = filler.manifest.model.vocab_size
     keys = {"score", "token", "token_str"} | ({"sequence"} if with_sequence else set())
     for candidates in per_mask:
         assert len(candidates) == min(top_k, vocab)

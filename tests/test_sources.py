@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from mlm_export import ExportConfig, MissingHeadError, SourceError, export_model
-from mlm_export.build.load import load_model, load_tokenizer, resolve
+from mlm_export.build.model import load_model
+from mlm_export.build.source import resolve
+from mlm_export.build.tokenizer import load_tokenizer
 
 
 def test_encoder_only_checkpoint_is_refused_naming_the_head(minilm_dir: Path, tmp_path: Path) -> None:
@@ -40,20 +42,24 @@ def test_directory_without_config(tmp_path: Path) -> None:
         resolve(str(tmp_path))
 
 
-def test_non_bert_model_type_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+def test_an_unsupported_family_is_refused_at_resolve_naming_the_supported_ones(tiny_dir: Path, tmp_path: Path) -> None:
+    """Before any slow work: resolving reads config.json only."""
     import shutil
 
-    copy = Path(shutil.copytree(tiny_dir, tmp_path / "roberta"))
+    copy = Path(shutil.copytree(tiny_dir, tmp_path / "gpt2"))
     config = json.loads((copy / "config.json").read_text())
-    config["model_type"] = "roberta"
+    config["model_type"] = "gpt2"
     (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SourceError, match="model_type 'roberta' is not supported"):
-        load_model(resolve(str(copy)))
+    with pytest.raises(SourceError, match="model_type 'gpt2' is not supported") as info:
+        resolve(str(copy))
+    for family in ("bert", "roberta", "distilbert", "electra", "albert", "esm"):
+        assert family in str(info.value)
 
 
 def test_antiberty_resolves_offline_to_the_packaged_checkpoint() -> None:
     source = resolve("antiberty")
-    assert source.spec.kind == "builtin" and source.char_level
+    assert source.spec.kind == "builtin" and source.family.name == "bert"
+    assert load_tokenizer(source).char_level
     assert [p.name for p in source.weight_files] == ["pytorch_model.bin"]
     model = load_model(source)
     assert not model.training
@@ -64,7 +70,7 @@ def test_antiberty_resolves_offline_to_the_packaged_checkpoint() -> None:
 
 
 def test_antiberty_tokenizer_is_case_sensitive_and_accepts_unspaced_sequences() -> None:
-    tok = load_tokenizer(resolve("antiberty"))
+    tok = load_tokenizer(resolve("antiberty")).tokenizer
     spaced = tok.encode("E V Q L [MASK] E S G G").tokens
     unspaced = tok.encode("EVQL[MASK]ESGG").tokens
     assert spaced == unspaced == ["[CLS]", "E", "V", "Q", "L", "[MASK]", "E", "S", "G", "G", "[SEP]"]
@@ -73,6 +79,6 @@ def test_antiberty_tokenizer_is_case_sensitive_and_accepts_unspaced_sequences() 
 
 def test_minilm_tokenizer_has_padding_and_truncation_cleared(minilm_dir: Path) -> None:
     source = resolve(str(minilm_dir))
-    tok = load_tokenizer(source)
+    tok = load_tokenizer(source).tokenizer
     assert tok.padding is None and tok.truncation is None
     assert len(tok.encode("hello [MASK] " * 100).ids) > 128

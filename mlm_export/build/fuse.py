@@ -1,24 +1,40 @@
-"""Fuse stage: ONNX Runtime's transformer optimizer, with a hard check that attention fused."""
+"""Fuse stage: ONNX Runtime's transformer optimizer, with a hard check that attention fused.
+
+Every family is fused with the optimizer's `bert` fusions (as optimum does: its MODEL_TYPES has no
+roberta, distilbert, electra, albert or esm entry). A family whose spec requires fused attention
+fails the export when fewer than one Attention per layer came out; a family ONNX Runtime cannot
+fuse (esm: rotary attention) is exported unfused, and its manifest says `attention: none`.
+
+Before fusing, each residual Add is rewritten to take the attention branch as its first input.
+ONNX Runtime's attention matcher follows the first input whose producer is an Add, without
+backtracking. ALBERT's first layer adds its attention output to the embedding projection, itself
+a MatMul + Add, listed first: the matcher walked into the projection and left that layer unfused
+(11 of 12 layers on rxnmapper's ALBERT). The sum is the same in either order.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .._quiet import quiet_onnxruntime_tools
 from ..errors import ExportError, FusionError
+from ..families import ATTENTION_REQUIRED
 
 log = logging.getLogger("mlm_export")
 
 ATTENTION_OPS = ("Attention", "MultiHeadAttention", "QAttention")  # QAttention: int8 variant
+_ATTENTION_BRANCH = ["Add", "MatMul", "Reshape", "Transpose", "MatMul"]  # dense <- context <- probs @ V
 
 
 @dataclass(frozen=True)
 class FusionReport:
     counts: dict[str, int]
-    expected_attention: int
+    expected_attention: int  # fused Attention nodes required: one per layer, or 0 for `attention: none`
     allow_unfused: bool
+    mode: str = ATTENTION_REQUIRED
 
     @property
     def attention(self) -> int:
@@ -26,23 +42,60 @@ class FusionReport:
 
     @property
     def complete(self) -> bool:
-        return self.attention == self.expected_attention
+        return self.mode != ATTENTION_REQUIRED or self.attention == self.expected_attention
 
     def to_dict(self) -> dict:
-        return {"counts": self.counts, "attention": self.attention,
+        return {"counts": self.counts, "attention": self.attention, "mode": self.mode,
                 "expected_attention": self.expected_attention, "complete": self.complete,
                 "allow_unfused": self.allow_unfused}
 
 
+def attention_branch_first(model: Any) -> int:
+    """Put the attention output first in every residual Add before a LayerNormalization; returns
+    how many Adds were swapped."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def is_attention_branch(name: str) -> bool:
+        for op in _ATTENTION_BRANCH:
+            node = producer.get(name)
+            if node is None or node.op_type != op:
+                return False
+            if op == "Add":  # the dense layer's bias Add: follow its MatMul input
+                name = next((i for i in node.input if i in producer and producer[i].op_type == "MatMul"), "")
+            else:
+                name = node.input[0]
+        return True
+
+    swapped = 0
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        if not any(c.op_type == "LayerNormalization" for c in consumers.get(node.output[0], [])):
+            continue
+        first, second = node.input
+        if not is_attention_branch(first) and is_attention_branch(second):
+            node.input[0], node.input[1] = second, first
+            swapped += 1
+    return swapped
+
+
 def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: int,
-         allow_unfused: bool = False) -> FusionReport:
-    """Write the fused graph to `dst`; raise FusionError when attention did not fuse per layer."""
+         mode: str = ATTENTION_REQUIRED, allow_unfused: bool = False) -> FusionReport:
+    """Write the fused graph to `dst`; raise FusionError when a required attention fusion fell short."""
     try:
+        import onnx
         from onnxruntime.transformers.optimizer import optimize_model
     except ImportError as exc:
         raise ExportError("fusion needs onnxruntime: pip install 'mlm-export[cpu]' "
                           "(or [gpu])") from exc
     log.info("fusing %s (ONNX Runtime transformer optimizer)", src.name)
+    model = onnx.load(str(src))
+    if attention_branch_first(model):
+        onnx.save(model, str(src))
     try:
         with quiet_onnxruntime_tools():
             optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
@@ -50,7 +103,8 @@ def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: 
     except Exception as exc:
         raise ExportError(f"the ONNX Runtime transformer optimizer failed on {src.name}: {exc}") from exc
     stats = optimized.get_fused_operator_statistics()
-    report = FusionReport({op: int(n) for op, n in stats.items() if n}, num_layers, allow_unfused)
+    expected = num_layers if mode == ATTENTION_REQUIRED else 0
+    report = FusionReport({op: int(n) for op, n in stats.items() if n}, expected, allow_unfused, mode)
     if not report.complete and not allow_unfused:
         raise FusionError(
             f"attention fused in {report.attention} of {num_layers} layers ({report.counts}); the "

@@ -1,8 +1,11 @@
-"""Export stage: trace a BertForMaskedLM into the two ONNX graph forms.
+"""Trace stage: a family's encoder and MLM head, traced into the two ONNX graph forms.
 
 The TorchScript exporter (dynamo=False) is used on purpose: ONNX Runtime's BERT fusions match its
-graphs, not the dynamo exporter's (onnxruntime#19423). The model must be loaded with eager
-attention for the same reason.
+graphs, not the dynamo exporter's (onnxruntime#19423). Each family is loaded with the attention
+implementation its spec names for the same reason.
+
+Both forms feed the head 2-D hidden states, so its decoder is a Gemm on the embedding matrix itself:
+the tied weight is stored once (a 3-D MatMul would get a transposed, constant-folded copy).
 """
 
 from __future__ import annotations
@@ -13,15 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from ..families import FamilySpec
+from ..manifest import TensorSpec
 
 log = logging.getLogger("mlm_export")
 
-INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 FILL_MASK_OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids", "logits"]
 _TRACE_TOP_K = 3  # any constant; graph surgery replaces it with the `top_k` input
 
 
-def _sample_inputs(model: Any, mask_token_id: int) -> tuple:
+def graph_io(family: FamilySpec, form: str, vocab_size: int) -> tuple[tuple[TensorSpec, ...], ...]:
+    """The inputs and outputs of a traced form, as the manifest declares them to the runtime."""
+    inputs = tuple(TensorSpec(name, "int64", ("batch", "sequence")) for name in family.input_names)
+    if form == "logits":
+        return inputs, (TensorSpec("logits", "float32", ("batch", "sequence", vocab_size)),)
+    per_mask = {"mask_batch_index": ("int64", ("num_masks",)), "mask_position": ("int64", ("num_masks",)),
+                "scores": ("float32", ("num_masks", "top_k")), "token_ids": ("int64", ("num_masks", "top_k")),
+                "logits": ("float32", ("num_masks", "top_k"))}
+    return (inputs + (TensorSpec("top_k", "int64", ()),),
+            tuple(TensorSpec(name, *per_mask[name]) for name in FILL_MASK_OUTPUTS))
+
+
+def _sample_inputs(model: Any, family: FamilySpec, mask_token_id: int) -> tuple:
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -29,60 +45,52 @@ def _sample_inputs(model: Any, mask_token_id: int) -> tuple:
     ids = torch.randint(min(5, vocab - 1), vocab, (2, 8), generator=generator)
     ids[0, 3] = mask_token_id
     ids[1, 5] = mask_token_id
-    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+    return (ids, torch.ones_like(ids)) + ((torch.zeros_like(ids),) if family.token_types else ())
 
 
-def _torch_export(module: Any, args: tuple, path: Path, outputs: list[str], dynamic: dict,
-                  opset: int) -> None:
+def _torch_export(module: Any, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+                  dynamic: dict, opset: int) -> None:
     import torch
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
-                              input_names=INPUT_NAMES, output_names=outputs,
+                              input_names=inputs, output_names=outputs,
                               dynamic_axes=dynamic, do_constant_folding=True)
         except Exception as exc:
             raise ExportError(f"torch.onnx.export failed for {path.name}: {exc}") from exc
 
 
-def export_logits(model: Any, path: Path, opset: int, mask_token_id: int) -> None:
-    """Hugging Face-compatible form: logits for every position, loadable by optimum."""
+def _forms(model: Any, family: FamilySpec) -> tuple[Any, Any]:
+    """The two traceable modules: logits for every position, and the fill-mask form."""
     import torch
 
-    class LogitsForm(torch.nn.Module):
-        def __init__(self, mlm: Any) -> None:
+    names = family.input_names
+
+    class Encoded(torch.nn.Module):
+        def __init__(self) -> None:
             super().__init__()
-            self.mlm = mlm
+            self.encoder = family.encoder(model)
+            self.head = family.head(model)
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            return self.mlm(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids).logits
+        def hidden(self, inputs: tuple) -> Any:
+            return self.encoder(**dict(zip(names, inputs)))[0]
 
-    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in INPUT_NAMES + ["logits"]}
-    log.info("exporting logits form -> %s", path.name)
-    _torch_export(LogitsForm(model).eval(), _sample_inputs(model, mask_token_id), path, ["logits"],
-                  axes, opset)
+    class LogitsForm(Encoded):
+        def forward(self, *inputs):  # type: ignore[no-untyped-def]
+            hidden = self.hidden(inputs)
+            flat = self.head(hidden.reshape(-1, hidden.shape[-1]))
+            return flat.reshape(hidden.shape[0], hidden.shape[1], flat.shape[-1])
 
-
-def export_fill_mask(model: Any, path: Path, opset: int, mask_token_id: int) -> None:
-    """Fast form: the head runs only at [MASK] positions and top-k happens in the graph.
-
-    Outputs, one row per [MASK] in row-major order: batch index, position, top-k probabilities,
-    top-k token ids, and the top-k logits (kept so parity can be checked on logits).
-    """
-    import torch
-
-    class FillMaskForm(torch.nn.Module):
-        def __init__(self, mlm: Any) -> None:
+    class FillMaskForm(Encoded):
+        def __init__(self, mask_token_id: int) -> None:
             super().__init__()
-            self.bert = mlm.bert
-            self.head = mlm.cls
+            self.mask_token_id = mask_token_id
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state
-            where = torch.nonzero(input_ids == mask_token_id)
+        def forward(self, *inputs):  # type: ignore[no-untyped-def]
+            hidden = self.hidden(inputs)
+            where = torch.nonzero(inputs[0] == self.mask_token_id)
             batch_index, position = where[:, 0], where[:, 1]
             logits = self.head(hidden[batch_index, position])
             top_logits, top_ids = torch.topk(logits, _TRACE_TOP_K, dim=-1)
@@ -90,13 +98,34 @@ def export_fill_mask(model: Any, path: Path, opset: int, mask_token_id: int) -> 
             scores = torch.exp(top_logits - torch.logsumexp(logits, dim=-1, keepdim=True))
             return batch_index, position, scores, top_ids, top_logits
 
-    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in INPUT_NAMES}
+    return LogitsForm, FillMaskForm
+
+
+def export_logits(model: Any, family: FamilySpec, path: Path, opset: int, mask_token_id: int) -> None:
+    """Hugging Face-compatible form: logits for every position, loadable by optimum."""
+    logits_form, _ = _forms(model, family)
+    names = list(family.input_names)
+    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names + ["logits"]}
+    log.info("exporting logits form -> %s", path.name)
+    _torch_export(logits_form().eval(), _sample_inputs(model, family, mask_token_id), path, names, ["logits"],
+                  axes, opset)
+
+
+def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mask_token_id: int) -> None:
+    """Fast form: the head runs only at mask positions and top-k happens in the graph.
+
+    Outputs, one row per mask in row-major order: batch index, position, top-k probabilities,
+    top-k token ids, and the top-k logits (kept so parity can be checked on logits).
+    """
+    _, fill_mask_form = _forms(model, family)
+    names = list(family.input_names)
+    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names}
     axes.update({name: {0: "num_masks"} for name in FILL_MASK_OUTPUTS})
     for name in ("scores", "token_ids", "logits"):
         axes[name][1] = "top_k"
     log.info("exporting fill-mask form -> %s", path.name)
-    _torch_export(FillMaskForm(model).eval(), _sample_inputs(model, mask_token_id), path,
-                  FILL_MASK_OUTPUTS, axes, opset)
+    _torch_export(fill_mask_form(mask_token_id).eval(), _sample_inputs(model, family, mask_token_id), path,
+                  names, FILL_MASK_OUTPUTS, axes, opset)
     _make_top_k_an_input(path, model.config.vocab_size)
 
 

@@ -8,7 +8,7 @@ or else from the weight names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..errors import SourceError
 from .albert import ALBERT
@@ -34,22 +34,30 @@ def family_by_name(name: str) -> FamilySpec:
         raise SourceError(f"unknown model family {name!r}; mlm-export supports {SUPPORTED}") from None
 
 
-def family_of(config: dict, weight_names: Iterable[str] | None = None, where: str = "the model") -> FamilySpec:
-    """The family a checkpoint belongs to, from its config.json (and its weight names if need be)."""
+def family_of(config: dict, weight_names: Callable[[], Iterable[str]] | None = None,
+              where: str = "the model") -> FamilySpec:
+    """The family a checkpoint belongs to, from its config.json (and its weight names if need be).
+
+    `weight_names` is only called for a config.json that names neither a model_type nor a known
+    architecture: reading a pickled checkpoint's names is slow.
+    """
     model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise SourceError(f"{where}: model_type in config.json is {model_type!r}, not a name")
     if model_type:
         for family in FAMILIES.values():
             if model_type in family.model_types:
                 return family
         raise SourceError(f"{where}: model_type {model_type!r} is not supported; mlm-export supports "
                           f"{SUPPORTED}")
-    architectures = config.get("architectures") or []
+    architectures = config.get("architectures")
+    architectures = [a for a in architectures if isinstance(a, str)] if isinstance(architectures, list) else []
     by_class = {f.name for a in architectures for f in FAMILIES.values() if a in f.architectures}
     if len(by_class) == 1:
         return FAMILIES[by_class.pop()]
     if weight_names is not None:
         prefixes = {f.weight_prefix for f in FAMILIES.values()}
-        found = {p for name in weight_names for p in prefixes if name.startswith(p)}
+        found = {p for name in weight_names() for p in prefixes if name.startswith(p)}
         by_weights = {f.name for f in FAMILIES.values() if f.weight_prefix in found} - {"xlm-roberta", "camembert"}
         if len(by_weights) == 1:
             return FAMILIES[by_weights.pop()]

@@ -6,7 +6,29 @@ unfused (SkipLayerNormalization and BiasGelu still fuse); the manifest records `
 
 from __future__ import annotations
 
+from typing import Any
+
 from .spec import ATTENTION_NONE, FamilySpec, SpecialTokens
+
+
+def _head(model: Any) -> Any:
+    """EsmLMHead with its bias-free decoder and separate bias as one linear: a Gemm on the tied
+    embedding matrix, where the decoder alone would trace to a MatMul with a transposed copy of it."""
+    import torch
+    from transformers.models.esm.modeling_esm import gelu
+
+    class GemmHead(torch.nn.Module):
+        def __init__(self, lm_head: Any) -> None:
+            super().__init__()
+            self.lm_head = lm_head
+
+        def forward(self, features):  # type: ignore[no-untyped-def]
+            head = self.lm_head
+            x = head.layer_norm(gelu(head.dense(features)))
+            return torch.nn.functional.linear(x, head.decoder.weight, head.bias)
+
+    return GemmHead(model.lm_head)
+
 
 ESM = FamilySpec(
     name="esm",
@@ -18,6 +40,6 @@ ESM = FamilySpec(
     token_types=False,
     specials=SpecialTokens(mask="<mask>", cls="<cls>", sep="<eos>", pad="<pad>", unk="<unk>"),
     encoder=lambda model: model.esm,
-    head=lambda model: model.lm_head,
+    head=_head,
     attention=ATTENTION_NONE,
 )

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..artifact import checked_bytes, verified_path
 from ..errors import ArtifactError, InputError, ProviderError
-from ..manifest import read_manifest
+from ..manifest import GraphEntry, Manifest, read_manifest
 from .providers import CUDA, check_threads, create_session, requested_providers
 
 # Best variant first, per provider. int8 is never picked for CUDA: its int8 ops fall back to the
@@ -24,6 +24,7 @@ from .providers import CUDA, check_threads, create_session, requested_providers
 _PREFERENCE = {"CPUExecutionProvider": ("int8", "fp32", "fp16"),
                CUDA: ("fp16", "fp32")}
 _OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids"]
+_FEEDS = {"input_ids", "attention_mask", "token_type_ids", "top_k"}  # what _run can build
 
 
 class OnnxMaskFiller:
@@ -32,11 +33,12 @@ class OnnxMaskFiller:
     Instances hold no per-call state, so one filler may serve many threads at once.
     """
 
-    def __init__(self, directory: Path, manifest: dict, variant: str, session: Any,
+    def __init__(self, directory: Path, manifest: Manifest, variant: str, session: Any,
                  tokenizer: Any, batch_size: int = 32, io_binding: bool | None = None) -> None:
         self.directory = directory
         self.manifest = manifest
         self.variant = variant
+        self.graph: GraphEntry = manifest.graphs[variant]
         self.session = session
         self.provider: str = session.get_providers()[0]
         self.tokenizer = tokenizer
@@ -44,13 +46,19 @@ class OnnxMaskFiller:
         # IO binding hands inputs to the device once and lets ONNX Runtime allocate the outputs;
         # on the CPU it gains nothing, so by default it is used on CUDA only.
         self.io_binding = self.provider == CUDA if io_binding is None else io_binding
-        tok = manifest["tokenizer"]
-        self.mask_token: str = tok["mask_token"]
-        self.mask_token_id: int = tok["mask_token_id"]
-        self.pad_token_id: int = tok["pad_token_id"]
-        self.max_length: int = manifest["model"]["max_length"]
-        self.vocab_size: int = manifest["model"]["vocab_size"]
-        self._strip = {tok["cls_token_id"], tok["sep_token_id"], tok["pad_token_id"]}
+        tok = manifest.tokenizer
+        self.mask_token: str = tok.mask_token
+        self.mask_token_id: int = tok.mask_token_id
+        self.pad_token_id: int = tok.pad_token_id
+        self.max_length: int = manifest.model.max_length
+        self.vocab_size: int = manifest.model.vocab_size
+        self._strip = {tok.special_ids["cls"], tok.special_ids["sep"], tok.special_ids["pad"]}
+        missing = [name for name in _OUTPUTS if name not in self.graph.output_names]
+        unknown = [name for name in self.graph.input_names if name not in _FEEDS]
+        if missing or unknown:
+            raise ArtifactError(f"the {variant} graph of {directory} declares outputs {list(self.graph.output_names)} "
+                                f"and inputs {list(self.graph.input_names)}; this predictor needs {_OUTPUTS} and "
+                                f"can feed {sorted(_FEEDS)}. Re-export the artifact")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, variant: str | None = None,
@@ -74,7 +82,7 @@ class OnnxMaskFiller:
         if variant is not None and not isinstance(variant, str):
             raise InputError(f"variant must be a name such as 'fp32' or None, got {variant!r}")
         manifest = read_manifest(directory, public_key=public_key)
-        variants = _fill_mask_graphs(manifest)
+        variants = manifest.fill_mask_graphs
         if not variants:
             raise ArtifactError(f"{directory} has no fill-mask graph")
         if variant is not None and variant not in variants:
@@ -89,14 +97,14 @@ class OnnxMaskFiller:
         # The session and the tokenizer load the very bytes that were hashed: a file swapped on
         # disk between the check and the load cannot slip in.
         first = variant or _pick(variants, primary)
-        with verified_path(directory, manifest, variants[first]["file"]) as graph:
+        with verified_path(directory, manifest, variants[first].file) as graph:
             session = create_session(graph, providers, threads)
         landed = session.get_providers()[0]
         if variant is None and _pick(variants, landed) != first:
             first = _pick(variants, landed)
-            with verified_path(directory, manifest, variants[first]["file"]) as graph:
+            with verified_path(directory, manifest, variants[first].file) as graph:
                 session = create_session(graph, providers, threads)
-        tokenizer_file = manifest["tokenizer"]["file"]
+        tokenizer_file = manifest.tokenizer.file
         tokenizer_json = checked_bytes(directory, manifest, tokenizer_file)
         try:
             tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
@@ -168,8 +176,9 @@ class OnnxMaskFiller:
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = row
             attention_mask[i, : len(row)] = 1
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "token_type_ids": np.zeros_like(input_ids), "top_k": np.array(top_k, dtype=np.int64)}
+        available = {"input_ids": input_ids, "attention_mask": attention_mask,
+                     "token_type_ids": np.zeros_like(input_ids), "top_k": np.array(top_k, dtype=np.int64)}
+        feeds = {name: available[name] for name in self.graph.input_names}  # exactly what the graph declares
         batch_index, position, scores, token_ids = self._infer(feeds)
         if not np.isfinite(scores).all():
             raise ArtifactError(f"the {self.variant} graph of {self.directory} produced non-finite scores (NaN "
@@ -208,13 +217,9 @@ class OnnxMaskFiller:
         return candidate
 
 
-def preferred_variant(manifest: dict, provider: str) -> str:
+def preferred_variant(manifest: Manifest, provider: str) -> str:
     """The fill-mask variant `from_pretrained(variant=None)` opens on `provider`."""
-    return _pick(_fill_mask_graphs(manifest), provider)
-
-
-def _fill_mask_graphs(manifest: dict) -> dict[str, dict]:
-    return {name: g for name, g in manifest["graphs"].items() if g["form"] == "fill-mask"}
+    return _pick(manifest.fill_mask_graphs, provider)
 
 
 def _as_text_list(inputs: object) -> list:

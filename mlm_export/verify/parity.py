@@ -1,0 +1,228 @@
+"""The parity harness: one graph's outputs against the PyTorch model's, on the probes, judged by
+the graph's own gate. Export's int8 recipe search and `verify` both use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..manifest import GraphEntry, Manifest, Tolerance
+from ..runtime.providers import create_session
+from .probes import ProbeBatch, build_probes
+
+Reference = tuple[tuple[np.ndarray, ...], np.ndarray]  # mask coordinates, PyTorch logits there
+
+
+@dataclass
+class Agreement:
+    """Differences between a graph and PyTorch, accumulated over one set of probes."""
+
+    tie_eps: float
+    positions: int = 0
+    max_abs_logit: float = 0.0
+    sum_abs_logit: float = 0.0
+    count_logit: int = 0
+    max_abs_prob: float = 0.0
+    top1: int = 0
+    top1_tie_aware: int = 0
+    overlap: float = 0.0
+    overlap_tie_aware: float = 0.0
+    set_equal: int = 0
+
+    def add(self, ref: np.ndarray, top_ids: np.ndarray, diffs: np.ndarray, prob_diffs: np.ndarray) -> None:
+        """ref: [N, V] torch logits; top_ids: [N, k] graph's ids; diffs: |Δlogit| samples."""
+        k = top_ids.shape[1]
+        eps = self.tie_eps
+        self.positions += len(ref)
+        if diffs.size:
+            self.max_abs_logit = max(self.max_abs_logit, float(diffs.max()))
+            self.sum_abs_logit += float(diffs.sum())
+            self.count_logit += diffs.size
+        if prob_diffs.size:
+            self.max_abs_prob = max(self.max_abs_prob, float(prob_diffs.max()))
+        for row, ids in zip(ref, top_ids):
+            order = np.argsort(-row, kind="stable")
+            ref_top = set(order[:k].tolist())
+            kth = row[order[k - 1]]
+            got = ids.tolist()
+            common = len(ref_top & set(got))
+            tied = sum(1 for t in got if t not in ref_top and row[t] >= kth - eps)
+            self.top1 += int(got[0] == order[0])
+            self.top1_tie_aware += int(row[got[0]] >= row[order[0]] - eps)
+            self.overlap += common / k
+            self.overlap_tie_aware += (common + tied) / k
+            self.set_equal += int(common == k)
+
+    def rate(self, value: float) -> float:
+        return value / self.positions if self.positions else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "masked_positions": self.positions,
+            "max_abs_logit": self.max_abs_logit,
+            "mean_abs_logit": self.sum_abs_logit / self.count_logit if self.count_logit else 0.0,
+            "max_abs_prob": self.max_abs_prob,
+            "top1_agreement": self.rate(self.top1),
+            "topk_overlap": self.rate(self.overlap),
+            "topk_set_equal": self.rate(self.set_equal),
+            "top1_agreement_tie_aware": self.rate(self.top1_tie_aware),
+            "topk_overlap_tie_aware": self.rate(self.overlap_tie_aware),
+        }
+
+
+@dataclass
+class GraphParity:
+    """One graph's agreement per probe set, and its gate.
+
+    Logit-level gates (fp32) hold on every probe; accuracy gates (fp16, int8) are judged on the
+    realistic texts when there are some, since random-token probes of a trained model give flat
+    distributions whose top-5 order is noise.
+    """
+
+    graph: str
+    file: str
+    form: str
+    tolerance: Tolerance
+    provider: str = ""
+    sets: dict[str, Agreement] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, probe_set: str, *args: np.ndarray) -> None:
+        eps = self.tolerance.max_abs_logit or 0.0
+        for name in ("all", probe_set):
+            self.sets.setdefault(name, Agreement(eps)).add(*args)
+
+    @property
+    def gated_on(self) -> str:
+        realistic = [n for n in self.sets if n not in ("all", "shapes")]
+        if self.tolerance.scope == "realistic" and realistic:
+            return realistic[0]
+        return "all"
+
+    @property
+    def gated(self) -> Agreement:
+        return self.sets.get(self.gated_on) or Agreement(0.0)
+
+    @property
+    def failures(self) -> list[str]:
+        tol, g = self.tolerance, self.gated
+        out = list(self.errors)
+        if g.positions == 0:
+            out.append("no masked positions were compared")
+        if tol.max_abs_logit is not None and g.max_abs_logit > tol.max_abs_logit:
+            out.append(f"max |Δlogit| {g.max_abs_logit:.3g} > {tol.max_abs_logit:g}")
+        if g.rate(g.top1_tie_aware) < tol.min_top1_agreement:
+            out.append(f"top-1 agreement {g.rate(g.top1_tie_aware):.4%} < {tol.min_top1_agreement:.2%}")
+        if g.rate(g.overlap_tie_aware) < tol.min_topk_overlap:
+            out.append(f"top-{tol.top_k} overlap {g.rate(g.overlap_tie_aware):.4%} < "
+                       f"{tol.min_topk_overlap:.2%}")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {"graph": self.graph, "file": self.file, "form": self.form, "provider": self.provider,
+                **self.gated.to_dict(), "gated_on": self.gated_on,
+                "probe_sets": {name: a.to_dict() for name, a in self.sets.items()},
+                "tolerance": self.tolerance.to_dict(), "passed": self.passed,
+                "failures": self.failures}
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    artifact: str
+    graphs: list[GraphParity]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.graphs)
+
+    def to_dict(self) -> dict:
+        return {"artifact": self.artifact, "passed": self.passed,
+                "graphs": {g.graph: g.to_dict() for g in self.graphs}}
+
+    def summary(self) -> str:
+        lines = []
+        for g in self.graphs:
+            d = g.to_dict()
+            lines.append(
+                f"{'PASS' if g.passed else 'FAIL'} {g.graph:<7} {g.file:<20} on {g.gated_on}: "
+                f"positions={d['masked_positions']} max|Δlogit|={d['max_abs_logit']:.2e} "
+                f"top1={d['top1_agreement']:.2%} top{g.tolerance.top_k}-overlap={d['topk_overlap']:.2%} "
+                f"set-equal={d['topk_set_equal']:.2%} [{g.provider}]")
+            lines += [f"     {failure}" for failure in g.failures]
+        return "\n".join(lines)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ParityHarness:
+    """Probes and PyTorch's logits at their masks, computed once; then any number of graphs judged.
+
+    `model` is a PyTorch MaskedLM in eval mode: the one just loaded by export, or a fresh one in
+    verify (whose reload guards against an exporter that leaves the model in training mode).
+    """
+
+    def __init__(self, manifest: Manifest, tokenizer: Any, model: Any, probe_texts: list[str] | None = None,
+                 directory: Path | None = None, texts_name: str = "user texts") -> None:
+        import torch
+
+        self.batches = build_probes(manifest, tokenizer, probe_texts, directory, texts_name)
+        mask_id = manifest.tokenizer.mask_token_id
+        # the model takes what the graphs take, less the fill-mask form's own top_k
+        names = tuple(n for n in next(iter(manifest.graphs.values())).input_names if n != "top_k")
+        model.eval()
+        self.references: list[Reference] = []
+        for batch in self.batches:
+            with torch.no_grad():
+                feeds = {k: torch.from_numpy(v) for k, v in batch.feeds(names).items()}
+                logits = model(**feeds).logits.numpy()
+            where = np.nonzero(batch.input_ids == mask_id)
+            self.references.append((where, logits[where]))
+
+    def check(self, path: Path | str, name: str, entry: GraphEntry, providers: str = "cpu") -> GraphParity:
+        """One graph's parity with the references, judged against the tolerance in its entry."""
+        session = create_session(str(path), providers)
+        parity = GraphParity(name, entry.file, entry.form, entry.tolerance, provider=session.get_providers()[0])
+        for batch, (where, ref) in zip(self.batches, self.references):
+            feeds = batch.feeds(n for n in entry.input_names if n != "top_k")
+            if entry.form == "logits":
+                self._logits_form(parity, session, batch, feeds, where, ref)
+            else:
+                self._fill_mask(parity, session, batch, feeds, where, ref)
+        return parity
+
+    @staticmethod
+    def _logits_form(parity: GraphParity, session: Any, batch: ProbeBatch, feeds: dict, where: tuple,
+                     ref: np.ndarray) -> None:
+        logits = session.run(["logits"], feeds)[0][where]
+        top = np.argsort(-logits, axis=-1, kind="stable")[:, : parity.tolerance.top_k]
+        prob_diff = np.abs(_softmax(logits) - _softmax(ref))
+        parity.add(batch.probe_set, ref, top, np.abs(logits - ref), prob_diff)
+
+    @staticmethod
+    def _fill_mask(parity: GraphParity, session: Any, batch: ProbeBatch, feeds: dict, where: tuple,
+                   ref: np.ndarray) -> None:
+        k = parity.tolerance.top_k
+        outputs = ["mask_batch_index", "mask_position", "scores", "token_ids", "logits"]
+        b, p, scores, ids, top_logits = session.run(outputs, feeds | {"top_k": np.array(k, dtype=np.int64)})
+        if not (np.array_equal(b, where[0]) and np.array_equal(p, where[1])):
+            parity.errors.append(f"{batch.label}: graph found masks at {list(zip(b, p))[:5]}..., "
+                                 f"expected {list(zip(*where))[:5]}...")
+            return
+        if ids.shape != (len(ref), min(k, ref.shape[1])):
+            parity.errors.append(f"{batch.label}: token_ids shape {ids.shape}, expected {(len(ref), k)}")
+            return
+        ref_at = np.take_along_axis(ref, ids, axis=1)
+        prob_at = np.take_along_axis(_softmax(ref), ids, axis=1)
+        parity.add(batch.probe_set, ref, ids, np.abs(top_logits - ref_at), np.abs(scores - prob_at))
