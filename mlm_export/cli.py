@@ -209,19 +209,23 @@ def main() -> None:
               help="int8 quantization recipe (implies --int8); auto keeps the fastest that passes the gate.")
 @click.option("--allow-unfused", is_flag=True,
               help="Export even if attention did not fuse in every layer (recorded in the manifest).")
+@click.option("--probe-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Realistic texts for the accuracy gates, one per line (UTF-8); stored in the artifact.")
 @common_options
 @quiet_option
 def export_command(model: str, out: Path | None, force: bool, revision: str | None, opset: int,
-                   fp16: bool, int8: bool, int8_recipe: str, allow_unfused: bool, as_json: bool,
-                   quiet: bool) -> None:
+                   fp16: bool, int8: bool, int8_recipe: str, allow_unfused: bool, probe_file: Path | None,
+                   as_json: bool, quiet: bool) -> None:
     """Export MODEL, fuse it, verify every graph against PyTorch, and write the artifact."""
-    from .config import ExportConfig
     from .build.pipeline import export_model
+    from .config import ExportConfig
+    from .verify import read_probe_file
 
     _setup_logging(quiet)
     config = ExportConfig(model=model, out=out, revision=revision, force=force,
                           allow_unfused=allow_unfused, opset=opset, fp16=fp16,
-                          int8=int8 or int8_recipe != "auto", int8_recipe=int8_recipe)
+                          int8=int8 or int8_recipe != "auto", int8_recipe=int8_recipe,
+                          probe_texts=tuple(read_probe_file(probe_file)) if probe_file else ())
     result = export_model(config)
     _out().result({"path": str(result.path), "manifest": result.manifest.to_dict()},
                   f"{result.report.summary()}\nwrote {result.path}")
@@ -340,7 +344,8 @@ def info_command(directory: Path, as_json: bool) -> None:
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.append("  gates: " + "; ".join(
         f"{name} " + ", ".join(filter(None, [
-            f"max|Δlogit|<={t.max_abs_logit:g}" if t.max_abs_logit is not None else "",
+            (f"max|Δlogit|<={t.max_abs_logit:g}" + (f" or {t.max_rel_logit:g}x max|logit|" if t.max_rel_logit else ""))
+            if t.max_abs_logit is not None else "",
             f"top1>={t.min_top1_agreement:.1%}", f"top{t.top_k}-overlap>={t.min_topk_overlap:.0%}"]))
         for name, t in ((name, g.tolerance) for name, g in manifest.graphs.items())))
     int8 = manifest.graphs.get("int8")

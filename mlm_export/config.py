@@ -52,7 +52,9 @@ class ExportConfig:
 
 # fp32 must match PyTorch to float rounding; top-k sets must match except where PyTorch itself
 # ranks two tokens within max_abs_logit of each other (a tie at fp32 precision is no disagreement).
-FP32_TOLERANCE = Tolerance(max_abs_logit=1e-4, min_top1_agreement=1.0, min_topk_overlap=1.0)
+# 2e-5 relative: rxnmapper's ALBERT (12 passes through one shared layer, logits up to 20) differs
+# from PyTorch by 1.3e-4 even unfused.
+FP32_TOLERANCE = Tolerance(max_abs_logit=1e-4, max_rel_logit=2e-5, min_top1_agreement=1.0, min_topk_overlap=1.0)
 # Reduced precisions are judged on accuracy against fp32 PyTorch, on realistic text.
 FP16_TOLERANCE = Tolerance(min_top1_agreement=0.995, min_topk_overlap=0.99, scope="realistic")
 INT8_TOLERANCE = Tolerance(min_top1_agreement=0.995, min_topk_overlap=0.99, scope="realistic")

@@ -36,6 +36,9 @@ class Tolerance:
     """A variant's parity gate, written into the manifest so `verify` enforces the same numbers."""
 
     max_abs_logit: float | None = None
+    # float32 rounding grows with the logits' scale (and with depth): the allowed difference is
+    # max(max_abs_logit, max_rel_logit x the largest |logit| PyTorch gave at the probes)
+    max_rel_logit: float | None = None
     min_top1_agreement: float = 1.0
     min_topk_overlap: float = 1.0
     top_k: int = 5

@@ -10,6 +10,9 @@ ONNX Runtime's attention matcher follows the first input whose producer is an Ad
 backtracking. ALBERT's first layer adds its attention output to the embedding projection, itself
 a MatMul + Add, listed first: the matcher walked into the projection and left that layer unfused
 (11 of 12 layers on rxnmapper's ALBERT). The sum is the same in either order.
+
+After fusing, identical initializers are stored once: the optimizer builds one QKV weight per fused
+Attention, so ALBERT's twelve layers, which share one set of weights, would store it twelve times.
 """
 
 from __future__ import annotations
@@ -83,6 +86,37 @@ def attention_branch_first(model: Any) -> int:
     return swapped
 
 
+def share_identical_initializers(model: Any) -> int:
+    """Keep one copy of each initializer (same type, shape and bytes); returns how many were dropped."""
+    import hashlib
+
+    from onnx import numpy_helper
+
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for init in model.graph.initializer:
+        data = init.raw_data or numpy_helper.to_array(init).tobytes()
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(data).digest())
+        if key in first:
+            rename[init.name] = first[key]
+        else:
+            first[key] = init.name
+            keep.append(init)
+    if not rename:
+        return 0
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    inputs = [i for i in model.graph.input if i.name not in rename]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return len(rename)
+
+
 def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: int,
          mode: str = ATTENTION_REQUIRED, allow_unfused: bool = False) -> FusionReport:
     """Write the fused graph to `dst`; raise FusionError when a required attention fusion fell short."""
@@ -110,6 +144,7 @@ def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: 
             f"attention fused in {report.attention} of {num_layers} layers ({report.counts}); the "
             "graph would run unfused and slower. This usually means the exporter or the modeling "
             "code changed. Pass --allow-unfused to export anyway (the manifest will say so).")
+    share_identical_initializers(optimized.model)
     with quiet_onnxruntime_tools():
         optimized.save_model_to_file(str(dst))
     return report

@@ -27,6 +27,7 @@ from typing import Any
 
 from .._quiet import quiet_onnxruntime_tools
 from ..errors import ConfigError, ExportError
+from .fuse import share_identical_initializers
 
 log = logging.getLogger("mlm_export")
 
@@ -83,6 +84,7 @@ def to_fp16(src: Path, dst: Path) -> None:
         with quiet_onnxruntime_tools():
             model.convert_float_to_float16(keep_io_types=True,
                                            op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT)
+        share_identical_initializers(model.model)
         model.save_model_to_file(str(dst))
     except Exception as exc:
         raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
@@ -102,6 +104,7 @@ def to_int8(src: Path, dst: Path, recipe: Int8Recipe) -> None:
         model = onnx.load(str(staged))
         _restore_head(model, head)
         unfuse_skip_layer_norm(model)
+        share_identical_initializers(model)  # layers that share weights (ALBERT) quantize to equal copies
         onnx.save(model, str(dst))
     except Exception as exc:
         raise ExportError(f"int8 quantization of {src.name} failed: {exc}") from exc

@@ -107,6 +107,7 @@ def export_logits(model: Any, family: FamilySpec, path: Path, opset: int, mask_t
     names = list(family.input_names)
     axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names + ["logits"]}
     log.info("exporting logits form -> %s", path.name)
+    family.prepare_trace(model)
     _torch_export(logits_form().eval(), _sample_inputs(model, family, mask_token_id), path, names, ["logits"],
                   axes, opset)
 
@@ -124,6 +125,7 @@ def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mas
     for name in ("scores", "token_ids", "logits"):
         axes[name][1] = "top_k"
     log.info("exporting fill-mask form -> %s", path.name)
+    family.prepare_trace(model)
     _torch_export(fill_mask_form(mask_token_id).eval(), _sample_inputs(model, family, mask_token_id), path,
                   names, FILL_MASK_OUTPUTS, axes, opset)
     _make_top_k_an_input(path, model.config.vocab_size)

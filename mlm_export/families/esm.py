@@ -30,6 +30,15 @@ def _head(model: Any) -> Any:
     return GemmHead(model.lm_head)
 
 
+def _forget_rotary_tables(model: Any) -> None:
+    """ESM caches its rotary cos/sin tables per sequence length in Python. A trace that finds them
+    cached for its sample length bakes them in as constants, and the graph then fails on any other
+    length; emptied, each trace records how they are computed from the input."""
+    for module in model.modules():
+        if hasattr(module, "_seq_len_cached"):
+            module._seq_len_cached = None
+
+
 ESM = FamilySpec(
     name="esm",
     model_types=("esm",),
@@ -42,4 +51,5 @@ ESM = FamilySpec(
     encoder=lambda model: model.esm,
     head=_head,
     attention=ATTENTION_NONE,
+    prepare_trace=_forget_rotary_tables,
 )

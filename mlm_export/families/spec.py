@@ -29,6 +29,10 @@ def _max_position_embeddings(config: Any) -> int:
     return int(config.max_position_embeddings)
 
 
+def _nothing(model: Any) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """One family of encoder + MLM head checkpoints."""
@@ -46,6 +50,7 @@ class FamilySpec:
     attention: str = ATTENTION_REQUIRED
     attn_implementation: str = "eager"  # the one ONNX Runtime's fusions match after a TorchScript export
     usable_length: Callable[[Any], int] = _max_position_embeddings  # tokens a sequence may hold
+    prepare_trace: Callable[[Any], None] = _nothing  # undo state an earlier run left (caches) before tracing
 
     @property
     def input_names(self) -> tuple[str, ...]:

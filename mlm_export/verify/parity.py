@@ -24,6 +24,7 @@ class Agreement:
     tie_eps: float
     positions: int = 0
     max_abs_logit: float = 0.0
+    max_abs_reference: float = 0.0  # the largest |logit| PyTorch gave: the scale of the rounding
     sum_abs_logit: float = 0.0
     count_logit: int = 0
     max_abs_prob: float = 0.0
@@ -40,6 +41,8 @@ class Agreement:
         self.positions += len(ref)
         if diffs.size:
             self.max_abs_logit = max(self.max_abs_logit, float(diffs.max()))
+        if ref.size:
+            self.max_abs_reference = max(self.max_abs_reference, float(np.abs(ref).max()))
             self.sum_abs_logit += float(diffs.sum())
             self.count_logit += diffs.size
         if prob_diffs.size:
@@ -64,6 +67,7 @@ class Agreement:
         return {
             "masked_positions": self.positions,
             "max_abs_logit": self.max_abs_logit,
+            "max_abs_reference_logit": self.max_abs_reference,
             "mean_abs_logit": self.sum_abs_logit / self.count_logit if self.count_logit else 0.0,
             "max_abs_prob": self.max_abs_prob,
             "top1_agreement": self.rate(self.top1),
@@ -113,14 +117,22 @@ class GraphParity:
         out = list(self.errors)
         if g.positions == 0:
             out.append("no masked positions were compared")
-        if tol.max_abs_logit is not None and g.max_abs_logit > tol.max_abs_logit:
-            out.append(f"max |Δlogit| {g.max_abs_logit:.3g} > {tol.max_abs_logit:g}")
+        allowed = self.allowed_abs_logit
+        if allowed is not None and g.max_abs_logit > allowed:
+            out.append(f"max |Δlogit| {g.max_abs_logit:.3g} > {allowed:.3g}")
         if g.rate(g.top1_tie_aware) < tol.min_top1_agreement:
             out.append(f"top-1 agreement {g.rate(g.top1_tie_aware):.4%} < {tol.min_top1_agreement:.2%}")
         if g.rate(g.overlap_tie_aware) < tol.min_topk_overlap:
             out.append(f"top-{tol.top_k} overlap {g.rate(g.overlap_tie_aware):.4%} < "
                        f"{tol.min_topk_overlap:.2%}")
         return out
+
+    @property
+    def allowed_abs_logit(self) -> float | None:
+        tol = self.tolerance
+        if tol.max_abs_logit is None:
+            return None
+        return max(tol.max_abs_logit, (tol.max_rel_logit or 0.0) * self.gated.max_abs_reference)
 
     @property
     def passed(self) -> bool:
