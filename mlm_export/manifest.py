@@ -42,7 +42,7 @@ class Tolerance:
     min_top1_agreement: float = 1.0
     min_topk_overlap: float = 1.0
     top_k: int = 5
-    scope: str = "all"  # "all" probes, or the "realistic" texts when the artifact has some
+    scope: str = "all"  # "all" probes, the "realistic" texts when the artifact has some, or the synthetic "shapes"
 
     def to_dict(self) -> dict:
         return asdict(self)

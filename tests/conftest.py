@@ -99,3 +99,55 @@ def tiny_variants(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-variants"
     return export_model(ExportConfig(str(tiny_dir), out=out, fp16=True, int8=True)).path
+
+
+# --- every family: exact rewrites of AntiBERTy, chemistry checkpoints from PyPI, seeded tiny models ---
+
+@pytest.fixture(scope="session")
+def antiberty_bert() -> object:
+    from transformers import BertForMaskedLM
+
+    from mlm_export.build.source import resolve
+
+    return BertForMaskedLM.from_pretrained(resolve("antiberty").model_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def antiberty_vocab() -> list[str]:
+    from mlm_export.build.source import resolve
+
+    vocab = resolve("antiberty").vocab_file
+    assert vocab is not None
+    return vocab.read_text().splitlines()
+
+
+@pytest.fixture(scope="session")
+def antiberty_layouts(antiberty_bert: object, antiberty_vocab: list[str],
+                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """AntiBERTy's trained weights in the RoBERTa (with RoBERTa's token names), DistilBERT and ELECTRA layouts."""
+    import layouts
+
+    root = tmp_path_factory.mktemp("layouts")
+    return {
+        "roberta": layouts.save_layout(layouts.to_roberta(antiberty_bert), root / "roberta", antiberty_vocab,
+                                       layouts.BERT_TO_ROBERTA_TOKENS),
+        "distilbert": layouts.save_layout(layouts.to_distilbert(antiberty_bert), root / "distilbert", antiberty_vocab),
+        "electra": layouts.save_layout(layouts.to_electra(antiberty_bert), root / "electra", antiberty_vocab),
+    }
+
+
+@pytest.fixture(scope="session")
+def reactions_file() -> Path:
+    return Path(__file__).parent / "data" / "reactions.smi"
+
+
+@pytest.fixture(scope="session")
+def rxnmapper_albert() -> Path:
+    """A trained AlbertForMaskedLM (reaction SMILES), 3.2 MB, from the PyPI package rxnmapper==0.4.3."""
+    return _package_dir("rxnmapper") / "models" / "transformers" / "albert_heads_8_uspto_all_1310k"
+
+
+@pytest.fixture(scope="session")
+def rxnfp_bert() -> Path:
+    """A trained BERT pre-training checkpoint whose config.json has no model_type (rxnfp==0.1.0)."""
+    return _package_dir("rxnfp") / "models" / "transformers" / "bert_pretrained"

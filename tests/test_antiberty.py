@@ -15,7 +15,9 @@ def test_export_passes_parity_with_identical_top5(antiberty_export) -> None:  # 
     for name in ("logits", "fp32"):
         parity = manifest["graphs"][name]["parity"]
         assert parity["passed"], parity
-        assert parity["masked_positions"] >= 300
+        # the logits form is checked on the synthetic shapes, the fused graph on every probe
+        assert parity["masked_positions"] >= (50 if name == "logits" else 300)
+        assert parity["gated_on"] == ("shapes" if name == "logits" else "all")
         assert parity["max_abs_logit"] <= 1e-4
         assert parity["topk_set_equal"] == 1.0 and parity["top1_agreement"] == 1.0
     fusion = manifest["graphs"]["fp32"]["fusion"]

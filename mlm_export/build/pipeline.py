@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import file_entries
-from ..config import FP32_TOLERANCE, TOLERANCES, ExportConfig
+from ..config import LOGITS_TOLERANCE, TOLERANCES, ExportConfig
 from ..errors import ExportError, ParityError
 from ..manifest import GraphEntry, Manifest, ModelInfo, SourceInfo, TokenizerInfo, write_manifest
 from ..staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
 from ..verify import ARTIFACT_PROBES, ARTIFACT_SET, ParityHarness, ProbeSpec, VerifyReport, choose_probe_set
-from ..verify import verify_artifact
 from .fuse import FusionReport, fuse
 from .model import load_model, model_facts
 from .precision import INT8_RECIPES, find_int8_recipe, fused_op_counts, to_fp16, to_int8
@@ -71,15 +70,23 @@ def export_model(config: ExportConfig) -> ExportResult:
         model = load_model(source, attn_implementation=source.family.attn_implementation)
         tokens = load_tokenizer(source)
         manifest = _build(model, tokens, source, config, tmp)
-        del model  # the reference is reloaded fresh by verify
-        report = verify_artifact(tmp, source=source)
-        for parity in report.graphs:
-            manifest = manifest.with_graph(parity.graph, parity=parity.to_dict())
+        del model  # traced: the reference below is a fresh load, in eval mode
+        log.info("loading the PyTorch reference (eval mode)")
+        harness = ParityHarness(manifest, tokens.tokenizer, load_model(source), list(config.probe_texts) or None,
+                                texts_name=ARTIFACT_SET)
+        if config.int8:
+            manifest = _int8(manifest, harness, config, tmp)
+        manifest = replace(manifest, files=file_entries(tmp))
+        report = VerifyReport(str(tmp), [])
+        for name, entry in manifest.graphs.items():
+            log.info("comparing %s on %d probe batches", entry.file, len(harness.batches))
+            report.graphs.append(harness.check(tmp / entry.file, name, entry, "cpu"))
+            manifest = manifest.with_graph(name, parity=report.graphs[-1].to_dict())
         if not report.passed:
             raise ParityError("parity check failed; nothing was written\n" + report.summary(), report)
         write_manifest(tmp, manifest)
     log.info("wrote %s", out)
-    return ExportResult(out, manifest, report)
+    return ExportResult(out, manifest, replace(report, artifact=str(out)))
 
 
 def disk_needed(source: ResolvedSource, config: ExportConfig) -> int:
@@ -135,54 +142,59 @@ def _build(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, config: 
     logits_io = graph_io(family, "logits", cfg.vocab_size)
     fill_io = graph_io(family, "fill-mask", cfg.vocab_size)
     manifest = replace(base, probe_set=probe_set, graphs={
-        "logits": GraphEntry(LOGITS_FILE, "logits", "fp32", family.name, *logits_io, FP32_TOLERANCE)})
-    harness: ParityHarness | None = None
-    for precision in config.precisions:
+        "logits": GraphEntry(LOGITS_FILE, "logits", "fp32", family.name, *logits_io, LOGITS_TOLERANCE)})
+    for precision in ("fp32", "fp16") if config.fp16 else ("fp32",):
         path = tmp / FILL_MASK_FILE.format(precision=precision)
-        entry = GraphEntry(path.name, "fill-mask", precision, family.name, *fill_io, TOLERANCES[precision])
         if precision == "fp16":
             to_fp16(fp32, path)
-        elif precision == "int8":
-            if config.int8_recipe == "auto" and harness is None:
-                harness = ParityHarness(manifest, tokens.tokenizer, model, list(config.probe_texts) or None,
-                                        texts_name=ARTIFACT_SET)
-            entry = _int8(harness, config.int8_recipe, fp32, path, entry)
-        counts = FusionReport(fused_op_counts(path), fusion.expected_attention, config.allow_unfused, family.attention)
-        weight_bytes = initializer_bytes(path)
-        if weight_bytes > stored:
-            raise ExportError(f"{path.name} stores more weight bytes ({weight_bytes}) than the fp32 "
-                              f"graph ({stored}): a tensor was duplicated during conversion")
-        fused = (fusion if precision == "fp32" else counts).to_dict()
-        manifest = replace(manifest, graphs=manifest.graphs | {
-            precision: replace(entry, fusion=fused, weight_bytes=weight_bytes)})
-    manifest = replace(manifest, files=file_entries(tmp))
-    write_manifest(tmp, manifest)
+        entry = GraphEntry(path.name, "fill-mask", precision, family.name, *fill_io, TOLERANCES[precision])
+        manifest = _with_variant(manifest, precision, entry, path, fusion, stored, config)
     return manifest
 
 
-def _int8(harness: ParityHarness | None, recipe: str, fp32: Path, path: Path, entry: GraphEntry) -> GraphEntry:
+def _with_variant(manifest: Manifest, precision: str, entry: GraphEntry, path: Path, fusion: FusionReport,
+                  stored: int, config: ExportConfig) -> Manifest:
+    """Add a fill-mask variant with its fused-op counts, after checking that no weight was duplicated."""
+    weight_bytes = initializer_bytes(path)
+    if weight_bytes > stored:
+        raise ExportError(f"{path.name} stores more weight bytes ({weight_bytes}) than the fp32 "
+                          f"graph ({stored}): a tensor was duplicated during conversion")
+    counts = FusionReport(fused_op_counts(path), fusion.expected_attention, config.allow_unfused, fusion.mode)
+    fused = (fusion if precision == "fp32" else counts).to_dict()
+    return replace(manifest, graphs=manifest.graphs | {precision: replace(entry, fusion=fused,
+                                                                           weight_bytes=weight_bytes)})
+
+
+def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig, tmp: Path) -> Manifest:
     """Quantize with the named recipe, or with the fastest one that passes the int8 gate.
 
-    The gate here uses the model in memory; verify_artifact repeats it on a fresh reload, so a
-    recipe picked here is still checked the same way as every other graph.
+    The gate is the one verify applies, on the same probes and fresh reference.
     """
-    if recipe != "auto" or harness is None:
-        to_int8(fp32, path, find_int8_recipe(recipe))
-        return replace(entry, recipe=recipe)
-    tried = []
-    for candidate in INT8_RECIPES:
-        to_int8(fp32, path, candidate)
-        parity = harness.check(path, "int8", entry, "cpu")
-        gated = parity.gated.to_dict()
-        tried.append({"recipe": candidate.name, "passed": parity.passed,
-                      "top1_agreement": gated["top1_agreement"], "topk_overlap": gated["topk_overlap"]})
-        log.info("int8 recipe %s: top-1 %.2f%%, top-%d overlap %.2f%% -> %s", candidate.name,
-                 100 * gated["top1_agreement"], parity.tolerance.top_k, 100 * gated["topk_overlap"],
-                 "kept" if parity.passed else "rejected")
-        if parity.passed:
-            break
-    # none passing leaves the most accurate recipe in place; verify then fails the export
-    return replace(entry, recipe=tried[-1]["recipe"], recipes_tried=tuple(tried))
+    fp32 = manifest.graphs["fp32"]
+    path = tmp / FILL_MASK_FILE.format(precision="int8")
+    entry = replace(fp32, file=path.name, precision="int8", tolerance=TOLERANCES["int8"], fusion=None,
+                    parity=None, weight_bytes=None)
+    fusion = FusionReport(**{k: v for k, v in fp32.fusion.items() if k in ("counts", "expected_attention",
+                                                                            "allow_unfused", "mode")})
+    if config.int8_recipe != "auto":
+        to_int8(tmp / fp32.file, path, find_int8_recipe(config.int8_recipe))
+        entry = replace(entry, recipe=config.int8_recipe)
+    else:
+        tried = []
+        for candidate in INT8_RECIPES:
+            to_int8(tmp / fp32.file, path, candidate)
+            parity = harness.check(path, "int8", entry, "cpu")
+            gated = parity.gated.to_dict()
+            tried.append({"recipe": candidate.name, "passed": parity.passed,
+                          "top1_agreement": gated["top1_agreement"], "topk_overlap": gated["topk_overlap"]})
+            log.info("int8 recipe %s: top-1 %.2f%%, top-%d overlap %.2f%% -> %s", candidate.name,
+                     100 * gated["top1_agreement"], parity.tolerance.top_k, 100 * gated["topk_overlap"],
+                     "kept" if parity.passed else "rejected")
+            if parity.passed:
+                break
+        # none passing leaves the most accurate recipe in place; the final check then fails the export
+        entry = replace(entry, recipe=tried[-1]["recipe"], recipes_tried=tuple(tried))
+    return _with_variant(manifest, "int8", entry, path, fusion, manifest.graphs["fp32"].weight_bytes or 0, config)
 
 
 def initializer_bytes(path: Path) -> int:

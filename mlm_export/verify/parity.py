@@ -103,6 +103,8 @@ class GraphParity:
     @property
     def gated_on(self) -> str:
         realistic = [n for n in self.sets if n not in ("all", "shapes")]
+        if self.tolerance.scope == "shapes":
+            return "shapes"
         if self.tolerance.scope == "realistic" and realistic:
             return realistic[0]
         return "all"
@@ -207,6 +209,8 @@ class ParityHarness:
         session = create_session(str(path), providers)
         parity = GraphParity(name, entry.file, entry.form, entry.tolerance, provider=session.get_providers()[0])
         for batch, (where, ref) in zip(self.batches, self.references):
+            if entry.tolerance.scope == "shapes" and batch.probe_set != "shapes":
+                continue
             feeds = batch.feeds(n for n in entry.input_names if n != "top_k")
             if entry.form == "logits":
                 self._logits_form(parity, session, batch, feeds, where, ref)

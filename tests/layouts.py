@@ -1,0 +1,190 @@
+"""Exact rewrites of a trained BertForMaskedLM into other families' layouts, and seeded tiny models
+of the families no wheel ships weights for. Test data builders, not test cases.
+
+A rewrite keeps every weight; only names and the embedding tables' shapes change:
+- RoBERTa: `pad_token_id + 1` zero rows before the position table (RoBERTa counts positions from
+  there), one token-type row, the head as `lm_head`;
+- DistilBERT: token-type row 0 folded into the positions, attention and FFN renamed;
+- ELECTRA generator: `embedding_size = hidden_size`, the head as `generator_predictions` and
+  `generator_lm_head`.
+PyTorch logits agree with the BERT original to float rounding (a test checks it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BERT_TO_ROBERTA_TOKENS = {"[PAD]": "<pad>", "[UNK]": "<unk>", "[CLS]": "<s>", "[SEP]": "</s>", "[MASK]": "<mask>"}
+
+
+def _shared(config: Any) -> dict:
+    return {"vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+            "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
+            "intermediate_size": config.intermediate_size, "hidden_act": config.hidden_act,
+            "layer_norm_eps": config.layer_norm_eps}
+
+
+def _load(model: Any, state: dict) -> Any:
+    info = model.load_state_dict(state, strict=False)
+    assert not info.unexpected_keys and not [k for k in info.missing_keys if not k.endswith("position_ids")], info
+    return model.eval()
+
+
+def to_roberta(bert: Any) -> Any:
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    c, pad = bert.config, bert.config.pad_token_id
+    config = RobertaConfig(**_shared(c), max_position_embeddings=c.max_position_embeddings + pad + 1,
+                           type_vocab_size=1, pad_token_id=pad)
+    state = {}
+    for key, value in bert.state_dict().items():
+        if key.startswith("bert.pooler") or key.endswith("position_ids"):
+            continue
+        if key == "bert.embeddings.position_embeddings.weight":
+            value = torch.cat([torch.zeros(pad + 1, value.shape[1]), value])
+        elif key == "bert.embeddings.token_type_embeddings.weight":
+            value = value[:1]
+        key = key.replace("bert.", "roberta.", 1)
+        key = (key.replace("cls.predictions.transform.dense", "lm_head.dense")
+                  .replace("cls.predictions.transform.LayerNorm", "lm_head.layer_norm")
+                  .replace("cls.predictions.decoder", "lm_head.decoder")
+                  .replace("cls.predictions.bias", "lm_head.bias"))
+        state[key] = value
+    return _load(RobertaForMaskedLM(config), state)
+
+
+def to_distilbert(bert: Any) -> Any:
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    c, s = bert.config, bert.state_dict()
+    config = DistilBertConfig(vocab_size=c.vocab_size, dim=c.hidden_size, n_layers=c.num_hidden_layers,
+                              n_heads=c.num_attention_heads, hidden_dim=c.intermediate_size, activation=c.hidden_act,
+                              max_position_embeddings=c.max_position_embeddings, pad_token_id=c.pad_token_id)
+    e = "bert.embeddings."
+    state = {"distilbert.embeddings.word_embeddings.weight": s[e + "word_embeddings.weight"],
+             "distilbert.embeddings.position_embeddings.weight":
+                 s[e + "position_embeddings.weight"] + s[e + "token_type_embeddings.weight"][0],
+             "distilbert.embeddings.LayerNorm.weight": s[e + "LayerNorm.weight"],
+             "distilbert.embeddings.LayerNorm.bias": s[e + "LayerNorm.bias"],
+             "vocab_projector.weight": s["cls.predictions.decoder.weight"],
+             "vocab_projector.bias": s["cls.predictions.bias"]}
+    layer = {"attention.self.query": "attention.q_lin", "attention.self.key": "attention.k_lin",
+             "attention.self.value": "attention.v_lin", "attention.output.dense": "attention.out_lin",
+             "attention.output.LayerNorm": "sa_layer_norm", "intermediate.dense": "ffn.lin1",
+             "output.dense": "ffn.lin2", "output.LayerNorm": "output_layer_norm"}
+    head = {"cls.predictions.transform.dense": "vocab_transform",
+            "cls.predictions.transform.LayerNorm": "vocab_layer_norm"}
+    for part in ("weight", "bias"):
+        for i in range(c.num_hidden_layers):
+            for old, new in layer.items():
+                state[f"distilbert.transformer.layer.{i}.{new}.{part}"] = s[f"bert.encoder.layer.{i}.{old}.{part}"]
+        for old, new in head.items():
+            state[f"{new}.{part}"] = s[f"{old}.{part}"]
+    return _load(DistilBertForMaskedLM(config), state)
+
+
+def to_electra(bert: Any) -> Any:
+    from transformers import ElectraConfig, ElectraForMaskedLM
+
+    c = bert.config
+    config = ElectraConfig(**_shared(c), embedding_size=c.hidden_size, type_vocab_size=c.type_vocab_size,
+                           max_position_embeddings=c.max_position_embeddings, pad_token_id=c.pad_token_id)
+    state = {}
+    for key, value in bert.state_dict().items():
+        if key.startswith("bert.pooler") or key.endswith("position_ids"):
+            continue
+        key = key.replace("bert.", "electra.", 1)
+        key = (key.replace("cls.predictions.transform.dense", "generator_predictions.dense")
+                  .replace("cls.predictions.transform.LayerNorm", "generator_predictions.LayerNorm")
+                  .replace("cls.predictions.decoder", "generator_lm_head")
+                  .replace("cls.predictions.bias", "generator_lm_head.bias"))
+        state[key] = value
+    return _load(ElectraForMaskedLM(config), state)
+
+
+def save_layout(model: Any, directory: Path, vocab: list[str], renames: dict[str, str] | None = None) -> Path:
+    """A Hugging Face directory: the model, its vocab.txt, and special_tokens_map.json naming its specials."""
+    renames = renames or {}
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    (directory / "vocab.txt").write_text("\n".join(renames.get(t, t) for t in vocab) + "\n")
+    roles = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+             "mask_token": "[MASK]"}
+    (directory / "special_tokens_map.json").write_text(json.dumps({k: renames.get(v, v) for k, v in roles.items()}))
+    return directory
+
+
+ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+CORPUS = ["the cat sat on the mat .", "a big red dog ran to the small house .", "the blue tree was not big !",
+          "is the cat on the mat or in the house ?", "dogs and cats ran and sat ."] * 20
+
+
+def _peaked(bias: Any, seed: int) -> None:
+    """A spread decoder bias: random weights alone predict flat, and top-k order would be noise."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bias.copy_(torch.randn(bias.shape[0], generator=generator) * 4)
+
+
+def tiny_esm(directory: Path) -> Path:
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    torch.manual_seed(2)
+    config = EsmConfig(vocab_size=len(ESM_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=66, pad_token_id=1, mask_token_id=32,
+                       position_embedding_type="rotary", token_dropout=True, emb_layer_norm_before=False)
+    model = EsmForMaskedLM(config).eval()
+    _peaked(model.lm_head.bias, 2)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    (directory / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n")
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"cls_token": "<cls>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+         "mask_token": "<mask>"}))
+    return directory
+
+
+def tiny_roberta_bpe(directory: Path) -> Path:
+    """RoBERTa with a byte-level BPE trained here, saved as vocab.json + merges.txt (no tokenizer.json)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1,
+                                  special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_model(str(directory))
+    torch.manual_seed(3)
+    config = RobertaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=66, pad_token_id=1,
+                           bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    model = RobertaForMaskedLM(config).eval()
+    _peaked(model.lm_head.bias, 3)
+    model.save_pretrained(directory)
+    return directory
+
+
+def tiny_xlm_roberta_unigram(directory: Path) -> Path:
+    """XLM-R with a Unigram tokenizer trained here, saved as tokenizer.json without its template."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+    tokenizer = SentencePieceUnigramTokenizer()
+    tokenizer.train_from_iterator(CORPUS, vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  unk_token="<unk>")
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}))
+    torch.manual_seed(4)
+    config = XLMRobertaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=64, max_position_embeddings=66, pad_token_id=1,
+                              bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    model = XLMRobertaForMaskedLM(config).eval()
+    _peaked(model.lm_head.bias, 4)
+    model.save_pretrained(directory)
+    return directory

@@ -1,0 +1,269 @@
+"""Every family on real weights where they exist: AntiBERTy rewritten exactly into the RoBERTa,
+DistilBERT and ELECTRA layouts, rxnmapper's ALBERT and rxnfp's BERT from PyPI; seeded tiny models
+for ESM and for BPE / Unigram tokenizers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import layouts
+from mlm_export import ExportConfig, InputError, MissingHeadError, OnnxMaskFiller, SourceError, export_model
+from mlm_export.build.fuse import attention_branch_first
+from mlm_export.build.model import load_model
+from mlm_export.build.source import resolve
+from mlm_export.families import FAMILIES, family_of
+from mlm_export.verify import antibody_sequences
+
+LAYOUT_INPUTS = {"roberta": ("input_ids", "attention_mask"), "distilbert": ("input_ids", "attention_mask"),
+                 "electra": ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _texts_with_masks(mask: str, every: int = 9, chains: int = 4) -> list[str]:
+    """Real antibody chains, every `every`-th residue masked, one mask per text."""
+    texts = []
+    for chain in antibody_sequences()[:chains]:
+        for i in range(3, len(chain) - 3, every):
+            texts.append(chain[:i] + mask + chain[i + 1:])
+    return texts
+
+
+def _hf_top1(model_dir: Path, texts: list[str], mask: str) -> list[int]:
+    """Each family's own transformers model, fed the artifact's token ids: the answer to match."""
+    from tokenizers import Tokenizer
+
+    from mlm_export.build.tokenizer import load_tokenizer
+
+    source = resolve(str(model_dir))
+    model = load_model(source)
+    tokenizer: Tokenizer = load_tokenizer(source).tokenizer
+    mask_id = tokenizer.token_to_id(mask)
+    answers = []
+    for text in texts:
+        ids = torch.tensor([tokenizer.encode(text).ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+        answers.append(int(logits[(ids[0] == mask_id).nonzero()[0, 0]].argmax()))
+    return answers
+
+
+def test_rewrites_reproduce_antiberty_in_pytorch(antiberty_bert: Any, antiberty_layouts: dict[str, Path]) -> None:
+    from transformers import AutoModelForMaskedLM
+
+    ids = torch.tensor([[2, *range(5, 25), 4, 9, 11, 3], [2, 5, 6, 4, 8, 3] + [0] * 19])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        reference = antiberty_bert(input_ids=ids, attention_mask=mask).logits
+        for family, directory in antiberty_layouts.items():
+            model = AutoModelForMaskedLM.from_pretrained(directory).eval()
+            assert type(model).__name__ == FAMILIES[family].model_class
+            got = model(input_ids=ids, attention_mask=mask).logits
+            assert float((got - reference)[mask.bool()].abs().max()) < 1e-4, family
+
+
+@pytest.fixture(scope="module")
+def layout_exports(antiberty_layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each layout exported as AntiBERTy is, gated on the same packaged antibody chains."""
+    root = tmp_path_factory.mktemp("layout-artifacts")
+    return {family: export_model(ExportConfig(str(directory), out=root / family, int8=True))
+            for family, directory in antiberty_layouts.items()}
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_rewritten_layouts_pass_antibertys_gates(layout_exports: dict[str, Any], family: str) -> None:
+    manifest = layout_exports[family].manifest
+    assert manifest.family == family and manifest.model.architecture == FAMILIES[family].model_class
+    assert manifest.model.max_length == 512  # RoBERTa: 513 positions, pad id 0
+    for name, graph in manifest.graphs.items():
+        expected = LAYOUT_INPUTS[family] + (() if graph.form == "logits" else ("top_k",))
+        assert graph.input_names == expected and graph.family == family
+        assert graph.parity["passed"], (name, graph.parity["failures"])
+    fused = manifest.graphs["fp32"].fusion
+    assert fused["mode"] == "required" and fused["attention"] == fused["expected_attention"] == 8
+    assert manifest.graphs["fp32"].parity["top1_agreement"] == 1.0
+    int8 = manifest.graphs["int8"].parity
+    assert int8["gated_on"] == "antibody" and int8["masked_positions"] >= 300
+    assert int8["top1_agreement"] >= 0.995 and int8["topk_overlap"] >= 0.99
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_the_filler_answers_as_the_familys_own_transformers_model(
+        layout_exports: dict[str, Any], antiberty_layouts: dict[str, Path], family: str) -> None:
+    artifact = layout_exports[family].path
+    fp32 = OnnxMaskFiller.from_pretrained(artifact, variant="fp32", providers="cpu")
+    int8 = OnnxMaskFiller.from_pretrained(artifact, providers="cpu")
+    assert int8.variant == "int8"
+    texts = _texts_with_masks(fp32.mask_token)
+    expected = _hf_top1(antiberty_layouts[family], texts, fp32.mask_token)
+    assert [r[0]["token"] for r in fp32(texts, top_k=1)] == expected
+    agree = np.mean([r[0]["token"] == e for r, e in zip(int8(texts, top_k=1), expected)])
+    assert agree >= 0.97, agree
+
+
+def test_roberta_artifacts_use_their_own_mask_token(layout_exports: dict[str, Any]) -> None:
+    filler = OnnxMaskFiller.from_pretrained(layout_exports["roberta"].path, providers="cpu")
+    assert filler.mask_token == "<mask>"
+    assert filler("EVQLVESGG<mask>LVQPGGSLRLSCAAS", top_k=1)[0]["token_str"] == "G"
+    with pytest.raises(InputError, match="has no <mask> token"):
+        filler("EVQLVESGG[MASK]LVQPGGSLRLSCAAS")
+
+
+def test_optimum_loads_the_roberta_logits_form(layout_exports: dict[str, Any]) -> None:
+    from optimum.onnxruntime import ORTModelForMaskedLM
+
+    artifact = layout_exports["roberta"].path
+    model = ORTModelForMaskedLM.from_pretrained(artifact, file_name="model.onnx")
+    ids = torch.tensor([[0, 9, 13, 22, 4, 10, 2]])
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert tuple(logits.shape) == (1, 7, 25)
+
+
+def test_the_tied_matrix_is_stored_once_in_every_graph(layout_exports: dict[str, Any]) -> None:
+    artifact = layout_exports["roberta"].path
+    for name in ("model.onnx", "fill_mask.fp32.onnx"):
+        graph = onnx.load(str(artifact / name)).graph
+        embeddings = [t.name for t in graph.initializer if list(t.dims) in ([25, 512], [512, 25])]
+        assert len(embeddings) == 1, (name, embeddings)
+
+
+# --- chemistry checkpoints shipped on PyPI ---
+
+def test_rxnmappers_albert_fuses_every_layer_and_fills_a_reaction(rxnmapper_albert: Path, reactions_file: Path,
+                                                                   tmp_path: Path) -> None:
+    texts = tuple(reactions_file.read_text().splitlines())
+    result = export_model(ExportConfig(str(rxnmapper_albert), out=tmp_path / "albert", probe_texts=texts))
+    manifest = result.manifest
+    assert manifest.family == "albert" and manifest.tokenizer.scheme == "smiles"
+    fused = manifest.graphs["fp32"].fusion
+    assert fused["attention"] == fused["expected_attention"] == 12  # 11 of 12 before the residual fix
+    assert manifest.graphs["fp32"].weight_bytes <= 1.05 * manifest.model.float32_parameter_bytes  # shared layers
+    filler = OnnxMaskFiller.from_pretrained(result.path, providers="cpu")
+    best = filler("CC(=O)O.OCC>>CCOC([MASK])=O", top_k=1)[0]  # ethyl acetate
+    assert best["token_str"] == "C" and best["sequence"] == "CC(=O)O.OCC>>CCOC(C)=O"
+
+
+def test_rxnfps_bert_without_model_type_exports_with_int8(rxnfp_bert: Path, reactions_file: Path,
+                                                           tmp_path: Path) -> None:
+    config = json.loads((rxnfp_bert / "config.json").read_text())
+    assert "model_type" not in config and "architectures" not in config
+    texts = tuple(reactions_file.read_text().splitlines())
+    result = export_model(ExportConfig(str(rxnfp_bert), out=tmp_path / "rxnfp", int8=True, probe_texts=texts))
+    assert result.manifest.family == "bert" and result.report.passed
+    assert result.manifest.graphs["int8"].parity["gated_on"] == "artifact"
+    filler = OnnxMaskFiller.from_pretrained(result.path, providers="cpu")
+    assert filler("CC(=O)Cl.NCc1ccccc1>>CC(=O)NC[MASK]1ccccc1", top_k=3)
+
+
+def test_the_albert_residual_fix_on_a_tiny_albert(tmp_path: Path) -> None:
+    """ALBERT adds attention second; in the first layer the other summand is the embedding projection,
+    whose MatMul + Add the optimizer's matcher walks into. Unswapped, that layer stays unfused."""
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    from mlm_export.build.fuse import fuse
+    from mlm_export.build.trace import export_fill_mask
+    from mlm_export.families import ALBERT
+
+    torch.manual_seed(5)
+    model = AlbertForMaskedLM(AlbertConfig(vocab_size=40, embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                                           num_attention_heads=4, intermediate_size=64,
+                                           max_position_embeddings=32)).eval()
+    raw = tmp_path / "albert.onnx"
+    export_fill_mask(model, ALBERT, raw, 17, 4)
+    plain = optimize_model(str(raw), model_type="bert", num_heads=4, hidden_size=32, opt_level=0)
+    assert plain.get_fused_operator_statistics()["Attention"] == 2  # of 3 layers
+    graph = onnx.load(str(raw))
+    assert attention_branch_first(graph) == 3 and attention_branch_first(graph) == 0  # every layer, once
+    report = fuse(raw, tmp_path / "fused.onnx", num_heads=4, hidden_size=32, num_layers=3)
+    assert report.attention == 3 and report.complete
+
+
+# --- families no wheel ships: seeded tiny models ---
+
+def test_esm_exports_unfused_and_says_so(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mlm_export.cli import main
+
+    source = layouts.tiny_esm(tmp_path / "esm")
+    result = export_model(ExportConfig(str(source), out=tmp_path / "art", int8=True))
+    manifest = result.manifest
+    assert manifest.family == "esm" and manifest.tokenizer.scheme == "characters"
+    assert manifest.graphs["fp32"].input_names == ("input_ids", "attention_mask", "top_k")
+    for name in ("fp32", "int8"):
+        fusion = manifest.graphs[name].fusion
+        assert fusion["mode"] == "none" and fusion["expected_attention"] == 0 and fusion["complete"]
+        assert manifest.graphs[name].parity["passed"]
+    assert manifest.graphs["int8"].parity["gated_on"] == "antibody"  # amino-acid vocabulary
+    row = next(r for r in CliRunner().invoke(main, ["info", str(result.path)]).stdout.splitlines()
+               if r.split()[:1] == ["fp32"])
+    assert row.split()[4] == "none"
+    filler = OnnxMaskFiller.from_pretrained(result.path, providers="cpu")
+    # rotary positions: any length, not only the one traced
+    for length in (5, 30, 60):
+        assert len(filler("M" * length + "<mask>", top_k=2)) == 2
+
+
+def test_roberta_with_a_byte_level_bpe(tmp_path: Path) -> None:
+    source = layouts.tiny_roberta_bpe(tmp_path / "roberta")
+    result = export_model(ExportConfig(str(source), out=tmp_path / "art", int8=True))
+    manifest = result.manifest
+    assert manifest.tokenizer.scheme == "bpe" and manifest.tokenizer.special_tokens["mask"] == "<mask>"
+    assert manifest.probe_set == "english"  # BPE never says <unk>; English is what it reads in long pieces
+    assert manifest.model.max_length == 66 - 1 - 1
+    filler = OnnxMaskFiller.from_pretrained(result.path, providers="cpu")
+    assert filler.tokenizer.encode("the cat <mask> .").tokens[:3] == ["<s>", "the", "Ġcat"]
+    assert len(filler("the cat <mask> on the mat .", top_k=3)) == 3
+
+
+def test_xlm_roberta_with_a_unigram_tokenizer_without_template(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    source = layouts.tiny_xlm_roberta_unigram(tmp_path / "xlmr")
+    with caplog.at_level(logging.WARNING, logger="mlm_export"):
+        result = export_model(ExportConfig(str(source), out=tmp_path / "art"))
+    assert "adds no <s> ... </s>" in caplog.text
+    filler = OnnxMaskFiller.from_pretrained(result.path, providers="cpu")
+    tokens = filler.tokenizer.encode("the cat <mask> .").tokens
+    assert tokens[0] == "<s>" and tokens[-1] == "</s>" and "<mask>" in tokens
+    assert result.manifest.family == "xlm-roberta" and len(filler("the <mask> sat", top_k=2)) == 2
+
+
+def test_bert_for_pretraining_checkpoints_load_without_their_nsp_head(tiny_dir: Path, tmp_path: Path) -> None:
+    from transformers import BertForMaskedLM, BertForPreTraining
+
+    masked = BertForMaskedLM.from_pretrained(tiny_dir)
+    pretraining = BertForPreTraining(masked.config)
+    pretraining.load_state_dict(masked.state_dict(), strict=False)
+    directory = tmp_path / "pretraining"
+    pretraining.save_pretrained(directory)
+    shutil.copyfile(tiny_dir / "vocab.txt", directory / "vocab.txt")
+    result = export_model(ExportConfig(str(directory), out=tmp_path / "art"))
+    assert result.manifest.family == "bert" and result.report.passed
+
+
+def test_the_family_is_read_from_architectures_or_weight_names() -> None:
+    assert family_of({"architectures": ["ElectraForMaskedLM"]}).name == "electra"
+    assert family_of({}, lambda: ["roberta.embeddings.word_embeddings.weight", "lm_head.bias"]).name == "roberta"
+    with pytest.raises(SourceError, match="several families"):
+        family_of({}, lambda: ["bert.embeddings.x", "albert.embeddings.x"])
+    with pytest.raises(SourceError, match="add \"model_type\""):
+        family_of({"architectures": ["GPT2LMHeadModel"]}, lambda: ["transformer.h.0.attn.weight"])
+
+
+@pytest.mark.parametrize("family", ["roberta", "esm"])
+def test_an_encoder_without_its_head_is_refused_naming_the_heads_weights(family: str, tmp_path: Path) -> None:
+    source = {"roberta": layouts.tiny_roberta_bpe, "esm": layouts.tiny_esm}[family](tmp_path / family)
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(source).save_pretrained(source)  # the weights become the encoder's alone
+    with pytest.raises(MissingHeadError, match="lm_head"):
+        export_model(ExportConfig(str(source), out=tmp_path / "art"))
+    assert not (tmp_path / "art").exists()
