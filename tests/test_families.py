@@ -69,11 +69,16 @@ def test_rewrites_reproduce_antiberty_in_pytorch(antiberty_bert: Any, antiberty_
             assert float((got - reference)[mask.bool()].abs().max()) < 1e-4, family
 
 
+# ELECTRA's fused graph is op for op BERT's (EmbedLayerNormalization, Attention), whose int8 gate the
+# AntiBERTy export covers; int8 is exported here for the two layouts whose graphs differ from it.
+WITH_INT8 = ("roberta", "distilbert")
+
+
 @pytest.fixture(scope="module")
 def layout_exports(antiberty_layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Each layout exported as AntiBERTy is, gated on the same packaged antibody chains."""
     root = tmp_path_factory.mktemp("layout-artifacts")
-    return {family: export_model(ExportConfig(str(directory), out=root / family, int8=True))
+    return {family: export_model(ExportConfig(str(directory), out=root / family, int8=family in WITH_INT8))
             for family, directory in antiberty_layouts.items()}
 
 
@@ -89,9 +94,10 @@ def test_rewritten_layouts_pass_antibertys_gates(layout_exports: dict[str, Any],
     fused = manifest.graphs["fp32"].fusion
     assert fused["mode"] == "required" and fused["attention"] == fused["expected_attention"] == 8
     assert manifest.graphs["fp32"].parity["top1_agreement"] == 1.0
-    int8 = manifest.graphs["int8"].parity
-    assert int8["gated_on"] == "antibody" and int8["masked_positions"] >= 300
-    assert int8["top1_agreement"] >= 0.995 and int8["topk_overlap"] >= 0.99
+    if family in WITH_INT8:
+        int8 = manifest.graphs["int8"].parity
+        assert int8["gated_on"] == "antibody" and int8["masked_positions"] >= 300
+        assert int8["top1_agreement"] >= 0.995 and int8["topk_overlap"] >= 0.99
 
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
@@ -99,13 +105,14 @@ def test_the_filler_answers_as_the_familys_own_transformers_model(
         layout_exports: dict[str, Any], antiberty_layouts: dict[str, Path], family: str) -> None:
     artifact = layout_exports[family].path
     fp32 = OnnxMaskFiller.from_pretrained(artifact, variant="fp32", providers="cpu")
-    int8 = OnnxMaskFiller.from_pretrained(artifact, providers="cpu")
-    assert int8.variant == "int8"
     texts = _texts_with_masks(fp32.mask_token)
     expected = _hf_top1(antiberty_layouts[family], texts, fp32.mask_token)
     assert [r[0]["token"] for r in fp32(texts, top_k=1)] == expected
-    agree = np.mean([r[0]["token"] == e for r, e in zip(int8(texts, top_k=1), expected)])
-    assert agree >= 0.97, agree
+    if family in WITH_INT8:
+        int8 = OnnxMaskFiller.from_pretrained(artifact, providers="cpu")
+        assert int8.variant == "int8"
+        agree = np.mean([r[0]["token"] == e for r, e in zip(int8(texts, top_k=1), expected)])
+        assert agree >= 0.97, agree
 
 
 def test_roberta_artifacts_use_their_own_mask_token(layout_exports: dict[str, Any]) -> None:

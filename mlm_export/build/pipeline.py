@@ -19,7 +19,15 @@ from ..config import LOGITS_TOLERANCE, TOLERANCES, ExportConfig
 from ..errors import ExportError, ParityError
 from ..manifest import GraphEntry, Manifest, ModelInfo, SourceInfo, TokenizerInfo, write_manifest
 from ..staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
-from ..verify import ARTIFACT_PROBES, ARTIFACT_SET, ParityHarness, ProbeSpec, VerifyReport, choose_probe_set
+from ..verify import (
+    ARTIFACT_PROBES,
+    ARTIFACT_SET,
+    GraphParity,
+    ParityHarness,
+    ProbeSpec,
+    VerifyReport,
+    choose_probe_set,
+)
 from .fuse import FusionReport, fuse
 from .model import load_model, model_facts
 from .precision import INT8_RECIPES, find_int8_recipe, fused_op_counts, to_fp16, to_int8
@@ -74,13 +82,15 @@ def export_model(config: ExportConfig) -> ExportResult:
         log.info("loading the PyTorch reference (eval mode)")
         harness = ParityHarness(manifest, tokens.tokenizer, load_model(source), list(config.probe_texts) or None,
                                 texts_name=ARTIFACT_SET)
+        judged: dict[str, GraphParity] = {}  # the int8 search already judged the graph it kept
         if config.int8:
-            manifest = _int8(manifest, harness, config, tmp)
+            manifest, judged = _int8(manifest, harness, config, tmp)
         manifest = replace(manifest, files=file_entries(tmp))
         report = VerifyReport(str(tmp), [])
         for name, entry in manifest.graphs.items():
-            log.info("comparing %s on %d probe batches", entry.file, len(harness.batches))
-            report.graphs.append(harness.check(tmp / entry.file, name, entry, "cpu"))
+            if name not in judged:
+                log.info("comparing %s on %d probe batches", entry.file, len(harness.batches))
+            report.graphs.append(judged.get(name) or harness.check(tmp / entry.file, name, entry, "cpu"))
             manifest = manifest.with_graph(name, parity=report.graphs[-1].to_dict())
         if not report.passed:
             raise ParityError("parity check failed; nothing was written\n" + report.summary(), report)
@@ -165,10 +175,12 @@ def _with_variant(manifest: Manifest, precision: str, entry: GraphEntry, path: P
                                                                            weight_bytes=weight_bytes)})
 
 
-def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig, tmp: Path) -> Manifest:
+def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
+          tmp: Path) -> tuple[Manifest, dict[str, GraphParity]]:
     """Quantize with the named recipe, or with the fastest one that passes the int8 gate.
 
-    The gate is the one verify applies, on the same probes and fresh reference.
+    The gate is the one verify applies, on the same probes and fresh reference; the kept recipe's
+    figures are returned so they are not computed twice.
     """
     fp32 = manifest.graphs["fp32"]
     path = tmp / FILL_MASK_FILE.format(precision="int8")
@@ -176,6 +188,7 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig, tmp:
                     parity=None, weight_bytes=None)
     fusion = FusionReport(**{k: v for k, v in fp32.fusion.items() if k in ("counts", "expected_attention",
                                                                             "allow_unfused", "mode")})
+    judged: dict[str, GraphParity] = {}
     if config.int8_recipe != "auto":
         to_int8(tmp / fp32.file, path, find_int8_recipe(config.int8_recipe))
         entry = replace(entry, recipe=config.int8_recipe)
@@ -194,7 +207,9 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig, tmp:
                 break
         # none passing leaves the most accurate recipe in place; the final check then fails the export
         entry = replace(entry, recipe=tried[-1]["recipe"], recipes_tried=tuple(tried))
-    return _with_variant(manifest, "int8", entry, path, fusion, manifest.graphs["fp32"].weight_bytes or 0, config)
+        judged["int8"] = parity
+    stored = manifest.graphs["fp32"].weight_bytes or 0
+    return _with_variant(manifest, "int8", entry, path, fusion, stored, config), judged
 
 
 def initializer_bytes(path: Path) -> int:
