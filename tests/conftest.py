@@ -58,7 +58,8 @@ def tiny_copy(tiny_artifact: Path, tmp_path: Path) -> Path:
 
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.origin, f"{name} is not installed (test extra)"
+    assert spec is not None and spec.origin, (f"{name} is not installed: pip install -e '.[test]' and "
+                                              "pip install --no-deps -r tests/requirements-nodeps.txt")
     return Path(spec.origin).parent
 
 
