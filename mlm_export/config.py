@@ -13,6 +13,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNormalization
 MAX_OPSET = 23  # the newest torch.onnx (TorchScript exporter, torch 2.13) writes
 BUILTIN_MODELS = ("antiberty",)
+EXTERNAL_DATA_ABOVE = 1800 * 1024**2  # bytes of float32 weights; a graph file must stay under 2 GiB
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class ExportConfig:
     int8: bool = False
     int8_recipe: str = "auto"  # or a name from precision.INT8_RECIPES; auto keeps the fastest that passes
     probe_texts: tuple[str, ...] = ()  # realistic texts for the gates, stored in the artifact as probes.txt
+    # graphs of models whose float32 weights exceed this keep them in ONNX external data (protobuf stops
+    # at 2 GB); tests lower it to exercise that path on tiny models
+    external_data_above: int = EXTERNAL_DATA_ABOVE
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -36,6 +40,8 @@ class ExportConfig:
         return ("fp32",) + (("fp16",) if self.fp16 else ()) + (("int8",) if self.int8 else ())
 
     def __post_init__(self) -> None:
+        if not isinstance(self.external_data_above, int) or self.external_data_above < 0:
+            raise ConfigError(f"external_data_above must be a number of bytes, got {self.external_data_above!r}")
         if not isinstance(self.opset, int) or isinstance(self.opset, bool):
             raise ConfigError(f"opset must be an integer, got {self.opset!r}")
         if self.opset < MIN_OPSET:

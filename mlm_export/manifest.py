@@ -135,6 +135,7 @@ class GraphEntry:
     weight_bytes: int | None = None
     recipe: str | None = None    # int8 only
     recipes_tried: tuple[dict, ...] = ()
+    data_file: str | None = None  # the graph's weights, when they are kept in ONNX external data
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -150,6 +151,8 @@ class GraphEntry:
                 "tolerance": self.tolerance.to_dict(), "fusion": self.fusion, "parity": self.parity}
         if self.weight_bytes is not None:
             data["weight_bytes"] = self.weight_bytes
+        if self.data_file is not None:
+            data["data_file"] = self.data_file
         if self.recipe is not None:
             data["recipe"] = self.recipe
             data["recipes_tried"] = list(self.recipes_tried)
@@ -161,7 +164,8 @@ class GraphEntry:
                    tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
                    tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
                    Tolerance.from_dict(data["tolerance"]), data.get("fusion"), data.get("parity"),
-                   data.get("weight_bytes"), data.get("recipe"), tuple(data.get("recipes_tried") or ()))
+                   data.get("weight_bytes"), data.get("recipe"), tuple(data.get("recipes_tried") or ()),
+                   data.get("data_file"))
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,8 @@ def _check_consistency(manifest: Manifest, origin: Path) -> None:
     for name in manifest.files:
         check_plain_name(name, f"{origin}: files")
     named = [(f"graphs.{graph}.file", entry.file) for graph, entry in manifest.graphs.items()]
+    named += [(f"graphs.{graph}.data_file", entry.data_file) for graph, entry in manifest.graphs.items()
+              if entry.data_file is not None]
     named.append(("tokenizer.file", tokenizer.file))
     for key, name in named:
         check_plain_name(name, f"{origin}: {key}")

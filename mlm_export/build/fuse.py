@@ -25,6 +25,7 @@ from typing import Any
 from .._quiet import quiet_onnxruntime_tools
 from ..errors import ExportError, FusionError
 from ..families import ATTENTION_REQUIRED
+from .graph_file import load_graph, save_graph, uses_external_data
 
 log = logging.getLogger("mlm_export")
 
@@ -121,15 +122,16 @@ def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: 
          mode: str = ATTENTION_REQUIRED, allow_unfused: bool = False) -> FusionReport:
     """Write the fused graph to `dst`; raise FusionError when a required attention fusion fell short."""
     try:
-        import onnx
         from onnxruntime.transformers.optimizer import optimize_model
     except ImportError as exc:
         raise ExportError("fusion needs onnxruntime: pip install 'mlm-export[cpu]' "
                           "(or [gpu])") from exc
     log.info("fusing %s (ONNX Runtime transformer optimizer)", src.name)
-    model = onnx.load(str(src))
+    external = uses_external_data(src)
+    model = load_graph(src)
     if attention_branch_first(model):
-        onnx.save(model, str(src))
+        save_graph(model, src, external)
+    del model
     try:
         with quiet_onnxruntime_tools():
             optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
@@ -146,5 +148,15 @@ def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: 
             "code changed. Pass --allow-unfused to export anyway (the manifest will say so).")
     share_identical_initializers(optimized.model)
     with quiet_onnxruntime_tools():
-        optimized.save_model_to_file(str(dst))
+        optimized.topological_sort()
+    declare_contrib_opset(optimized.model)
+    save_graph(optimized.model, dst, external)
     return report
+
+
+def declare_contrib_opset(model: Any) -> None:
+    """Fused nodes live in ONNX Runtime's com.microsoft domain, which the graph must import."""
+    uses = any(node.domain == "com.microsoft" for node in model.graph.node)
+    if uses and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        opset = model.opset_import.add()
+        opset.domain, opset.version = "com.microsoft", 1

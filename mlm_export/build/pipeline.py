@@ -29,6 +29,7 @@ from ..verify import (
     choose_probe_set,
 )
 from .fuse import FusionReport, fuse
+from .graph_file import data_path
 from .model import load_model, model_facts
 from .precision import INT8_RECIPES, find_int8_recipe, fused_op_counts, to_fp16, to_int8
 from .source import ResolvedSource, parse_source, require_export_extra, resolve_spec
@@ -113,19 +114,22 @@ def disk_needed(source: ResolvedSource, config: ExportConfig) -> int:
 def _build(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, config: ExportConfig, tmp: Path) -> Manifest:
     family, cfg = source.family, model.config
     mask_id = tokens.ids["mask"]
+    param_bytes = 4 * sum(p.numel() for p in model.parameters())  # tied weights counted once
+    external = param_bytes > config.external_data_above
+    if external:
+        log.info("%.1f GB of weights: graphs keep them in ONNX external data (<graph>.data)", param_bytes / 1e9)
     _write_model_files(model, tokens, source, tmp)
-    export_logits(model, family, tmp / LOGITS_FILE, config.opset, mask_id)
+    export_logits(model, family, tmp / LOGITS_FILE, config.opset, mask_id, external)
 
     work = tmp / ".work"
     work.mkdir()
     raw = work / "fill_mask.unfused.onnx"
-    export_fill_mask(model, family, raw, config.opset, mask_id)
+    export_fill_mask(model, family, raw, config.opset, mask_id, external)
     fp32 = tmp / FILL_MASK_FILE.format(precision="fp32")
     fusion = fuse(raw, fp32, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
                   num_layers=cfg.num_hidden_layers, mode=family.attention, allow_unfused=config.allow_unfused)
     shutil.rmtree(work)
 
-    param_bytes = 4 * sum(p.numel() for p in model.parameters())  # tied weights counted once
     stored = initializer_bytes(fp32)
     for path in (tmp / LOGITS_FILE, fp32):
         weights = stored if path == fp32 else initializer_bytes(path)
@@ -133,8 +137,6 @@ def _build(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, config: 
             raise ExportError(f"{path.name} stores {weights / 1e6:.1f} MB of weights for "
                               f"{param_bytes / 1e6:.1f} MB of float32 parameters: a weight (likely the "
                               "tied decoder) is stored twice")
-        if path.stat().st_size > 2 * 1024**3 - (1 << 20):
-            raise ExportError("models over 2 GB need ONNX external data, which mlm-export does not write yet")
     if config.probe_texts:
         (tmp / ARTIFACT_PROBES).write_text("\n".join(config.probe_texts) + "\n", encoding="utf-8")
 
@@ -151,8 +153,9 @@ def _build(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, config: 
     probe_set = ARTIFACT_SET if config.probe_texts else choose_probe_set(ProbeSpec.of(base), tokens.tokenizer)
     logits_io = graph_io(family, "logits", cfg.vocab_size)
     fill_io = graph_io(family, "fill-mask", cfg.vocab_size)
-    manifest = replace(base, probe_set=probe_set, graphs={
-        "logits": GraphEntry(LOGITS_FILE, "logits", "fp32", family.name, *logits_io, LOGITS_TOLERANCE)})
+    logits = GraphEntry(LOGITS_FILE, "logits", "fp32", family.name, *logits_io, LOGITS_TOLERANCE,
+                        data_file=_data_file(tmp / LOGITS_FILE))
+    manifest = replace(base, probe_set=probe_set, graphs={"logits": logits})
     for precision in ("fp32", "fp16") if config.fp16 else ("fp32",):
         path = tmp / FILL_MASK_FILE.format(precision=precision)
         if precision == "fp16":
@@ -171,8 +174,12 @@ def _with_variant(manifest: Manifest, precision: str, entry: GraphEntry, path: P
                           f"graph ({stored}): a tensor was duplicated during conversion")
     counts = FusionReport(fused_op_counts(path), fusion.expected_attention, config.allow_unfused, fusion.mode)
     fused = (fusion if precision == "fp32" else counts).to_dict()
-    return replace(manifest, graphs=manifest.graphs | {precision: replace(entry, fusion=fused,
-                                                                           weight_bytes=weight_bytes)})
+    return replace(manifest, graphs=manifest.graphs | {precision: replace(
+        entry, fusion=fused, weight_bytes=weight_bytes, data_file=_data_file(path))})
+
+
+def _data_file(graph: Path) -> str | None:
+    return data_path(graph).name if data_path(graph).is_file() else None
 
 
 def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
@@ -185,7 +192,7 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
     fp32 = manifest.graphs["fp32"]
     path = tmp / FILL_MASK_FILE.format(precision="int8")
     entry = replace(fp32, file=path.name, precision="int8", tolerance=TOLERANCES["int8"], fusion=None,
-                    parity=None, weight_bytes=None)
+                    parity=None, weight_bytes=None, data_file=None)
     fusion = FusionReport(**{k: v for k, v in fp32.fusion.items() if k in ("counts", "expected_attention",
                                                                             "allow_unfused", "mode")})
     judged: dict[str, GraphParity] = {}
@@ -218,7 +225,7 @@ def initializer_bytes(path: Path) -> int:
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    graph = onnx.load(str(path)).graph
+    graph = onnx.load(str(path), load_external_data=False).graph  # the sizes are in the dims
     return sum(int(np.prod(t.dims)) * tensor_dtype_to_np_dtype(t.data_type).itemsize
                for t in graph.initializer)
 

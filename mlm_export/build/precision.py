@@ -27,7 +27,8 @@ from typing import Any
 
 from .._quiet import quiet_onnxruntime_tools
 from ..errors import ConfigError, ExportError
-from .fuse import share_identical_initializers
+from .fuse import declare_contrib_opset, share_identical_initializers
+from .graph_file import data_path, load_graph, save_graph, uses_external_data
 
 log = logging.getLogger("mlm_export")
 
@@ -80,12 +81,13 @@ def to_fp16(src: Path, dst: Path) -> None:
 
     log.info("converting %s to fp16", src.name)
     try:
-        model = OnnxModel(onnx.load(str(src)))
+        model = OnnxModel(load_graph(src))
         with quiet_onnxruntime_tools():
             model.convert_float_to_float16(keep_io_types=True,
                                            op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT)
         share_identical_initializers(model.model)
-        model.save_model_to_file(str(dst))
+        declare_contrib_opset(model.model)
+        save_graph(model.model, dst, uses_external_data(src))
     except Exception as exc:
         raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
 
@@ -96,20 +98,22 @@ def to_int8(src: Path, dst: Path, recipe: Int8Recipe) -> None:
 
     log.info("quantizing %s to int8, recipe %s (MLM head stays float)", src.name, recipe.name)
     staged = dst.with_name(dst.stem + ".staged.onnx")
+    external = uses_external_data(src)
     try:
-        model = onnx.load(str(src))
+        model = load_graph(src)
         head = _hide_head(model)
         with quiet_onnxruntime_tools():
-            _quantize(model, staged, recipe)
-        model = onnx.load(str(staged))
+            _quantize(model, staged, recipe, external)
+        model = load_graph(staged)
         _restore_head(model, head)
         unfuse_skip_layer_norm(model)
         share_identical_initializers(model)  # layers that share weights (ALBERT) quantize to equal copies
-        onnx.save(model, str(dst))
+        save_graph(model, dst, external)
     except Exception as exc:
         raise ExportError(f"int8 quantization of {src.name} failed: {exc}") from exc
     finally:
         staged.unlink(missing_ok=True)
+        data_path(staged).unlink(missing_ok=True)
 
 
 def unfuse_skip_layer_norm(model: Any) -> int:
@@ -169,32 +173,38 @@ def matmul_roles(model: Any) -> dict[str, str]:
     return roles
 
 
-def _quantize(model: Any, path: Path, recipe: Int8Recipe) -> None:
+def _quantize(model: Any, path: Path, recipe: Int8Recipe, external: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     roles = matmul_roles(model)
     blockwise = [name for name, role in roles.items() if role in recipe.blockwise]
-    onnx.save(model, str(path))
+    save_graph(model, path, external)
     # quantize_dynamic takes one per_channel flag, so per-tensor Attention needs its own pass
     if recipe.attention_per_channel:
         passes = [(["Attention", "MatMul"], True)]
     else:
         passes = [(["Attention"], False)] + ([(["MatMul"], True)] if len(blockwise) < len(roles) else [])
     for op_types, per_channel in passes:
+        # into a second file: with external data, writing in place would append to the data being read
+        out = path.with_name(path.stem + ".pass.onnx")
         quantize_dynamic(
-            str(path), str(path), weight_type=QuantType.QInt8, per_channel=per_channel,
-            op_types_to_quantize=op_types, nodes_to_exclude=blockwise,
+            str(path), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
+            op_types_to_quantize=op_types, nodes_to_exclude=blockwise, use_external_data_format=external,
             # fused graphs carry com.microsoft ops without type info; float is their weight type
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        save_graph(load_graph(out), path, external)
+        out.unlink()
+        data_path(out).unlink(missing_ok=True)
     if not blockwise:
         return
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(path)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
+        load_graph(path), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
         accuracy_level=4, op_types_to_quantize=("MatMul",))
     quantizer.process()
-    quantizer.model.save_model_to_file(str(path))
+    declare_contrib_opset(quantizer.model.model)
+    save_graph(quantizer.model.model, path, external)
 
 
 _HIDDEN_DOMAIN, _HIDDEN_OP = "mlm_export.float_head", "FloatGemm"

@@ -11,6 +11,7 @@ the tied weight is stored once (a 3-D MatMul would get a transposed, constant-fo
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from ..errors import ExportError
 from ..families import FamilySpec
 from ..manifest import TensorSpec
+from .graph_file import load_graph, save_graph
 
 log = logging.getLogger("mlm_export")
 
@@ -101,18 +103,23 @@ def _forms(model: Any, family: FamilySpec) -> tuple[Any, Any]:
     return LogitsForm, FillMaskForm
 
 
-def export_logits(model: Any, family: FamilySpec, path: Path, opset: int, mask_token_id: int) -> None:
+def export_logits(model: Any, family: FamilySpec, path: Path, opset: int, mask_token_id: int,
+                  external: bool = False) -> None:
     """Hugging Face-compatible form: logits for every position, loadable by optimum."""
     logits_form, _ = _forms(model, family)
     names = list(family.input_names)
     axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names + ["logits"]}
     log.info("exporting logits form -> %s", path.name)
     family.prepare_trace(model)
-    _torch_export(logits_form().eval(), _sample_inputs(model, family, mask_token_id), path, names, ["logits"],
-                  axes, opset)
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:  # torch writes >2 GB graphs one file per tensor
+        traced = Path(work) / path.name
+        _torch_export(logits_form().eval(), _sample_inputs(model, family, mask_token_id), traced, names,
+                      ["logits"], axes, opset)
+        save_graph(load_graph(traced), path, external)
 
 
-def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mask_token_id: int) -> None:
+def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mask_token_id: int,
+                     external: bool = False) -> None:
     """Fast form: the head runs only at mask positions and top-k happens in the graph.
 
     Outputs, one row per mask in row-major order: batch index, position, top-k probabilities,
@@ -126,17 +133,20 @@ def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mas
         axes[name][1] = "top_k"
     log.info("exporting fill-mask form -> %s", path.name)
     family.prepare_trace(model)
-    _torch_export(fill_mask_form(mask_token_id).eval(), _sample_inputs(model, family, mask_token_id), path,
-                  names, FILL_MASK_OUTPUTS, axes, opset)
-    _make_top_k_an_input(path, model.config.vocab_size)
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        traced = Path(work) / path.name
+        _torch_export(fill_mask_form(mask_token_id).eval(), _sample_inputs(model, family, mask_token_id), traced,
+                      names, FILL_MASK_OUTPUTS, axes, opset)
+        graph_model = load_graph(traced)
+    _make_top_k_an_input(graph_model, model.config.vocab_size)
+    save_graph(graph_model, path, external)
 
 
-def _make_top_k_an_input(path: Path, vocab_size: int) -> None:
+def _make_top_k_an_input(graph_model: Any, vocab_size: int) -> None:
     """Replace TopK's traced constant K with a scalar `top_k` input, clamped to the vocabulary."""
     import onnx
     from onnx import TensorProto, helper
 
-    graph_model = onnx.load(str(path))
     graph = graph_model.graph
     topk = [node for node in graph.node if node.op_type == "TopK"]
     if len(topk) != 1:
@@ -154,5 +164,5 @@ def _make_top_k_an_input(path: Path, vocab_size: int) -> None:
     for offset, node in enumerate(new_nodes):
         graph.node.insert(index + offset, node)
     topk[0].input[1] = "top_k_clamped"
-    onnx.checker.check_model(graph_model)
-    onnx.save(graph_model, str(path))
+    if graph_model.ByteSize() < 2**31 - 1:  # the checker serializes; the export itself checked larger graphs
+        onnx.checker.check_model(graph_model)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
-from ..artifact import checked_bytes, verified_path
+from ..artifact import checked_bytes, checked_file, verified_path
 from ..errors import ArtifactError, InputError, ProviderError
 from ..manifest import GraphEntry, Manifest, read_manifest
 from .providers import CUDA, check_threads, create_session, requested_providers
@@ -97,13 +97,11 @@ class OnnxMaskFiller:
         # The session and the tokenizer load the very bytes that were hashed: a file swapped on
         # disk between the check and the load cannot slip in.
         first = variant or _pick(variants, primary)
-        with verified_path(directory, manifest, variants[first].file) as graph:
-            session = create_session(graph, providers, threads)
+        session = _open(directory, manifest, variants[first], providers, threads)
         landed = session.get_providers()[0]
         if variant is None and _pick(variants, landed) != first:
             first = _pick(variants, landed)
-            with verified_path(directory, manifest, variants[first].file) as graph:
-                session = create_session(graph, providers, threads)
+            session = _open(directory, manifest, variants[first], providers, threads)
         tokenizer_file = manifest.tokenizer.file
         tokenizer_json = checked_bytes(directory, manifest, tokenizer_file)
         try:
@@ -215,6 +213,17 @@ class OnnxMaskFiller:
             filled = [token if i == position else t for i, t in enumerate(row) if t not in self._strip]
             candidate["sequence"] = self.tokenizer.decode(filled, skip_special_tokens=False)
         return candidate
+
+
+def _open(directory: Path, manifest: Manifest, graph: GraphEntry, providers: Any, threads: int | None) -> Any:
+    """A session on the hash-checked graph. A single-file graph is read through the descriptor that was
+    hashed; one with external data by its path (ONNX Runtime finds the data beside it), after both files
+    matched their sha256."""
+    if graph.data_file is None:
+        with verified_path(directory, manifest, graph.file) as path:
+            return create_session(path, providers, threads)
+    checked_file(directory, manifest, graph.data_file)
+    return create_session(str(checked_file(directory, manifest, graph.file)), providers, threads)
 
 
 def preferred_variant(manifest: Manifest, provider: str) -> str:

@@ -1,0 +1,48 @@
+"""Graph files, whole or with their weights beside them in ONNX external data.
+
+Protobuf cannot serialize a message over 2 GB, so a graph whose weights are larger (xlm-roberta-large,
+ESM-2 650M in fp32) keeps them in one `<graph file>.data` next to it. Every stage that rewrites a
+graph keeps the form it was given: a graph with external data is saved with external data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+DATA_SUFFIX = ".data"
+INLINE_BELOW = 1024  # tensors under 1 KB stay in the graph file
+
+
+def data_path(path: Path) -> Path:
+    """Where a graph's external data lives: one file beside it, named after it."""
+    return path.with_name(path.name + DATA_SUFFIX)
+
+
+def uses_external_data(path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+
+
+def load_graph(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def save_graph(model: Any, path: Path, external: bool) -> None:
+    """Write `model` to `path`, its weights in `data_path(path)` when `external`."""
+    import onnx
+
+    data = data_path(path)
+    for stale in (path, data):  # onnx appends to an existing data file
+        if stale.exists():
+            os.remove(stale)
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=INLINE_BELOW)
+    else:
+        onnx.save_model(model, str(path))

@@ -1,0 +1,218 @@
+"""Tokenizer stage: one `tokenizers.Tokenizer` for the artifact, whatever files the checkpoint has.
+
+In order of preference:
+- `tokenizer.json`, as saved by a fast tokenizer (padding and truncation switched off);
+- `vocab.json` + `merges.txt`: byte-level BPE, as RoBERTa ships;
+- `vocab.txt`, read by its content: a WordPiece vocabulary (BERT), one token per character
+  (proteins: AntiBERTy, ESM), or reaction SMILES (atoms and bonds, split by the usual SMILES regex);
+- anything transformers can convert to a fast tokenizer (a SentencePiece model, with the
+  `sentencepiece` package installed).
+
+The special tokens' names come from `special_tokens_map.json` / `tokenizer_config.json`, else from the
+family's defaults; each must exist in the vocabulary. The predictor never rebuilds any of this: it
+loads the `tokenizer.json` written into the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import SourceError
+from ..families import SpecialTokens
+from .source import ResolvedSource
+
+# The SMILES pattern of Schwaller et al. (Molecular Transformer), as rxnfp and rxnmapper tokenize.
+SMILES_PATTERN = (r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>>?|\*|\$"
+                  r"|\%[0-9]{2}|[0-9])")
+log = logging.getLogger("mlm_export")
+ROLES = tuple(f.name for f in fields(SpecialTokens))
+_KEYS = {"mask": ("mask_token",), "cls": ("cls_token", "bos_token"), "sep": ("sep_token", "eos_token"),
+         "pad": ("pad_token",), "unk": ("unk_token",)}
+
+
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    tokenizer: Any            # tokenizers.Tokenizer
+    specials: SpecialTokens   # names by role
+    ids: dict[str, int]       # ids by role
+    scheme: str               # tokenizer.json | bpe | wordpiece | characters | smiles | converted
+
+    @property
+    def char_level(self) -> bool:
+        return self.scheme == "characters"
+
+
+def load_tokenizer(source: ResolvedSource) -> LoadedTokenizer:
+    """The checkpoint's tokenizer, with padding and truncation off: the predictor pads itself."""
+    from tokenizers import Tokenizer
+
+    specials = special_token_names(source)
+    model_dir = source.model_dir
+    if (model_dir / "tokenizer.json").is_file():
+        try:
+            tok, scheme = Tokenizer.from_file(str(model_dir / "tokenizer.json")), "tokenizer.json"
+        except Exception as exc:  # the Rust side raises a bare Exception
+            raise SourceError(f"{model_dir / 'tokenizer.json'} is not a tokenizer file the `tokenizers` "
+                              f"library can read ({exc}); re-save it, or remove it to build one from the "
+                              "vocabulary files") from exc
+    elif (model_dir / "vocab.json").is_file() and (model_dir / "merges.txt").is_file():
+        tok, scheme = _byte_level_bpe(model_dir, specials), "bpe"
+    elif source.vocab_file is not None:
+        tok, scheme = _from_vocab_txt(source, specials)
+    else:
+        tok, scheme = _converted(model_dir), "converted"
+    tok.no_truncation()
+    tok.no_padding()
+    if tok.post_processor is None:  # a tokenizer.json saved without its template: the model never saw that
+        tok.post_processor = _template(specials, tok.get_vocab())
+        log.warning("the tokenizer of %s adds no %s ... %s around a sequence; mlm-export adds them, as the "
+                    "model was trained with them", source.spec.location, specials.cls, specials.sep)
+    ids = {}
+    for role in ROLES:
+        name = getattr(specials, role)
+        ids[role] = tok.token_to_id(name)
+        if ids[role] is None:
+            raise SourceError(f"the tokenizer of {source.spec.location} has no {name!r} token (its {role} "
+                              "token); name it in special_tokens_map.json")
+    return LoadedTokenizer(tok, specials, ids, scheme)
+
+
+def special_token_names(source: ResolvedSource) -> SpecialTokens:
+    """Names by role from the checkpoint's tokenizer files, else the family's defaults."""
+    found: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        data = _read_json(source.model_dir / name)
+        for role, keys in _KEYS.items():
+            for key in keys:
+                value = data.get(key)
+                value = value.get("content") if isinstance(value, dict) else value
+                if role not in found and isinstance(value, str) and value:
+                    found[role] = value
+    defaults = source.family.specials
+    return SpecialTokens(**{role: found.get(role, getattr(defaults, role)) for role in ROLES})
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SourceError(f"{path} is not a readable JSON file ({str(exc)[:200]})") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    try:
+        tokens = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"cannot read {path} as UTF-8 text ({exc})") from exc
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def vocab_scheme(vocab: dict[str, int], specials: SpecialTokens) -> str:
+    """What a vocab.txt holds: WordPiece pieces, single characters, or SMILES atoms and bonds."""
+    named = {getattr(specials, role) for role in ROLES}
+    plain = [t for t in vocab if t and t not in named and not _bracketed(t)]
+    if any(t.startswith("##") for t in plain):
+        return "wordpiece"
+    if {"(", "="} <= vocab.keys() and {"Cl", "Br", ">>"} & vocab.keys():
+        return "smiles"
+    if plain and sum(len(t) == 1 for t in plain) >= 0.9 * len(plain):
+        return "characters"
+    return "wordpiece"
+
+
+def _bracketed(token: str) -> bool:
+    return len(token) > 2 and ((token[0], token[-1]) in (("[", "]"), ("<", ">")))
+
+
+def _from_vocab_txt(source: ResolvedSource, specials: SpecialTokens) -> tuple[Any, str]:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    assert source.vocab_file is not None
+    vocab = _read_vocab(source.vocab_file)
+    scheme = vocab_scheme(vocab, specials)
+    missing = [getattr(specials, r) for r in ROLES if getattr(specials, r) not in vocab]
+    if missing:
+        raise SourceError(f"{source.vocab_file} lacks the special tokens {missing}; name the model's own "
+                          "in special_tokens_map.json")
+    tok = Tokenizer(models.WordPiece(vocab, unk_token=specials.unk, max_input_chars_per_word=100))
+    lower = scheme == "wordpiece" and _lowercase(source, vocab, specials)
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=None, lowercase=lower)
+    if scheme == "wordpiece":
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+    else:  # one token per character, or per SMILES atom/bond; sequences may be written unspaced
+        piece = Regex(".") if scheme == "characters" else Regex(SMILES_PATTERN)
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                     pre_tokenizers.Split(piece, "isolated")])
+        tok.decoder = decoders.Fuse()
+    _finish(tok, specials, vocab)
+    return tok, scheme
+
+
+def _lowercase(source: ResolvedSource, vocab: dict[str, int], specials: SpecialTokens) -> bool:
+    setting = _read_json(source.model_dir / "tokenizer_config.json").get("do_lower_case")
+    if isinstance(setting, bool):
+        return setting
+    named = {getattr(specials, role) for role in ROLES}
+    cased = sum(1 for t in vocab if t not in named and not _bracketed(t) and t != t.lower())
+    return cased < 0.01 * len(vocab)  # a cased vocabulary would lose its capitals
+
+
+def _byte_level_bpe(model_dir: Path, specials: SpecialTokens) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    try:
+        tok = Tokenizer(models.BPE.from_file(str(model_dir / "vocab.json"), str(model_dir / "merges.txt")))
+    except Exception as exc:
+        raise SourceError(f"cannot read the BPE vocabulary in {model_dir} ({exc})") from exc
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    _finish(tok, specials, tok.get_vocab())
+    return tok
+
+
+def _template(specials: SpecialTokens, vocab: dict[str, int]) -> Any:
+    from tokenizers import processors
+
+    if specials.cls not in vocab or specials.sep not in vocab:
+        raise SourceError(f"the vocabulary has no {specials.cls!r} or {specials.sep!r} token to put around a "
+                          "sequence; name the model's own in special_tokens_map.json")
+    return processors.TemplateProcessing(
+        single=f"{specials.cls} $A {specials.sep}", pair=f"{specials.cls} $A {specials.sep} $B:1 {specials.sep}:1",
+        special_tokens=[(specials.cls, vocab[specials.cls]), (specials.sep, vocab[specials.sep])])
+
+
+def _finish(tok: Any, specials: SpecialTokens, vocab: dict[str, int]) -> None:
+    """`CLS text SEP` around each sequence; the mask token swallows the space before it, as in transformers."""
+    from tokenizers import AddedToken
+
+    tok.post_processor = _template(specials, vocab)
+    tok.add_special_tokens([AddedToken(getattr(specials, role), lstrip=role == "mask" and _is_bpe(tok),
+                                       normalized=False) for role in ROLES])
+
+
+def _is_bpe(tok: Any) -> bool:
+    return type(tok.model).__name__ == "BPE"
+
+
+def _converted(model_dir: Path) -> Any:
+    try:
+        from transformers import AutoTokenizer
+
+        fast = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
+    except Exception as exc:
+        raise SourceError(f"{model_dir} has no tokenizer.json, vocab.txt or vocab.json + merges.txt, and "
+                          f"transformers could not build one ({type(exc).__name__}: {str(exc)[:200]}). "
+                          "Save the model's fast tokenizer (tokenizer.json) next to it") from exc
+    if not getattr(fast, "is_fast", False):
+        raise SourceError(f"{model_dir}: transformers has only a slow tokenizer for this model; save a "
+                          "tokenizer.json next to it")
+    return fast.backend_tokenizer
