@@ -75,7 +75,6 @@ def fused_op_counts(path: Path) -> dict[str, int]:
 
 def to_fp16(src: Path, dst: Path) -> None:
     """Half-precision weights and compute, float32 inputs/outputs (keep_io_types)."""
-    import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
     from onnxruntime.transformers.onnx_model import OnnxModel
 
@@ -94,7 +93,6 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 def to_int8(src: Path, dst: Path, recipe: Int8Recipe) -> None:
     """int8 for the CPU provider; never select it for CUDA (its int8 ops fall back to the CPU)."""
-    import onnx
 
     log.info("quantizing %s to int8, recipe %s (MLM head stays float)", src.name, recipe.name)
     staged = dst.with_name(dst.stem + ".staged.onnx")
