@@ -125,6 +125,8 @@ def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mas
     Outputs, one row per mask in row-major order: batch index, position, top-k probabilities,
     top-k token ids, and the top-k logits (kept so parity can be checked on logits).
     """
+    import onnx
+
     _, fill_mask_form = _forms(model, family)
     names = list(family.input_names)
     axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names}
@@ -140,8 +142,6 @@ def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mas
         graph_model = load_graph(traced)
     _make_top_k_an_input(graph_model, model.config.vocab_size)
     save_graph(graph_model, path, external)
-    import onnx
-
     onnx.checker.check_model(str(path))  # by path: the checker cannot take a graph over 2 GB in memory
 
 
