@@ -1,6 +1,6 @@
 """An export above protobuf's 2 GB limit: a seeded model of xlm-roberta-large's shape, end to end.
 
-    python benchmarks/large_export.py [--work DIR] [--keep]
+    python benchmarks/large_export.py [--work DIR] [--keep] [--fp16] [--int8]
 
 560M parameters (2.24 GB in float32): 24 layers, hidden 1024, a 250,002-token vocabulary. The
 weights are random (seeded) with a spread decoder bias, and the tokenizer is a word-level one over
@@ -53,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--keep", action="store_true", help="keep the seeded model and the artifact")
+    parser.add_argument("--fp16", action="store_true", help="also the fp16 variant")
+    parser.add_argument("--int8", action="store_true", help="also the int8 variant (gated on synthetic probes)")
     args = parser.parse_args()
 
     from mlm_export import ExportConfig, OnnxMaskFiller, export_model
@@ -62,7 +64,7 @@ def main() -> None:
         start = time.perf_counter()
         source = seeded_model(work / "xlmr-large-seeded")
         built = time.perf_counter()
-        result = export_model(ExportConfig(str(source), out=work / "artifact"))
+        result = export_model(ExportConfig(str(source), out=work / "artifact", fp16=args.fp16, int8=args.int8))
         exported = time.perf_counter()
         filler = OnnxMaskFiller.from_pretrained(result.path, providers="cpu")
         answer = filler("w1 w2 <mask> w4", top_k=1)

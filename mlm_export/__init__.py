@@ -1,4 +1,4 @@
-"""mlm-export: verified, optimized ONNX artifacts for BERT masked language models.
+"""mlm-export: verified, optimized ONNX artifacts for masked language models (BERT and its kin, ESM).
 
 Importing this package never imports torch or transformers: `OnnxMaskFiller` is for apps that ship
 without them. Everything but the exceptions loads lazily on first use.

@@ -186,7 +186,7 @@ key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlm-export")
 def main() -> None:
-    """Export a BERT masked language model to a verified, optimized ONNX artifact, and serve it.
+    """Export a masked language model to a verified, optimized ONNX artifact, and serve it.
 
     \b
     mlm-export MODEL [OPTIONS]       same as `mlm-export export MODEL`
@@ -269,7 +269,7 @@ def verify_command(directory: Path, source: str | None, probe_file: Path | None,
 def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant: str | None,
                     providers: str, threads: int | None, no_sequence: bool, key: Path | None,
                     as_json: bool) -> None:
-    """Fill the [MASK] tokens of each TEXT with the artifact in DIRECTORY."""
+    """Fill the mask tokens ([MASK], <mask>, ...) of each TEXT with the artifact in DIRECTORY."""
     from .runtime.predictor import OnnxMaskFiller
 
     filler = OnnxMaskFiller.from_pretrained(directory, variant=variant, providers=providers, threads=threads,
@@ -415,7 +415,7 @@ def _benchmark_harness() -> Any:
     """benchmarks/harness.py from a source checkout: the peer benchmark is not part of the wheel."""
     import importlib
 
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):  # the checkout this package runs from first
         if (root / "benchmarks" / "harness.py").is_file():
             if str(root) not in sys.path:
                 sys.path.insert(0, str(root))  # spawned benchmark workers import it by this path too

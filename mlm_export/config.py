@@ -52,6 +52,8 @@ class ExportConfig:
             raise ConfigError(f"model must name a directory, a hub id or a built-in model, got {self.model!r}")
         if isinstance(self.probe_texts, str) or not all(isinstance(t, str) and t.strip() for t in self.probe_texts):
             raise ConfigError("probe_texts must be a sequence of non-empty texts")
+        if any(len(t.splitlines()) != 1 for t in self.probe_texts):
+            raise ConfigError("each probe text must be one line: the artifact stores them one per line")
         if self.int8_recipe != "auto":
             find_int8_recipe(self.int8_recipe)  # raises on an unknown name
 

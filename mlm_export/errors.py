@@ -12,7 +12,7 @@
     │   └── IntegrityError          a file's sha256 differs from the manifest
     │       └── SignatureError      the manifest's Ed25519 signature is missing or wrong
     ├── ProviderError               an execution provider cannot be used, or a run on it failed
-    └── InputError (ValueError)     bad predictor input or setting: no [MASK], too long, top_k, threads
+    └── InputError (ValueError)     bad predictor input or setting: no mask token, too long, top_k, threads
 
     KeyboardInterrupt               Ctrl-C (exit code 130)
     └── Interrupted                 SIGTERM or SIGHUP, raised so cleanup runs (exit code 128 + signal)

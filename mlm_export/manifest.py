@@ -28,7 +28,6 @@ SIGNATURE = "manifest.sig"  # written by `mlm-export sign`; not listed in the ma
 FORMAT_VERSION = 2
 SCHEMA = "manifest-v2.schema.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # real manifests are a few KB; refuse to parse a giant file
-ROLES = ("mask", "cls", "sep", "pad", "unk")
 
 
 @dataclass(frozen=True)
@@ -300,6 +299,9 @@ def parse_manifest(data: bytes, origin: Path | str) -> dict:
         raise ArtifactError(f"{origin} holds a JSON {type(manifest).__name__}, not an object; "
                             "re-export the artifact")
     version = manifest.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise ArtifactError(f"{origin} has format_version {version}, newer than the {FORMAT_VERSION} this "
+                            "mlm-export reads: upgrade mlm-export")
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{origin} has format_version {version!r}; this mlm-export reads "
                             f"{FORMAT_VERSION}. Re-export with this version.")
@@ -336,11 +338,16 @@ def _check_consistency(manifest: Manifest, origin: Path) -> None:
             raise ArtifactError(f"{origin}: {key} names {name!r}, which has no sha256 under 'files'; "
                                 "re-export the artifact")
     for graph, entry in manifest.graphs.items():
+        if entry.data_file is not None and entry.data_file != entry.file + ".data":
+            raise ArtifactError(f"{origin}: graphs.{graph}.data_file is {entry.data_file!r}; a graph's external "
+                                f"data is {entry.file + '.data'!r}, beside it. Re-export the artifact")
         if entry.family != manifest.family:
             raise ArtifactError(f"{origin}: graphs.{graph}.family is {entry.family!r}, but the artifact "
                                 f"is {manifest.family!r}; re-export the artifact")
         if "input_ids" not in entry.input_names or "attention_mask" not in entry.input_names:
             raise ArtifactError(f"{origin}: graphs.{graph}.inputs lack input_ids or attention_mask")
+        if entry.form == "fill-mask" and "top_k" not in entry.input_names:
+            raise ArtifactError(f"{origin}: graphs.{graph}.inputs lack top_k, which every fill-mask graph takes")
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:

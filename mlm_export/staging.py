@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .errors import ArtifactError, StorageError
 from .interrupts import deferred_signals
-from .manifest import MANIFEST, SIGNATURE, read_manifest
+from .manifest import FORMAT_VERSION, MANIFEST, SIGNATURE, check_plain_name, read_manifest
 
 log = logging.getLogger("mlm_export")
 
@@ -124,14 +124,28 @@ def _foreign_entries(target: Path, out: Path) -> list[str]:
         raise ArtifactError(f"{out} already exists and is not an mlm-export artifact (no {MANIFEST}); "
                             "mlm-export only replaces its own artifacts. Choose another --out")
     try:
-        files = read_manifest(target).files
+        files = set(read_manifest(target).files)
     except ArtifactError as exc:
-        raise ArtifactError(f"{out} already exists and does not hold a valid mlm-export manifest; "
-                            "mlm-export only replaces its own artifacts. Choose another --out, or "
-                            f"remove it yourself. The manifest's problem: {exc}") from exc
+        files = _older_artifact_files(target)  # format 1 (mlm-export 0.2, 0.3) is still ours to replace
+        if files is None:
+            raise ArtifactError(f"{out} already exists and does not hold a valid mlm-export manifest; "
+                                "mlm-export only replaces its own artifacts. Choose another --out, or "
+                                f"remove it yourself. The manifest's problem: {exc}") from exc
     ours = set(files) | {MANIFEST, MANIFEST + ".tmp", SIGNATURE, SIGNATURE + ".tmp"}
     return sorted(entry.name for entry in target.iterdir()
                   if entry.name not in ours or (entry.is_dir() and not entry.is_symlink()))
+
+
+def _older_artifact_files(target: Path) -> set[str] | None:
+    """The file names an artifact of an earlier format lists, if its manifest is one of ours."""
+    try:
+        data = json.loads((target / MANIFEST).read_bytes().decode("utf-8"))
+        version, files = data["format_version"], data["files"]
+        if not (isinstance(version, int) and 1 <= version < FORMAT_VERSION and isinstance(files, dict)):
+            return None
+        return {check_plain_name(name, "files") for name in files}
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, ArtifactError):
+        return None
 
 
 def prepare_destination(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:

@@ -130,13 +130,14 @@ def _peaked(bias: Any, seed: int) -> None:
         bias.copy_(torch.randn(bias.shape[0], generator=generator) * 4)
 
 
-def tiny_esm(directory: Path) -> Path:
+def tiny_esm(directory: Path, positions: str = "rotary") -> Path:
+    """ESM-2 style (rotary positions) or ESM-1b style ("absolute", counted from pad id + 1)."""
     from transformers import EsmConfig, EsmForMaskedLM
 
     torch.manual_seed(2)
     config = EsmConfig(vocab_size=len(ESM_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=64, max_position_embeddings=66, pad_token_id=1, mask_token_id=32,
-                       position_embedding_type="rotary", token_dropout=True, emb_layer_norm_before=False)
+                       position_embedding_type=positions, token_dropout=True, emb_layer_norm_before=False)
     model = EsmForMaskedLM(config).eval()
     _peaked(model.lm_head.bias, 2)
     directory.mkdir(parents=True, exist_ok=True)
@@ -186,5 +187,28 @@ def tiny_xlm_roberta_unigram(directory: Path) -> Path:
                               bos_token_id=0, eos_token_id=2, type_vocab_size=1)
     model = XLMRobertaForMaskedLM(config).eval()
     _peaked(model.lm_head.bias, 4)
+    model.save_pretrained(directory)
+    return directory
+
+
+def tiny_albert_unigram(directory: Path) -> Path:
+    """ALBERT as albert-base-v2 names its tokens (`<pad>`, `<unk>`, `[CLS]`, `[SEP]`, `[MASK]`), with only a
+    tokenizer.json to say so: no special_tokens_map.json."""
+    from tokenizers import SentencePieceUnigramTokenizer, processors
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    tokenizer = SentencePieceUnigramTokenizer()
+    tokenizer.train_from_iterator(CORPUS, vocab_size=120, special_tokens=["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"],
+                                  unk_token="<unk>")
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                             special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    torch.manual_seed(6)
+    config = AlbertConfig(vocab_size=tokenizer.get_vocab_size(), embedding_size=16, hidden_size=32,
+                          num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                          pad_token_id=0)
+    model = AlbertForMaskedLM(config).eval()
+    _peaked(model.predictions.bias, 6)
     model.save_pretrained(directory)
     return directory

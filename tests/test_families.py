@@ -166,7 +166,7 @@ def test_rxnfps_bert_without_model_type_exports_with_int8(rxnfp_bert: Path, reac
     assert result.manifest.family == "bert" and result.report.passed
     assert result.manifest.graphs["int8"].parity["gated_on"] == "artifact"
     filler = OnnxMaskFiller.from_pretrained(result.path, providers="cpu")
-    assert filler("CC(=O)Cl.NCc1ccccc1>>CC(=O)NC[MASK]1ccccc1", top_k=3)
+    assert filler.variant == "int8" and len(filler("CC(=O)Cl.NCc1ccccc1>>CC(=O)NC[MASK]1ccccc1", top_k=3)) == 3
 
 
 def test_the_albert_residual_fix_on_a_tiny_albert(tmp_path: Path) -> None:
@@ -195,15 +195,17 @@ def test_the_albert_residual_fix_on_a_tiny_albert(tmp_path: Path) -> None:
 
 # --- families no wheel ships: seeded tiny models ---
 
-def test_esm_exports_unfused_and_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize("positions,usable", [("rotary", 66), ("absolute", 66 - 1 - 1)])
+def test_esm_exports_unfused_and_says_so(tmp_path: Path, positions: str, usable: int) -> None:
     from click.testing import CliRunner
 
     from mlm_export.cli import main
 
-    source = layouts.tiny_esm(tmp_path / "esm")
+    source = layouts.tiny_esm(tmp_path / "esm", positions)
     result = export_model(ExportConfig(str(source), out=tmp_path / "art", int8=True))
     manifest = result.manifest
     assert manifest.family == "esm" and manifest.tokenizer.scheme == "characters"
+    assert manifest.model.max_length == usable  # the synthetic probes reach it: a wrong length crashes them
     assert manifest.graphs["fp32"].input_names == ("input_ids", "attention_mask", "top_k")
     for name in ("fp32", "int8"):
         fusion = manifest.graphs[name].fusion
@@ -214,9 +216,11 @@ def test_esm_exports_unfused_and_says_so(tmp_path: Path) -> None:
                if r.split()[:1] == ["fp32"])
     assert row.split()[4] == "none"
     filler = OnnxMaskFiller.from_pretrained(result.path, providers="cpu")
-    # rotary positions: any length, not only the one traced
-    for length in (5, 30, 60):
+    # any length up to the usable one, not only the one traced
+    for length in (5, 30, usable - 3):
         assert len(filler("M" * length + "<mask>", top_k=2)) == 2
+    with pytest.raises(InputError, match=f"at most {usable}"):
+        filler("M" * (usable - 2) + "<mask>")
 
 
 def test_roberta_with_a_byte_level_bpe(tmp_path: Path) -> None:
@@ -261,6 +265,8 @@ def test_the_family_is_read_from_architectures_or_weight_names() -> None:
     assert family_of({}, lambda: ["roberta.embeddings.word_embeddings.weight", "lm_head.bias"]).name == "roberta"
     with pytest.raises(SourceError, match="several families"):
         family_of({}, lambda: ["bert.embeddings.x", "albert.embeddings.x"])
+    with pytest.raises(SourceError, match=r"several families \(bert, roberta\)"):
+        family_of({"architectures": ["BertForMaskedLM", "RobertaForMaskedLM"]})
     with pytest.raises(SourceError, match="add \"model_type\""):
         family_of({"architectures": ["GPT2LMHeadModel"]}, lambda: ["transformer.h.0.attn.weight"])
 
@@ -274,3 +280,15 @@ def test_an_encoder_without_its_head_is_refused_naming_the_heads_weights(family:
     with pytest.raises(MissingHeadError, match="lm_head"):
         export_model(ExportConfig(str(source), out=tmp_path / "art"))
     assert not (tmp_path / "art").exists()
+
+
+def test_special_tokens_named_only_by_the_vocabulary(tmp_path: Path) -> None:
+    """albert-base-v2 mixes `<pad>`/`<unk>` with `[CLS]`/`[SEP]`/`[MASK]`; with no special_tokens_map.json
+    the names come from what the vocabulary holds, never from a literal that is not there."""
+    source = layouts.tiny_albert_unigram(tmp_path / "albert")
+    result = export_model(ExportConfig(str(source), out=tmp_path / "art"))
+    names = result.manifest.tokenizer.special_tokens
+    assert (names["pad"], names["unk"], names["cls"], names["sep"], names["mask"]) == \
+        ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")
+    assert result.manifest.tokenizer.special_ids["pad"] == 0
+    assert len(OnnxMaskFiller.from_pretrained(result.path, providers="cpu")("the [MASK] sat", top_k=2)) == 2

@@ -130,6 +130,9 @@ def test_a_missing_key_is_an_artifact_error_naming_it(tiny_copy: Path, key: tupl
     (lambda m: m["graphs"]["fp32"].update(inputs=[{"name": "x", "dtype": "int64", "shape": ["batch"]}]),
      "lack input_ids"),
     (lambda m: m.update(graphs={}), "graphs"),
+    (lambda m: m.update(format_version=7), "newer than the 2 this mlm-export reads: upgrade"),
+    (lambda m: m["graphs"]["fp32"].update(inputs=m["graphs"]["logits"]["inputs"]), "lack top_k"),
+    (lambda m: m["graphs"]["fp32"].update(data_file="tokenizer.json"), "graphs.fp32.data_file is 'tokenizer.json'"),
     (lambda m: m["files"].pop("fill_mask.fp32.onnx"),
      "graphs.fp32.file names 'fill_mask.fp32.onnx', which has no sha256"),
 ])
@@ -191,3 +194,21 @@ def test_verify_refuses_model_facts_the_source_contradicts(tiny_copy: Path) -> N
     assert result.exit_code == 1
     error = json.loads(result.stdout)["error"]
     assert error["type"] == "ArtifactError" and "model.max_length is 100000" in error["message"]
+
+
+def test_the_schema_knows_every_family_and_nothing_else() -> None:
+    from importlib import resources
+
+    from mlm_export.families import FAMILIES
+    from mlm_export.manifest import SCHEMA
+
+    schema = json.loads(resources.files("mlm_export.schemas").joinpath(SCHEMA).read_text())
+    assert set(schema["$defs"]["family"]["enum"]) == set(FAMILIES)
+
+
+def test_a_manifest_survives_its_json_round_trip(tiny_artifact: Path) -> None:
+    from mlm_export.manifest import Manifest, parse_manifest
+
+    manifest = read_manifest(tiny_artifact)
+    again = Manifest.from_dict(parse_manifest(json.dumps(manifest.to_dict()).encode(), "round trip"))
+    assert again == manifest

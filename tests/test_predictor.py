@@ -155,3 +155,22 @@ def test_predictor_never_imports_torch_or_transformers(tiny_artifact: Path) -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     assert data == {"n": 2, "heavy": []}
+
+
+def test_a_graph_whose_io_differs_from_the_manifest_is_refused(tiny_copy: Path) -> None:
+    """The manifest is the contract: a graph file that does not honour it (hash updated) is not served."""
+    import onnx
+
+    from mlm_export.artifact import sha256_file
+
+    path = tiny_copy / "fill_mask.fp32.onnx"
+    model = onnx.load(str(path))
+    # an output under another name than the manifest's
+    model.graph.node.append(onnx.helper.make_node("Identity", ["logits"], ["top_logits"], name="renamed"))
+    model.graph.output[4].name = "top_logits"
+    onnx.save(model, str(path))
+    manifest = json.loads((tiny_copy / "manifest.json").read_text())
+    manifest["files"][path.name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="but the manifest declares"):
+        OnnxMaskFiller.from_pretrained(tiny_copy, variant="fp32", providers="cpu")

@@ -337,3 +337,19 @@ def test_bad_export_settings_are_config_errors(kwargs: dict, match: str) -> None
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+def test_force_replaces_an_artifact_of_the_previous_format(source: Path, tmp_path: Path) -> None:
+    """Format 1 (mlm-export 0.2 and 0.3) is still ours: --force may replace it after an upgrade."""
+    old = tmp_path / "art"
+    old.mkdir()
+    (old / "model.onnx").write_bytes(b"old graph")
+    (old / "manifest.json").write_text(json.dumps(
+        {"format_version": 1, "files": {"model.onnx": {"sha256": "0" * 64, "size": 9}}}))
+    with pytest.raises(ArtifactError, match="pass --force"):
+        export_model(ExportConfig(str(source), out=old))
+    export_model(ExportConfig(str(source), out=old, force=True))
+    assert read_manifest(old).format_version == 2
+    (old / "mine.txt").write_text("user data")  # and the same rule holds: nothing of the user's goes
+    with pytest.raises(ArtifactError, match="not part of its artifact"):
+        export_model(ExportConfig(str(source), out=old, force=True))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,19 @@ from ..errors import SourceError
 from ..families import SpecialTokens
 from .source import ResolvedSource
 
-# The SMILES pattern of Schwaller et al. (Molecular Transformer), as rxnfp and rxnmapper tokenize.
+# The SMILES pattern of Schwaller et al. (Molecular Transformer) that rxnmapper tokenizes with, plus
+# rxnfp's additions (three-digit ring closures, `|`). Characters it does not match become [UNK] here,
+# where those tools drop them silently.
 SMILES_PATTERN = (r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>>?|\*|\$"
-                  r"|\%[0-9]{2}|[0-9])")
+                  r"|\%\([0-9]{3}\)|\%[0-9]{2}|[0-9]|\|)")
+_UNUSED = re.compile(r"\[unused\d+\]|<null_\d+>")  # placeholder rows, never text
 log = logging.getLogger("mlm_export")
-ROLES = tuple(f.name for f in fields(SpecialTokens))
+ROLES = tuple(f.name for f in fields(SpecialTokens))  # mask, cls, sep, pad, unk: the manifest's ROLES
 _KEYS = {"mask": ("mask_token",), "cls": ("cls_token", "bos_token"), "sep": ("sep_token", "eos_token"),
          "pad": ("pad_token",), "unk": ("unk_token",)}
+# what each role is called across the families, tried when the checkpoint's files do not say
+CANDIDATES = {"mask": ("[MASK]", "<mask>"), "cls": ("[CLS]", "<s>", "<cls>"), "sep": ("[SEP]", "</s>", "<eos>"),
+              "pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>")}
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,6 @@ def load_tokenizer(source: ResolvedSource) -> LoadedTokenizer:
     """The checkpoint's tokenizer, with padding and truncation off: the predictor pads itself."""
     from tokenizers import Tokenizer
 
-    specials = special_token_names(source)
     model_dir = source.model_dir
     if (model_dir / "tokenizer.json").is_file():
         try:
@@ -59,33 +65,42 @@ def load_tokenizer(source: ResolvedSource) -> LoadedTokenizer:
             raise SourceError(f"{model_dir / 'tokenizer.json'} is not a tokenizer file the `tokenizers` "
                               f"library can read ({exc}); re-save it, or remove it to build one from the "
                               "vocabulary files") from exc
+        specials = special_token_names(source, tok.get_vocab(with_added_tokens=True))
     elif (model_dir / "vocab.json").is_file() and (model_dir / "merges.txt").is_file():
+        vocab = _read_json(model_dir / "vocab.json")
+        specials = special_token_names(source, vocab)
         tok, scheme = _byte_level_bpe(model_dir, specials), "bpe"
     elif source.vocab_file is not None:
-        tok, scheme = _from_vocab_txt(source, specials)
+        vocab = _read_vocab(source.vocab_file)
+        specials = special_token_names(source, vocab)
+        tok, scheme = _from_vocab_txt(source, specials, vocab)
     else:
-        tok, scheme = _converted(model_dir), "converted"
+        fast = _converted(model_dir)
+        tok, scheme = fast.backend_tokenizer, "converted"
+        specials = special_token_names(source, tok.get_vocab(with_added_tokens=True), fast.special_tokens_map)
     tok.no_truncation()
     tok.no_padding()
     if tok.post_processor is None:  # a tokenizer.json saved without its template: the model never saw that
         tok.post_processor = _template(specials, tok.get_vocab())
         log.warning("the tokenizer of %s adds no %s ... %s around a sequence; mlm-export adds them, as the "
                     "model was trained with them", source.spec.location, specials.cls, specials.sep)
-    ids = {}
+    ids: dict[str, int] = {}
     for role in ROLES:
         name = getattr(specials, role)
-        ids[role] = tok.token_to_id(name)
-        if ids[role] is None:
+        token_id = tok.token_to_id(name)
+        if token_id is None:
             raise SourceError(f"the tokenizer of {source.spec.location} has no {name!r} token (its {role} "
                               "token); name it in special_tokens_map.json")
+        ids[role] = token_id
     return LoadedTokenizer(tok, specials, ids, scheme)
 
 
-def special_token_names(source: ResolvedSource) -> SpecialTokens:
-    """Names by role from the checkpoint's tokenizer files, else the family's defaults."""
+def special_token_names(source: ResolvedSource, vocab: dict[str, int], named: dict | None = None) -> SpecialTokens:
+    """Names by role: as the checkpoint's tokenizer files name them, else the first of the family's
+    candidates that the vocabulary holds (ALBERT checkpoints come with `<pad>` or with `[PAD]`)."""
     found: dict[str, str] = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        data = _read_json(source.model_dir / name)
+    sources = [_read_json(source.model_dir / name) for name in ("special_tokens_map.json", "tokenizer_config.json")]
+    for data in [*sources, named or {}]:
         for role, keys in _KEYS.items():
             for key in keys:
                 value = data.get(key)
@@ -93,7 +108,11 @@ def special_token_names(source: ResolvedSource) -> SpecialTokens:
                 if role not in found and isinstance(value, str) and value:
                     found[role] = value
     defaults = source.family.specials
-    return SpecialTokens(**{role: found.get(role, getattr(defaults, role)) for role in ROLES})
+    names = {}
+    for role in ROLES:
+        candidates = (found[role],) if role in found else (getattr(defaults, role), *CANDIDATES[role])
+        names[role] = next((c for c in candidates if c in vocab), candidates[0])
+    return SpecialTokens(**names)
 
 
 def _read_json(path: Path) -> dict:
@@ -115,14 +134,18 @@ def _read_vocab(path: Path) -> dict[str, int]:
 
 
 def vocab_scheme(vocab: dict[str, int], specials: SpecialTokens) -> str:
-    """What a vocab.txt holds: WordPiece pieces, single characters, or SMILES atoms and bonds."""
+    """What a vocab.txt holds: WordPiece pieces, SMILES atoms and bonds, or single characters."""
     named = {getattr(specials, role) for role in ROLES}
-    plain = [t for t in vocab if t and t not in named and not _bracketed(t)]
-    if any(t.startswith("##") for t in plain):
+    plain = [t for t in vocab if t and t not in named and not _UNUSED.fullmatch(t)]
+    if not plain or any(t.startswith("##") for t in plain):
         return "wordpiece"
-    if {"(", "="} <= vocab.keys() and {"Cl", "Br", ">>"} & vocab.keys():
+    smiles = re.compile(SMILES_PATTERN)
+    atoms = [t for t in plain if smiles.fullmatch(t)]
+    # bracket atoms ([nH], [C@@H]), two-letter halogens or a reaction arrow tell SMILES from letters
+    if len(atoms) >= 0.9 * len(plain) and any(len(t) > 1 for t in atoms):
         return "smiles"
-    if plain and sum(len(t) == 1 for t in plain) >= 0.9 * len(plain):
+    single = [t for t in plain if not _bracketed(t)]
+    if single and sum(len(t) == 1 for t in single) >= 0.9 * len(single):
         return "characters"
     return "wordpiece"
 
@@ -131,11 +154,9 @@ def _bracketed(token: str) -> bool:
     return len(token) > 2 and ((token[0], token[-1]) in (("[", "]"), ("<", ">")))
 
 
-def _from_vocab_txt(source: ResolvedSource, specials: SpecialTokens) -> tuple[Any, str]:
+def _from_vocab_txt(source: ResolvedSource, specials: SpecialTokens, vocab: dict[str, int]) -> tuple[Any, str]:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    assert source.vocab_file is not None
-    vocab = _read_vocab(source.vocab_file)
     scheme = vocab_scheme(vocab, specials)
     missing = [getattr(specials, r) for r in ROLES if getattr(specials, r) not in vocab]
     if missing:
@@ -215,4 +236,4 @@ def _converted(model_dir: Path) -> Any:
     if not getattr(fast, "is_fast", False):
         raise SourceError(f"{model_dir}: transformers has only a slow tokenizer for this model; save a "
                           "tokenizer.json next to it")
-    return fast.backend_tokenizer
+    return fast

@@ -23,15 +23,8 @@ FAMILIES: dict[str, FamilySpec] = {f.name: f for f in (BERT, ROBERTA, XLM_ROBERT
                                                         ELECTRA, ALBERT, ESM)}
 SUPPORTED = ", ".join(FAMILIES)
 
-__all__ = ["ATTENTION_NONE", "ATTENTION_REQUIRED", "FAMILIES", "SUPPORTED", "FamilySpec", "SpecialTokens",
-           "family_by_name", "family_of"]
-
-
-def family_by_name(name: str) -> FamilySpec:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise SourceError(f"unknown model family {name!r}; mlm-export supports {SUPPORTED}") from None
+__all__ = ["ALBERT", "ATTENTION_NONE", "ATTENTION_REQUIRED", "BERT", "CAMEMBERT", "DISTILBERT", "ELECTRA", "ESM",
+           "FAMILIES", "ROBERTA", "SUPPORTED", "XLM_ROBERTA", "FamilySpec", "SpecialTokens", "family_of"]
 
 
 def family_of(config: dict, weight_names: Callable[[], Iterable[str]] | None = None,
@@ -55,6 +48,9 @@ def family_of(config: dict, weight_names: Callable[[], Iterable[str]] | None = N
     by_class = {f.name for a in architectures for f in FAMILIES.values() if a in f.architectures}
     if len(by_class) == 1:
         return FAMILIES[by_class.pop()]
+    if len(by_class) > 1:
+        raise SourceError(f"{where}: config.json has no model_type, and its architectures {architectures} belong to "
+                          f"several families ({', '.join(sorted(by_class))}); add \"model_type\" to config.json")
     if weight_names is not None:
         prefixes = {f.weight_prefix for f in FAMILIES.values()}
         found = {p for name in weight_names() for p in prefixes if name.startswith(p)}

@@ -1,7 +1,8 @@
-"""ESM protein language models (EsmForMaskedLM): rotary positions and pre-LayerNorm blocks.
+"""ESM protein language models (EsmForMaskedLM): rotary positions (ESM-2) or absolute ones (ESM-1b),
+pre-LayerNorm blocks.
 
-ONNX Runtime's optimizer has no attention fusion for rotary attention, so ESM graphs are exported
-unfused (SkipLayerNormalization and BiasGelu still fuse); the manifest records `attention: none`.
+ONNX Runtime's optimizer has no attention fusion for ESM's attention, so ESM graphs are exported
+unfused (SkipLayerNormalization and BiasGelu still fuse); the manifest records `fusion.mode: none`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def _forget_rotary_tables(model: Any) -> None:
             module._seq_len_cached = None
 
 
+def _usable_length(config: Any) -> int:
+    """Absolute positions count from `pad_token_id + 1`, as in RoBERTa; rotary ones have no table."""
+    offset = int(config.pad_token_id) + 1 if config.position_embedding_type == "absolute" else 0
+    return int(config.max_position_embeddings) - offset
+
+
 ESM = FamilySpec(
     name="esm",
     model_types=("esm",),
@@ -52,4 +59,5 @@ ESM = FamilySpec(
     head=_head,
     attention=ATTENTION_NONE,
     prepare_trace=_forget_rotary_tables,
+    usable_length=_usable_length,
 )

@@ -28,7 +28,7 @@ _FEEDS = {"input_ids", "attention_mask", "token_type_ids", "top_k"}  # what _run
 
 
 class OnnxMaskFiller:
-    """Fill `[MASK]` tokens like transformers' fill-mask pipeline, from an ONNX artifact.
+    """Fill mask tokens (`[MASK]`, `<mask>`: `filler.mask_token`) like transformers' fill-mask pipeline.
 
     Instances hold no per-call state, so one filler may serve many threads at once.
     """
@@ -221,9 +221,16 @@ def _open(directory: Path, manifest: Manifest, graph: GraphEntry, providers: Any
     matched their sha256."""
     if graph.data_file is None:
         with verified_path(directory, manifest, graph.file) as path:
-            return create_session(path, providers, threads)
-    checked_file(directory, manifest, graph.data_file)
-    return create_session(str(checked_file(directory, manifest, graph.file)), providers, threads)
+            session = create_session(path, providers, threads)
+    else:
+        checked_file(directory, manifest, graph.data_file)
+        session = create_session(str(checked_file(directory, manifest, graph.file)), providers, threads)
+    actual = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if actual != (list(graph.input_names), list(graph.output_names)):
+        raise ArtifactError(f"{directory / graph.file} takes {actual[0]} and gives {actual[1]}, but the "
+                            f"manifest declares {list(graph.input_names)} and {list(graph.output_names)}: "
+                            "re-export the artifact")
+    return session
 
 
 def preferred_variant(manifest: Manifest, provider: str) -> str:
