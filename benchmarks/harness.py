@@ -186,15 +186,18 @@ def make_texts(prepared: Prepared, workload: Workload, seed: int) -> list[str]:
         from mlm_export.verify import antibody_sequences
 
         pool = list("".join(antibody_sequences()))
-    else:
-        pool = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-                if re.fullmatch(r"[a-z]{3,}", t)]
+    else:  # whole words of the vocabulary (WordPiece: "word"; byte-level BPE: "Ġword")
+        pool = [t.lstrip("Ġ▁") for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+                if re.fullmatch(r"[Ġ▁]?[a-z]{3,}", t)]
+        if not pool:
+            raise ConfigError(f"{prepared.model}: its vocabulary has no lowercase words to build texts from")
+    mask = manifest.tokenizer.mask_token
     texts = []
     for _ in range(workload.batch):
         length = rng.randint(8, longest) if workload.mixed else longest
         words = [rng.choice(pool) for _ in range(max(1, length - 2))]
         for position in rng.sample(range(len(words)), min(workload.masks, len(words))):
-            words[position] = "[MASK]"
+            words[position] = mask
         texts.append(("" if prepared.char_level else " ").join(words))
     return texts
 
@@ -234,9 +237,9 @@ def _build_peer(system: str, prepared: Prepared, threads: int) -> tuple[Callable
     torch.set_num_threads(threads)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(prepared.artifact)
     if system in ("transformers-fp32", "torch-bf16"):
-        from transformers import BertForMaskedLM
+        from transformers import AutoModelForMaskedLM
 
-        model = BertForMaskedLM.from_pretrained(prepared.hf_dir).eval()
+        model = AutoModelForMaskedLM.from_pretrained(prepared.hf_dir).eval()
         if system == "torch-bf16":
             model = model.to(torch.bfloat16)
         size = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6

@@ -158,6 +158,7 @@ def _build(traced: _Traced, tokens: LoadedTokenizer, source: ResolvedSource, con
     fusion = fuse(raw, fp32, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
                   num_layers=cfg.num_hidden_layers, mode=family.attention, allow_unfused=config.allow_unfused)
     shutil.rmtree(work)
+    _release_memory()  # fusion's copies of the graph, before the fp16 conversion makes its own
 
     stored = initializer_bytes(fp32)
     for path in (tmp / LOGITS_FILE, fp32):
