@@ -50,7 +50,8 @@ def verified_path(directory: Path, manifest: Manifest, name: str) -> Iterator[st
     The file is opened once; its hash is computed through that descriptor, and on Linux the loader
     reads the same descriptor through /proc/self/fd, so a file renamed into place after the check is
     never what gets loaded. A write into the file itself changes its ctime, which is compared after
-    the block. (Graphs with external data will need their real path; mlm-export writes none yet.)
+    the block. (A graph with external data is loaded by its path instead: ONNX Runtime finds the data
+    beside it.)
     """
     entry, path = _listed(directory, manifest, name)
     with open(path, "rb") as fh:

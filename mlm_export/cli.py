@@ -318,12 +318,14 @@ def info_command(directory: Path, as_json: bool) -> None:
         f"  default variant here: {default} ({provider})",
         f"  signature: {'signed, key fingerprint ' + signed + ' (check it with verify --key)' if signed else 'none'}",
     ]
-    reference = (manifest.graphs.get("fp32") or next(iter(manifest.graphs.values()))).file
-    fp32_size = manifest.files[reference].size or 1
+    def size_of(graph: Any) -> int:  # with its external data, where it has some
+        return manifest.files[graph.file].size + (manifest.files[graph.data_file].size if graph.data_file else 0)
+
+    fp32_size = size_of(manifest.graphs.get("fp32") or next(iter(manifest.graphs.values()))) or 1
     rows = [("graph", "file", "MB", "%fp32", "attention", "gated on", "positions", "max|Δlogit|",
              "top1", "top5-ovl", "top5-set", "provider", "gate")]
     for name, g in manifest.graphs.items():
-        size = manifest.files[g.file].size
+        size = size_of(g)
         fusion = g.fusion
         p = g.parity or {}
         if not fusion:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 import numpy as np
 
 from ..artifact import checked_bytes, checked_file, verified_path
-from ..errors import ArtifactError, InputError, ProviderError
+from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import GraphEntry, Manifest, read_manifest
 from .providers import CUDA, check_threads, create_session, requested_providers
 
@@ -222,15 +222,24 @@ def _open(directory: Path, manifest: Manifest, graph: GraphEntry, providers: Any
     if graph.data_file is None:
         with verified_path(directory, manifest, graph.file) as path:
             session = create_session(path, providers, threads)
-    else:
-        checked_file(directory, manifest, graph.data_file)
-        session = create_session(str(checked_file(directory, manifest, graph.file)), providers, threads)
+    else:  # two files: hashed, loaded by path, and refused if either changed meanwhile
+        paths = [checked_file(directory, manifest, graph.data_file), checked_file(directory, manifest, graph.file)]
+        before = [_stamp(p) for p in paths]
+        session = create_session(str(paths[1]), providers, threads)
+        if [_stamp(p) for p in paths] != before:
+            raise IntegrityError(f"{directory / graph.file} or its data changed while it was being loaded; "
+                                 "load it again")
     actual = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if actual != (list(graph.input_names), list(graph.output_names)):
         raise ArtifactError(f"{directory / graph.file} takes {actual[0]} and gives {actual[1]}, but the "
                             f"manifest declares {list(graph.input_names)} and {list(graph.output_names)}: "
                             "re-export the artifact")
     return session
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def preferred_variant(manifest: Manifest, provider: str) -> str:
