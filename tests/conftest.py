@@ -138,8 +138,13 @@ def antiberty_layouts(antiberty_bert: object, antiberty_vocab: list[str],
 
 
 @pytest.fixture(scope="session")
-def reactions_file() -> Path:
-    return Path(__file__).parent / "data" / "reactions.smi"
+def reactions_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged reaction SMILES, as a user's --probe-file would hold them."""
+    from mlm_export.verify import packaged_texts
+
+    path = tmp_path_factory.mktemp("probes") / "reactions.smi"
+    path.write_text("\n".join(packaged_texts("reactions")) + "\n")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,7 @@ def synthetic_probes(spec: ProbeSpec) -> list[ProbeBatch]:
     return batches
 
 
-PACKAGED_SETS = ("antibody", "english")
+PACKAGED_SETS = ("antibody", "english", "reactions")
 
 
 def packaged_texts(name: str) -> list[str]:
