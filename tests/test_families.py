@@ -69,9 +69,10 @@ def test_rewrites_reproduce_antiberty_in_pytorch(antiberty_bert: Any, antiberty_
             assert float((got - reference)[mask.bool()].abs().max()) < 1e-4, family
 
 
-# ELECTRA's fused graph is op for op BERT's (EmbedLayerNormalization, Attention), whose int8 gate the
-# AntiBERTy export covers; int8 is exported here for the two layouts whose graphs differ from it.
-WITH_INT8 = ("roberta", "distilbert")
+# ELECTRA's and DistilBERT's fused graphs are op for op BERT's (EmbedLayerNormalization, Attention),
+# whose int8 gate the AntiBERTy export covers; RoBERTa's differs (no EmbedLayerNormalization, positions
+# from the padding), so its int8 is exported here. The suite's time budget decides the rest.
+WITH_INT8 = ("roberta",)
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,16 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _swap_graph_and_rehash(artifact: Path) -> None:
-    """The attack sha256 cannot see: replace a graph and rewrite its hash in the manifest."""
+    """The attack sha256 cannot see: replace a graph (same inputs and outputs, other weights) and
+    rewrite its hash in the manifest."""
+    import onnx
+    from onnx import numpy_helper
+
     graph = artifact / "fill_mask.fp32.onnx"
-    graph.write_bytes((artifact / "model.onnx").read_bytes())
+    model = onnx.load(str(graph))
+    bias = max(model.graph.initializer, key=lambda t: len(t.dims) == 1 and t.dims[0])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias)[::-1].copy(), bias.name))
+    onnx.save(model, str(graph))
     manifest = json.loads((artifact / "manifest.json").read_text())
     manifest["files"][graph.name] = {"sha256": sha256_file(graph), "size": graph.stat().st_size}
     (artifact / "manifest.json").write_text(json.dumps(manifest, indent=2))

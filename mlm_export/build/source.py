@@ -203,10 +203,9 @@ def _resolve_local(path: Path, spec: SourceSpec, vocab: Path | None = None) -> R
 def _resolve_hub(model_id: str, revision: str | None) -> ResolvedSource:
     """config.json first: an unsupported family is refused before gigabytes of weights download."""
     try:
-        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub import snapshot_download
 
-        config_file = Path(hf_hub_download(model_id, "config.json", revision=revision))
-        config = read_config(config_file.parent)
+        config = read_config(Path(snapshot_download(model_id, revision=revision, allow_patterns=["config.json"])))
         if config.get("model_type"):
             family_of(config, where=model_id)
         local = Path(snapshot_download(model_id, revision=revision, allow_patterns=HUB_PATTERNS))
