@@ -272,9 +272,12 @@ def _feeds(filler: Any, texts: list[str]) -> dict:
     ids = np.full((len(rows), width), filler.pad_token_id, dtype=np.int64)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = row
+    from mlm_export.runtime.feeds import control_feeds
+
     available = {"input_ids": ids, "attention_mask": (ids != filler.pad_token_id).astype(np.int64),
-                 "token_type_ids": np.zeros_like(ids), "top_k": np.array(5, dtype=np.int64)}
-    return {name: available[name] for name in filler.graph.input_names}
+                 "token_type_ids": np.zeros_like(ids)}
+    names = filler.graph.input_names
+    return {name: available[name] for name in names if name in available} | control_feeds(names, 5)
 
 
 def _masks(result: Any) -> list[list[dict]]:

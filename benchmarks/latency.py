@@ -27,6 +27,7 @@ from mlm_export import OnnxMaskFiller
 from mlm_export.manifest import Manifest, read_manifest
 from harness import wait_idle  # benchmarks/harness.py, beside this script
 from mlm_export.build.precision import INT8_RECIPES, to_int8
+from mlm_export.runtime.feeds import control_feeds
 from mlm_export.runtime.providers import create_session
 
 
@@ -37,9 +38,9 @@ def feeds(manifest: Manifest, batch: int, length: int, masks_every: int, seed: i
     ids = rng.choice(normal, size=(batch, length)).astype(np.int64)
     ids[:, 0], ids[:, -1] = tok.special_ids["cls"], tok.special_ids["sep"]
     ids[:, 1:-1:masks_every] = tok.mask_token_id
-    available = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                 "token_type_ids": np.zeros_like(ids), "top_k": np.array(5, dtype=np.int64)}
-    return {name: available[name] for name in manifest.graphs["fp32"].input_names}
+    available = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    names = manifest.graphs["fp32"].input_names
+    return {name: available[name] for name in names if name in available} | control_feeds(names, 5)
 
 
 def main() -> None:

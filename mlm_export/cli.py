@@ -287,6 +287,85 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
     _out().result({"variant": filler.variant, "provider": filler.provider, "results": results}, "\n".join(lines))
 
 
+@main.command("score")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="A .jsonl or .parquet file [JSON Lines on stdout].")
+@click.option("--column", help="The CSV/Parquet column with the sequences [text, or sequence].")
+@click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
+              help="sum: Salazar et al.'s PLL; mean: per scored token.")
+@click.option("--exclude-special", is_flag=True,
+              help="Softmax over the vocabulary without its special tokens (AntiBERTy's convention).")
+@click.option("--per-token", is_flag=True, help="Add each scored token's log-probability.")
+@click.option("--variant", help="Graph variant (e.g. int8); default: best for the provider.")
+@click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda (local engine).")
+@click.option("--threads", type=click.IntRange(1, max_threads()),
+              help="ONNX Runtime intra-op threads (per actor with --engine ray).")
+@click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True,
+              help="Masked copies per graph run.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", help="Join this Ray cluster [RAY_ADDRESS, else a local instance].")
+@click.option("--workers", type=click.IntRange(1, None), help="Ray actors [cluster CPUs / threads].")
+@click.option("--strict", is_flag=True, help="Stop at the first bad row; write nothing.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@quiet_option
+@common_options
+def score_command(directory: Path, input_path: Path, output: Path | None, column: str | None, reduction: str,
+                  exclude_special: bool, per_token: bool, variant: str | None, providers: str,
+                  threads: int | None, batch_size: int, engine: str, ray_address: str | None,
+                  workers: int | None, strict: bool, force: bool, quiet: bool, as_json: bool) -> None:
+    """Pseudo-log-likelihood of every sequence in INPUT with the artifact in DIRECTORY.
+
+    INPUT is a text file (one sequence per line), or a .csv/.parquet file with --column. Each output
+    row holds line, text, pll and n_tokens, in input order; a row that cannot be scored holds `error`
+    instead (and a warning names its line) unless --strict.
+    """
+    from .batch import ScoreJob, score_file
+    from .runtime.scoring import ScoreOptions
+
+    _setup_logging(quiet)
+    output_ = _out()
+    job = ScoreJob(directory, input_path, output, column,
+                   ScoreOptions(reduction, exclude_special, per_token, batch_size), variant, providers, threads,
+                   strict, force, engine, ray_address, workers, progress=not (quiet or as_json))
+    summary = score_file(job, stdout=output_.stream)
+    failed = f"; {len(summary.failed)} not scored (lines {', '.join(str(n) for n, _ in summary.failed[:10])}" \
+             f"{', ...' if len(summary.failed) > 10 else ''})" if summary.failed else ""
+    rate = f" ({summary.rows / summary.seconds:.1f}/s)" if summary.seconds else ""
+    click.echo(f"mlm-export: scored {summary.scored} of {summary.rows} sequences with {summary.variant} "
+               f"in {summary.seconds:.1f} s{rate}{failed}", err=True)
+    if output is not None and as_json:
+        output_.result(summary.to_dict(), "")
+
+
+@main.command("triton")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--repo", required=True, type=click.Path(path_type=Path),
+              help="The Triton model repository to add the model to (created if missing).")
+@click.option("--variant", help="Graph to serve: fp32, fp16, int8 or logits [fp32].")
+@click.option("--name", help="Model name in the repository [the artifact's name].")
+@click.option("--max-batch-size", type=click.IntRange(0, None), default=0, show_default=True,
+              help="Dynamic batching; the logits graph only (fill-mask outputs are per mask, not per row).")
+@click.option("--instances", type=click.IntRange(1, None), default=1, show_default=True,
+              help="Model instances per device.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Instance group kind; int8 is refused on gpu.")
+@click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
+@common_options
+def triton_command(directory: Path, repo: Path, variant: str | None, name: str | None, max_batch_size: int,
+                   instances: int, device: str, key: Path | None, as_json: bool) -> None:
+    """Write DIRECTORY's graph into a Triton Inference Server model repository (onnxruntime backend)."""
+    from .triton import write_triton_repository
+
+    model = write_triton_repository(directory, repo, variant=variant, name=name, max_batch_size=max_batch_size,
+                                    instances=instances, device=device, public_key=key)
+    _out().result({"name": model.name, "variant": model.variant, "config": str(model.config_path),
+                   "model": str(model.model_path), "max_batch_size": model.max_batch_size, "device": model.device},
+                  f"wrote {model.config_path} and {model.model_path} ({model.variant}, "
+                  f"max_batch_size {model.max_batch_size}, {model.device})")
+
+
 @main.command("info")
 @click.argument("directory", type=click.Path(path_type=Path))
 @common_options

@@ -56,7 +56,7 @@ class TensorSpec:
     """One graph input or output: axes are names ("batch", "sequence", ...) or fixed sizes."""
 
     name: str
-    dtype: str  # "int64" | "float32"
+    dtype: str  # "int64" | "float32" | "bool"
     shape: tuple[str | int, ...]
 
     def to_dict(self) -> dict:

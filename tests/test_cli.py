@@ -60,13 +60,15 @@ def test_verify_names_a_tampered_file(runner: CliRunner, tiny_copy: Path) -> Non
     assert "model.onnx does not match its sha256" in result.stderr
 
 
-def _break_decoder_bias(artifact: Path) -> None:
-    """A deliberately wrong graph whose manifest hash is updated, so only parity can catch it."""
+def _break_decoder_bias(artifact: Path, special: bool = False) -> None:
+    """A deliberately wrong graph whose manifest hash is updated, so only parity can catch it: the
+    decoder's bias, or (`special`) the scoring output's special-token bias (-inf at special ids)."""
     manifest = json.loads((artifact / "manifest.json").read_text())
     path = artifact / "fill_mask.fp32.onnx"
     model = onnx.load(str(path))
     vocab = manifest["model"]["vocab_size"]
-    bias = next(t for t in model.graph.initializer if list(t.dims) == [vocab])
+    bias = next(t for t in model.graph.initializer if list(t.dims) == [vocab]
+                and np.isinf(numpy_helper.to_array(t)).any() == special)
     values = numpy_helper.to_array(bias).copy()
     values += np.random.default_rng(0).normal(0, 5, size=values.shape).astype(values.dtype)
     bias.CopyFrom(numpy_helper.from_array(values, bias.name))
@@ -88,6 +90,15 @@ def test_verify_exits_3_on_a_broken_graph(runner: CliRunner, tiny_copy: Path) ->
     assert any("max |Δlogit|" in f for f in report["graphs"]["fp32"]["failures"])
     text = runner.invoke(main, ["verify", str(tiny_copy), "-q"])
     assert text.exit_code == 3 and "FAIL fp32" in text.stdout
+
+
+def test_verify_fails_a_graph_whose_scoring_output_alone_is_wrong(runner: CliRunner, tiny_copy: Path) -> None:
+    _break_decoder_bias(tiny_copy, special=True)  # top-k and logits untouched: only target_log_probs moves
+    result = runner.invoke(main, ["verify", str(tiny_copy), "--json", "-q"])
+    assert result.exit_code == 3
+    fp32 = json.loads(result.stdout)["error"]["report"]["graphs"]["fp32"]
+    assert fp32["max_abs_logit"] < 1e-4
+    assert [f for f in fp32["failures"] if "of the scoring output" in f] == fp32["failures"]
 
 
 def test_predict_prints_ranked_tokens_and_json(runner: CliRunner, tiny_artifact: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 from transformers import BertForMaskedLM
 
 from mlm_export.errors import FusionError
+from mlm_export.runtime.feeds import control_feeds
 from mlm_export.families import BERT
 from mlm_export.build.trace import export_fill_mask
 from mlm_export.build.fuse import fuse
@@ -34,7 +35,7 @@ def _torch_logits(model_dir: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndar
 def _feeds(ids: np.ndarray, mask: np.ndarray, top_k: int | None = None) -> dict:
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     if top_k is not None:
-        feeds["top_k"] = np.array(top_k, dtype=np.int64)
+        feeds |= control_feeds(("top_k", "target_ids", "exclude_special"), top_k)
     return feeds
 
 
@@ -64,7 +65,7 @@ def test_logits_form_has_hf_io_and_matches_torch(tiny_artifact: Path, tiny_dir: 
 
 def test_fill_mask_form_returns_masks_in_row_major_order(tiny_artifact: Path, tiny_dir: Path) -> None:
     ids, mask = _padded_batch()
-    b, p, scores, token_ids, logits = _session(tiny_artifact / "fill_mask.fp32.onnx").run(
+    b, p, scores, token_ids, logits, _ = _session(tiny_artifact / "fill_mask.fp32.onnx").run(
         None, _feeds(ids, mask, top_k=4))
     expected = np.nonzero(ids == MASK)
     assert b.tolist() == expected[0].tolist() and p.tolist() == expected[1].tolist()
@@ -74,6 +75,37 @@ def test_fill_mask_form_returns_masks_in_row_major_order(tiny_artifact: Path, ti
     ref_probs = np.exp(ref) / np.exp(ref).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(scores, np.take_along_axis(ref_probs, token_ids, 1), atol=1e-5)
     assert np.all(np.diff(scores, axis=1) <= 0), "top-k must come sorted by score"
+
+
+@pytest.mark.parametrize("exclude_special", [False, True])
+def test_scoring_output_is_pytorchs_log_softmax_at_the_targets(tiny_artifact: Path, tiny_dir: Path,
+                                                               exclude_special: bool) -> None:
+    """target_log_probs: a row of targets per mask, or one row for every mask, with or without the
+    special tokens in the softmax; the top-k outputs are unchanged by it."""
+    ids, mask = _padded_batch()
+    where = np.nonzero(ids == MASK)
+    ref = _torch_logits(tiny_dir, ids, mask)[where].astype(np.float64)
+    if exclude_special:
+        ref[:, [PAD, 1, CLS, SEP, MASK]] = -np.inf  # conftest's SPECIALS: [PAD] [UNK] [CLS] [SEP] [MASK]
+    top = ref.max(1, keepdims=True)
+    ref_log_probs = ref - top - np.log(np.exp(ref - top).sum(1, keepdims=True))
+    session = _session(tiny_artifact / "fill_mask.fp32.onnx")
+    per_mask = np.array([[5, 9], [12, 30], [7, 7]])
+    shared = np.array([[6, 20, 11]])
+    base = _feeds(ids, mask, top_k=3)
+    plain = session.run(["token_ids", "scores"], base)
+    for targets in (per_mask, shared):
+        feeds = base | {"target_ids": targets, "exclude_special": np.array(exclude_special)}
+        token_ids, scores, got = session.run(["token_ids", "scores", "target_log_probs"], feeds)
+        want = np.take_along_axis(ref_log_probs, np.broadcast_to(targets, (3, targets.shape[1])), axis=1)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert token_ids.tolist() == plain[0].tolist() and np.array_equal(scores, plain[1])
+
+
+def test_scoring_output_is_empty_when_no_targets_are_asked(tiny_artifact: Path) -> None:
+    ids, mask = _padded_batch()
+    (got,) = _session(tiny_artifact / "fill_mask.fp32.onnx").run(["target_log_probs"], _feeds(ids, mask, top_k=3))
+    assert got.shape == (3, 0)
 
 
 @pytest.mark.parametrize("top_k", [1, 3, 10])
@@ -94,7 +126,7 @@ def test_top_k_beyond_vocabulary_is_clamped(tiny_artifact: Path) -> None:
 def test_zero_masks_in_whole_batch(tiny_artifact: Path) -> None:
     ids = np.array([[CLS, 5, 6, SEP], [CLS, 7, SEP, PAD]], dtype=np.int64)
     mask = (ids != PAD).astype(np.int64)
-    b, p, scores, token_ids, _ = _session(tiny_artifact / "fill_mask.fp32.onnx").run(
+    b, p, scores, token_ids, *_ = _session(tiny_artifact / "fill_mask.fp32.onnx").run(
         None, _feeds(ids, mask, 5))
     assert b.shape == (0,) and p.shape == (0,) and scores.shape[0] == 0 and token_ids.shape[0] == 0
 
@@ -125,7 +157,7 @@ def test_fusion_counts_match_layers_and_manifest(tiny_artifact: Path) -> None:
 def test_fusion_shortfall_fails_unless_allowed(tiny_dir: Path, tmp_path: Path) -> None:
     model = BertForMaskedLM.from_pretrained(tiny_dir, attn_implementation="eager").eval()
     raw = tmp_path / "raw.onnx"
-    export_fill_mask(model, BERT, raw, 17, MASK)
+    export_fill_mask(model, BERT, raw, 17, MASK, (PAD, 1, CLS, SEP, MASK))
     with pytest.raises(FusionError, match="attention fused in 2 of 3 layers"):
         fuse(raw, tmp_path / "fused.onnx", num_heads=4, hidden_size=32, num_layers=3)
     assert not (tmp_path / "fused.onnx").exists()

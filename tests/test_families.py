@@ -89,7 +89,8 @@ def test_rewritten_layouts_pass_antibertys_gates(layout_exports: dict[str, Any],
     assert manifest.family == family and manifest.model.architecture == FAMILIES[family].model_class
     assert manifest.model.max_length == 512  # RoBERTa: 513 positions, pad id 0
     for name, graph in manifest.graphs.items():
-        expected = LAYOUT_INPUTS[family] + (() if graph.form == "logits" else ("top_k",))
+        controls = () if graph.form == "logits" else ("target_ids", "exclude_special", "top_k")
+        expected = LAYOUT_INPUTS[family] + controls
         assert graph.input_names == expected and graph.family == family
         assert graph.parity["passed"], (name, graph.parity["failures"])
     fused = manifest.graphs["fp32"].fusion
@@ -185,7 +186,7 @@ def test_the_albert_residual_fix_on_a_tiny_albert(tmp_path: Path) -> None:
                                            num_attention_heads=4, intermediate_size=64,
                                            max_position_embeddings=32)).eval()
     raw = tmp_path / "albert.onnx"
-    export_fill_mask(model, ALBERT, raw, 17, 4)
+    export_fill_mask(model, ALBERT, raw, 17, 4, (0, 1, 2, 3, 4))
     plain = optimize_model(str(raw), model_type="bert", num_heads=4, hidden_size=32, opt_level=0)
     assert plain.get_fused_operator_statistics()["Attention"] == 2  # of 3 layers
     graph = onnx.load(str(raw))
@@ -207,7 +208,8 @@ def test_esm_exports_unfused_and_says_so(tmp_path: Path, positions: str, usable:
     manifest = result.manifest
     assert manifest.family == "esm" and manifest.tokenizer.scheme == "characters"
     assert manifest.model.max_length == usable  # the synthetic probes reach it: a wrong length crashes them
-    assert manifest.graphs["fp32"].input_names == ("input_ids", "attention_mask", "top_k")
+    assert manifest.graphs["fp32"].input_names == ("input_ids", "attention_mask", "target_ids", "exclude_special",
+                                                   "top_k")
     for name in ("fp32", "int8"):
         fusion = manifest.graphs[name].fusion
         assert fusion["mode"] == "none" and fusion["expected_attention"] == 0 and fusion["complete"]

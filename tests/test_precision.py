@@ -47,8 +47,9 @@ def test_fp16_keeps_float32_io_and_a_float32_tail(tiny_variants: Path) -> None:
     model = onnx.load(str(tiny_variants / "fill_mask.fp16.onnx"))
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    assert inputs.pop("exclude_special") == onnx.TensorProto.BOOL
     assert set(inputs.values()) == {onnx.TensorProto.INT64}
-    assert outputs["scores"] == outputs["logits"] == onnx.TensorProto.FLOAT
+    assert outputs["scores"] == outputs["logits"] == outputs["target_log_probs"] == onnx.TensorProto.FLOAT
     halves = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
     assert sum(int(np.prod(t.dims)) for t in halves) > 0.9 * _manifest(tiny_variants)["model"]["parameters"]
     # the softmax/top-k tail reads float32 logits: the decoder output is cast up before TopK

@@ -146,7 +146,7 @@ def _trace(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, config: 
     work = tmp / ".work"
     work.mkdir()
     raw = work / "fill_mask.unfused.onnx"
-    export_fill_mask(model, family, raw, config.opset, mask_id, external)
+    export_fill_mask(model, family, raw, config.opset, mask_id, tuple(sorted(set(tokens.ids.values()))), external)
     return _Traced(model.config, param_bytes, raw)
 
 

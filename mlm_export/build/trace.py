@@ -23,7 +23,8 @@ from .graph_file import load_graph, save_graph
 
 log = logging.getLogger("mlm_export")
 
-FILL_MASK_OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids", "logits"]
+FILL_MASK_OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids", "logits", "target_log_probs"]
+SCORING_INPUTS = ["target_ids", "exclude_special"]  # fed by every caller; the predictor's defaults ask for nothing
 _TRACE_TOP_K = 3  # any constant; graph surgery replaces it with the `top_k` input
 
 
@@ -34,8 +35,11 @@ def graph_io(family: FamilySpec, form: str, vocab_size: int) -> tuple[tuple[Tens
         return inputs, (TensorSpec("logits", "float32", ("batch", "sequence", vocab_size)),)
     per_mask = {"mask_batch_index": ("int64", ("num_masks",)), "mask_position": ("int64", ("num_masks",)),
                 "scores": ("float32", ("num_masks", "top_k")), "token_ids": ("int64", ("num_masks", "top_k")),
-                "logits": ("float32", ("num_masks", "top_k"))}
-    return (inputs + (TensorSpec("top_k", "int64", ()),),
+                "logits": ("float32", ("num_masks", "top_k")),
+                "target_log_probs": ("float32", ("num_masks", "num_targets"))}
+    scoring = (TensorSpec("target_ids", "int64", ("target_rows", "num_targets")),
+               TensorSpec("exclude_special", "bool", ()))
+    return (inputs + scoring + (TensorSpec("top_k", "int64", ()),),
             tuple(TensorSpec(name, *per_mask[name]) for name in FILL_MASK_OUTPUTS))
 
 
@@ -45,9 +49,16 @@ def _sample_inputs(model: Any, family: FamilySpec, mask_token_id: int) -> tuple:
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     ids = torch.randint(min(5, vocab - 1), vocab, (2, 8), generator=generator)
+    ids[ids == mask_token_id] = next(i for i in range(vocab) if i != mask_token_id)  # exactly two masks
     ids[0, 3] = mask_token_id
     ids[1, 5] = mask_token_id
     return (ids, torch.ones_like(ids)) + ((torch.zeros_like(ids),) if family.token_types else ())
+
+
+def _scoring_sample() -> tuple:
+    import torch
+
+    return torch.tensor([[5, 6], [7, 5]]), torch.tensor(False)
 
 
 def _torch_export(module: Any, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -86,11 +97,15 @@ def _forms(model: Any, family: FamilySpec) -> tuple[Any, Any]:
             return flat.reshape(hidden.shape[0], hidden.shape[1], flat.shape[-1])
 
     class FillMaskForm(Encoded):
-        def __init__(self, mask_token_id: int) -> None:
+        def __init__(self, mask_token_id: int, special_ids: tuple[int, ...]) -> None:
             super().__init__()
             self.mask_token_id = mask_token_id
+            bias = torch.zeros(model.config.vocab_size)
+            bias[list(special_ids)] = -float("inf")
+            self.register_buffer("special_bias", bias)
 
-        def forward(self, *inputs):  # type: ignore[no-untyped-def]
+        def forward(self, *args):  # type: ignore[no-untyped-def]
+            inputs, target_ids, exclude_special = args[:-2], args[-2], args[-1]
             hidden = self.hidden(inputs)
             where = torch.nonzero(inputs[0] == self.mask_token_id)
             batch_index, position = where[:, 0], where[:, 1]
@@ -98,7 +113,12 @@ def _forms(model: Any, family: FamilySpec) -> tuple[Any, Any]:
             top_logits, top_ids = torch.topk(logits, _TRACE_TOP_K, dim=-1)
             # softmax of the top-k only needs the log-normaliser of the full row
             scores = torch.exp(top_logits - torch.logsumexp(logits, dim=-1, keepdim=True))
-            return batch_index, position, scores, top_ids, top_logits
+            # scoring: log-softmax at caller-given ids (one row for every mask, or a row per mask),
+            # over the full vocabulary or, when asked, over it without the special tokens
+            scored = torch.where(exclude_special, logits + self.special_bias, logits)
+            targets = target_ids.expand(logits.shape[0], -1)
+            target_log_probs = torch.gather(scored, 1, targets) - torch.logsumexp(scored, dim=-1, keepdim=True)
+            return batch_index, position, scores, top_ids, top_logits, target_log_probs
 
     return LogitsForm, FillMaskForm
 
@@ -119,11 +139,13 @@ def export_logits(model: Any, family: FamilySpec, path: Path, opset: int, mask_t
 
 
 def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mask_token_id: int,
-                     external: bool = False) -> None:
+                     special_ids: tuple[int, ...], external: bool = False) -> None:
     """Fast form: the head runs only at mask positions and top-k happens in the graph.
 
     Outputs, one row per mask in row-major order: batch index, position, top-k probabilities,
-    top-k token ids, and the top-k logits (kept so parity can be checked on logits).
+    top-k token ids, the top-k logits (kept so parity can be checked on logits), and the
+    log-probabilities of the `target_ids` (the scoring outputs: pseudo-log-likelihood, `targets=`).
+    A `[1, 0]` target_ids asks for no targets and costs nothing.
     """
     import onnx
 
@@ -133,12 +155,15 @@ def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mas
     axes.update({name: {0: "num_masks"} for name in FILL_MASK_OUTPUTS})
     for name in ("scores", "token_ids", "logits"):
         axes[name][1] = "top_k"
+    axes["target_log_probs"][1] = "num_targets"
+    axes["target_ids"] = {0: "target_rows", 1: "num_targets"}
     log.info("exporting fill-mask form -> %s", path.name)
     family.prepare_trace(model)
     with tempfile.TemporaryDirectory(dir=path.parent) as work:
         traced = Path(work) / path.name
-        _torch_export(fill_mask_form(mask_token_id).eval(), _sample_inputs(model, family, mask_token_id), traced,
-                      names, FILL_MASK_OUTPUTS, axes, opset)
+        _torch_export(fill_mask_form(mask_token_id, special_ids).eval(),
+                      _sample_inputs(model, family, mask_token_id) + _scoring_sample(), traced,
+                      names + SCORING_INPUTS, FILL_MASK_OUTPUTS, axes, opset)
         graph_model = load_graph(traced)
     _make_top_k_an_input(graph_model, model.config.vocab_size)
     save_graph(graph_model, path, external)

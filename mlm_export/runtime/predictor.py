@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence, Set
@@ -17,6 +18,7 @@ import numpy as np
 from ..artifact import checked_bytes, checked_file, verified_path
 from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import GraphEntry, Manifest, read_manifest
+from .feeds import CONTROL_INPUTS, control_feeds
 from .providers import CUDA, check_threads, create_session, requested_providers
 
 # Best variant first, per provider. int8 is never picked for CUDA: its int8 ops fall back to the
@@ -24,7 +26,7 @@ from .providers import CUDA, check_threads, create_session, requested_providers
 _PREFERENCE = {"CPUExecutionProvider": ("int8", "fp32", "fp16"),
                CUDA: ("fp16", "fp32")}
 _OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids"]
-_FEEDS = {"input_ids", "attention_mask", "token_type_ids", "top_k"}  # what _run can build
+_FEEDS = {"input_ids", "attention_mask", "token_type_ids", *CONTROL_INPUTS}  # what _run can build
 
 
 class OnnxMaskFiller:
@@ -117,7 +119,8 @@ class OnnxMaskFiller:
         return (f"OnnxMaskFiller({str(self.directory)!r}, variant={self.variant!r}, "
                 f"provider={self.provider!r})")
 
-    def __call__(self, inputs: str | Sequence[str], top_k: int = 5, return_sequence: bool = True) -> list:
+    def __call__(self, inputs: str | Sequence[str], top_k: int = 5, return_sequence: bool = True,
+                 targets: str | Sequence[str] | None = None) -> list:
         """Per text: a list of {score, token, token_str, sequence} for one mask, a list of such
         lists for several masks. A single string in gives that result; a list gives a list.
 
@@ -125,6 +128,11 @@ class OnnxMaskFiller:
         masks x top_k copies of its texts: 10 texts with 510 masks each at top_k=25 hold 127,500
         decoded sequences (several hundred MB). `return_sequence=False` leaves the key out.
         `top_k` above the vocabulary size returns the whole vocabulary, ranked.
+
+        `targets` (a string or a list) restricts the candidates as transformers' pipeline does: a
+        target outside the vocabulary is tokenized and its first token used, with a warning; scores
+        stay probabilities over the whole vocabulary (not renormalised over the targets), and at most
+        as many candidates as distinct targets come back.
         """
         if not isinstance(return_sequence, (bool, np.bool_)):
             raise InputError(f"return_sequence must be True or False, got {return_sequence!r}")
@@ -135,14 +143,66 @@ class OnnxMaskFiller:
         if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         top_k = min(int(top_k), self.vocab_size)  # before any conversion to a fixed-width integer
+        target_ids = None if targets is None else self.target_ids(targets)
         encoded = self._encode(texts)
         results: list[Any] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            for index, result in zip(chunk, self._run([encoded[i] for i in chunk], top_k, bool(return_sequence))):
+            rows = [encoded[i] for i in chunk]
+            for index, result in zip(chunk, self._run(rows, top_k, bool(return_sequence), target_ids)):
                 results[index] = result
         return results[0] if single else results
+
+    def target_ids(self, targets: str | Sequence[str]) -> np.ndarray:
+        """The distinct token ids `targets` name, as transformers' fill-mask pipeline picks them: a
+        vocabulary entry as is, anything else by the first token it encodes to (with a warning)."""
+        self.require_scoring("targets=")
+        names = [targets] if isinstance(targets, str) else _as_text_list(targets)
+        ids: list[int] = []
+        for target in names:
+            if not isinstance(target, str):
+                raise InputError(f"targets must be strings, got {type(target).__name__}")
+            token_id = self.tokenizer.token_to_id(target)
+            if token_id is None:
+                encoded = self.tokenizer.encode(target, add_special_tokens=False).ids
+                if not encoded:
+                    warnings.warn(f"the target {target!r} is not in the model's vocabulary and encodes to no "
+                                  "token; it is ignored", UserWarning, stacklevel=3)
+                    continue
+                token_id = encoded[0]
+                warnings.warn(f"the target {target!r} is not in the model's vocabulary; it is replaced by "
+                              f"{self.tokenizer.id_to_token(token_id)!r}, its first token", UserWarning, stacklevel=3)
+            if token_id not in ids:
+                ids.append(token_id)
+        if not ids:
+            raise InputError("targets names no token of the vocabulary; give at least one target")
+        return np.array([ids], dtype=np.int64)
+
+    def score(self, texts: str | Sequence[str], reduction: str = "sum", exclude_special: bool = False,
+              per_token: bool = False, batch_size: int | None = None) -> Any:
+        """Pseudo-log-likelihood of each text (a `PLLScore`; a list for a list): every non-special
+        token masked in its own copy and scored by the log-probability of the original token.
+
+        `reduction` "sum" (Salazar et al.) or "mean"; `exclude_special` takes the softmax without the
+        special tokens (AntiBERTy's convention); `per_token` keeps each token's log-probability;
+        `batch_size` is masked copies per graph run. A text that cannot be scored raises `InputError`.
+        """
+        from .scoring import DEFAULT_COPIES_PER_RUN, Scorer, ScoreOptions
+
+        options = ScoreOptions(reduction, exclude_special, per_token,
+                               DEFAULT_COPIES_PER_RUN if batch_size is None else batch_size)
+        if not isinstance(texts, str):
+            texts = _as_text_list(texts)
+            if not texts:
+                raise InputError("no input texts were given")
+        return Scorer(self).score(texts, options)
+
+    def require_scoring(self, what: str) -> None:
+        """Scoring needs the graph's `target_ids` input, which artifacts before mlm-export 0.4 lack."""
+        if "target_ids" not in self.graph.input_names:
+            raise ArtifactError(f"the {self.variant} graph of {self.directory} has no scoring inputs, which "
+                                f"{what} needs; re-export the artifact with this version of mlm-export")
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         for i, text in enumerate(texts):
@@ -167,17 +227,27 @@ class OnnxMaskFiller:
                                  f"model takes at most {self.max_length}. Shorten the text.")
         return ids
 
-    def _run(self, rows: list[list[int]], top_k: int, with_sequence: bool) -> list[list]:
+    def _run(self, rows: list[list[int]], top_k: int, with_sequence: bool,
+             target_ids: np.ndarray | None = None) -> list[list]:
         width = max(len(r) for r in rows)
         input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros_like(input_ids)
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = row
             attention_mask[i, : len(row)] = 1
-        available = {"input_ids": input_ids, "attention_mask": attention_mask,
-                     "token_type_ids": np.zeros_like(input_ids), "top_k": np.array(top_k, dtype=np.int64)}
-        feeds = {name: available[name] for name in self.graph.input_names}  # exactly what the graph declares
-        batch_index, position, scores, token_ids = self._infer(feeds)
+        names = self.graph.input_names  # fed exactly what the graph declares
+        tokens = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+        feeds = {name: tokens[name] for name in names if name in tokens}
+        if target_ids is None:
+            feeds |= control_feeds(names, top_k)
+            batch_index, position, scores, token_ids = self.run_graph(_OUTPUTS, feeds)
+        else:  # the pipeline's targets: full-vocabulary probabilities at the targets, the best top_k of them
+            feeds |= control_feeds(names, 1, target_ids=target_ids)
+            batch_index, position, log_probs = self.run_graph(["mask_batch_index", "mask_position",
+                                                               "target_log_probs"], feeds)
+            order = np.argsort(-log_probs, axis=1, kind="stable")[:, :top_k]
+            scores = np.exp(np.take_along_axis(log_probs, order, axis=1))
+            token_ids = target_ids[0][order]
         if not np.isfinite(scores).all():
             raise ArtifactError(f"the {self.variant} graph of {self.directory} produced non-finite scores (NaN "
                                 "or inf): it is broken or was altered. Run `mlm-export verify` on it")
@@ -187,21 +257,23 @@ class OnnxMaskFiller:
                                for s, t in zip(row_scores, row_ids)])
         return [masks[0] if len(masks) == 1 else masks for masks in per_row]
 
-    def _infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run_graph(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the session, turning ONNX Runtime's own errors (out of memory, a device fault) into
+        `ProviderError`."""
         try:
-            return self._run_session(feeds)
+            return self._run_session(outputs, feeds)
         except Exception as exc:  # onnxruntime's own error types: out of memory, a device fault
             raise ProviderError(f"ONNX Runtime failed running the {self.variant} graph on {self.provider} "
                                 f"for a batch of {feeds['input_ids'].shape[0]} x {feeds['input_ids'].shape[1]} "
                                 f"tokens: {exc}") from exc
 
-    def _run_session(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run_session(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not self.io_binding:
-            return self.session.run(_OUTPUTS, feeds)
+            return self.session.run(outputs, feeds)
         binding = self.session.io_binding()  # one per call: bindings are not shared across threads
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        for name in _OUTPUTS:
+        for name in outputs:
             binding.bind_output(name, "cpu")  # small outputs: one copy back, sized by the graph
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()

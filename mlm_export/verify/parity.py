@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..manifest import GraphEntry, Manifest, Tolerance
+from ..runtime.feeds import CONTROL_INPUTS, control_feeds
 from ..runtime.providers import create_session
 from .probes import ProbeBatch, build_probes
 
@@ -28,15 +29,21 @@ class Agreement:
     sum_abs_logit: float = 0.0
     count_logit: int = 0
     max_abs_prob: float = 0.0
+    max_abs_log_prob: float | None = None  # scoring output (target_log_probs) against PyTorch; None: no scoring
     top1: int = 0
     top1_tie_aware: int = 0
     overlap: float = 0.0
     overlap_tie_aware: float = 0.0
     set_equal: int = 0
 
-    def add(self, ref: np.ndarray, top_ids: np.ndarray, diffs: np.ndarray, prob_diffs: np.ndarray) -> None:
-        """ref: [N, V] torch logits; top_ids: [N, k] graph's ids; diffs: |Δlogit| samples."""
+    def add(self, ref: np.ndarray, top_ids: np.ndarray, diffs: np.ndarray, prob_diffs: np.ndarray,
+            log_prob_diffs: np.ndarray | None = None) -> None:
+        """ref: [N, V] torch logits; top_ids: [N, k] graph's ids; diffs: |Δlogit| samples;
+        log_prob_diffs: |Δ log-probability| of the scoring output, at ordinary tokens."""
         k = top_ids.shape[1]
+        if log_prob_diffs is not None:
+            found = float(log_prob_diffs.max()) if log_prob_diffs.size else 0.0
+            self.max_abs_log_prob = max(self.max_abs_log_prob or 0.0, found)
         eps = self.tie_eps
         self.positions += len(ref)
         if diffs.size:
@@ -70,6 +77,7 @@ class Agreement:
             "max_abs_reference_logit": self.max_abs_reference,
             "mean_abs_logit": self.sum_abs_logit / self.count_logit if self.count_logit else 0.0,
             "max_abs_prob": self.max_abs_prob,
+            "max_abs_log_prob": self.max_abs_log_prob,
             "top1_agreement": self.rate(self.top1),
             "topk_overlap": self.rate(self.overlap),
             "topk_set_equal": self.rate(self.set_equal),
@@ -95,7 +103,7 @@ class GraphParity:
     sets: dict[str, Agreement] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
-    def add(self, probe_set: str, *args: np.ndarray) -> None:
+    def add(self, probe_set: str, *args: np.ndarray | None) -> None:
         eps = self.tolerance.max_abs_logit or 0.0
         for name in ("all", probe_set):
             self.sets.setdefault(name, Agreement(eps)).add(*args)
@@ -122,6 +130,9 @@ class GraphParity:
         allowed = self.allowed_abs_logit
         if allowed is not None and g.max_abs_logit > allowed:
             out.append(f"max |Δlogit| {g.max_abs_logit:.3g} > {allowed:.3g}")
+        # a log-softmax moves by at most twice the largest logit error: held where logits are gated
+        if allowed is not None and g.max_abs_log_prob is not None and g.max_abs_log_prob > 2 * allowed:
+            out.append(f"max |Δ log-probability| of the scoring output {g.max_abs_log_prob:.3g} > {2 * allowed:.3g}")
         if g.rate(g.top1_tie_aware) < tol.min_top1_agreement:
             out.append(f"top-1 agreement {g.rate(g.top1_tie_aware):.4%} < {tol.min_top1_agreement:.2%}")
         if g.rate(g.overlap_tie_aware) < tol.min_topk_overlap:
@@ -174,6 +185,11 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=-1, keepdims=True)
+    return x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
@@ -193,8 +209,10 @@ class ParityHarness:
 
         self.batches = build_probes(manifest, tokenizer, probe_texts, directory, texts_name)
         mask_id = manifest.tokenizer.mask_token_id
-        # the model takes what the graphs take, less the fill-mask form's own top_k
-        names = tuple(n for n in next(iter(manifest.graphs.values())).input_names if n != "top_k")
+        # the model takes what the graphs take, less the fill-mask form's own controls
+        names = tuple(n for n in next(iter(manifest.graphs.values())).input_names if n not in CONTROL_INPUTS)
+        self.special_ids = np.array(sorted(set(manifest.tokenizer.all_special_ids)
+                                           | set(manifest.tokenizer.special_ids.values())))
         model.eval()
         self.references: list[Reference] = []
         for batch in self.batches:
@@ -211,11 +229,11 @@ class ParityHarness:
         for batch, (where, ref) in zip(self.batches, self.references):
             if entry.tolerance.scope == "shapes" and batch.probe_set != "shapes":
                 continue
-            feeds = batch.feeds(n for n in entry.input_names if n != "top_k")
+            feeds = batch.feeds(n for n in entry.input_names if n not in CONTROL_INPUTS)
             if entry.form == "logits":
                 self._logits_form(parity, session, batch, feeds, where, ref)
             else:
-                self._fill_mask(parity, session, batch, feeds, where, ref)
+                self._fill_mask(parity, session, batch, entry, feeds, where, ref)
         return parity
 
     @staticmethod
@@ -226,12 +244,16 @@ class ParityHarness:
         prob_diff = np.abs(_softmax(logits) - _softmax(ref))
         parity.add(batch.probe_set, ref, top, np.abs(logits - ref), prob_diff)
 
-    @staticmethod
-    def _fill_mask(parity: GraphParity, session: Any, batch: ProbeBatch, feeds: dict, where: tuple,
-                   ref: np.ndarray) -> None:
+    def _fill_mask(self, parity: GraphParity, session: Any, batch: ProbeBatch, entry: GraphEntry, feeds: dict,
+                   where: tuple, ref: np.ndarray) -> None:
         k = parity.tolerance.top_k
+        scoring = "target_ids" in entry.input_names
         outputs = ["mask_batch_index", "mask_position", "scores", "token_ids", "logits"]
-        b, p, scores, ids, top_logits = session.run(outputs, feeds | {"top_k": np.array(k, dtype=np.int64)})
+        ref_top = np.argsort(-ref, axis=1, kind="stable")[:, :k]
+        if scoring:  # the graph scores PyTorch's top-k ids, without the special tokens: checked below
+            outputs.append("target_log_probs")
+        feeds = feeds | control_feeds(entry.input_names, k, target_ids=ref_top, exclude_special=True)
+        b, p, scores, ids, top_logits, *scored = session.run(outputs, feeds)
         if not (np.array_equal(b, where[0]) and np.array_equal(p, where[1])):
             parity.errors.append(f"{batch.label}: graph found masks at {list(zip(b, p))[:5]}..., "
                                  f"expected {list(zip(*where))[:5]}...")
@@ -241,4 +263,11 @@ class ParityHarness:
             return
         ref_at = np.take_along_axis(ref, ids, axis=1)
         prob_at = np.take_along_axis(_softmax(ref), ids, axis=1)
-        parity.add(batch.probe_set, ref, ids, np.abs(top_logits - ref_at), np.abs(scores - prob_at))
+        log_prob_diffs = None
+        if scoring:
+            kept = ref.astype(np.float64)
+            kept[:, self.special_ids] = -np.inf
+            ref_log_probs = np.take_along_axis(_log_softmax(kept), ref_top, axis=1)
+            ordinary = ~np.isin(ref_top, self.special_ids)
+            log_prob_diffs = np.abs(scored[0][ordinary] - ref_log_probs[ordinary])
+        parity.add(batch.probe_set, ref, ids, np.abs(top_logits - ref_at), np.abs(scores - prob_at), log_prob_diffs)

@@ -1,0 +1,149 @@
+"""Batch scoring: pseudo-log-likelihoods for a file of sequences, on this machine or on Ray.
+
+    table.py       read text/CSV/Parquet as a stream; write JSONL/Parquet whole or not at all
+    ray_engine.py  the same scorer as a Ray Data actor pool (`engine="ray"`)
+
+Both engines give the same rows: a sequence's score depends only on the sequence (see
+`runtime.scoring`), never on its batch or its worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ..errors import InputError
+from ..runtime.scoring import PLLScore, RowError, ScoreOptions
+from .table import InputRow, RowWriter, ScoredRow, read_rows
+
+log = logging.getLogger("mlm_export")
+ENGINES = ("local", "ray")
+CHUNK = 64  # sequences scored between writes and progress updates
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """What to score, with what, and where the rows go."""
+
+    artifact: Path
+    input: Path
+    output: Path | None = None      # None: JSON Lines on stdout
+    column: str | None = None
+    options: ScoreOptions = field(default_factory=ScoreOptions)
+    variant: str | None = None
+    providers: str = "auto"
+    threads: int | None = None
+    strict: bool = False            # the first bad row ends the run (nothing is written)
+    force: bool = False             # replace an existing output file
+    engine: str = "local"
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    workers: int | None = None      # Ray actors; default: the cluster's CPUs / threads
+    progress: bool = True
+
+
+@dataclass
+class ScoreSummary:
+    """How a run went: rows in, rows scored, and the bad rows (line and reason)."""
+
+    output: str | None
+    engine: str
+    variant: str
+    rows: int = 0
+    scored: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "engine": self.engine, "variant": self.variant, "rows": self.rows,
+                "scored": self.scored, "failed": [{"line": n, "error": e} for n, e in self.failed],
+                "seconds": round(self.seconds, 3),
+                "sequences_per_second": round(self.rows / self.seconds, 2) if self.seconds else None}
+
+
+def to_scored_row(row: InputRow, result: PLLScore | RowError) -> ScoredRow:
+    if isinstance(result, RowError):
+        return ScoredRow(row.line, result.text, None, None, None, result.message)
+    return ScoredRow(row.line, result.text, result.pll, result.n_tokens, result.token_log_probs)
+
+
+def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
+    """Score every sequence of `job.input` into `job.output` (or JSON Lines on `stdout`), in input order.
+
+    A bad row (empty, too long, holding the mask token) becomes a row with `error` set and a
+    warning naming its line; with `strict` it raises `InputError` and nothing is written.
+    """
+    import time
+
+    if job.engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {job.engine!r}")
+    rows = read_rows(job.input, job.column)  # checks the input before anything is created
+    writer = RowWriter(job.output, job.options.per_token, job.force, stdout)
+    start = time.perf_counter()
+    try:
+        if job.engine == "ray":
+            from .ray_engine import score_with_ray
+
+            variant, results = score_with_ray(job, rows)
+        else:
+            variant, results = _score_locally(job, rows)
+        summary = ScoreSummary(None if job.output is None else str(job.output), job.engine, variant)
+        with _progress(job) as bar:
+            for chunk in results:
+                _check(chunk, job, summary)
+                writer.write(chunk)
+                bar.update(len(chunk))
+        summary.seconds = time.perf_counter() - start
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return summary
+
+
+def _check(chunk: list[ScoredRow], job: ScoreJob, summary: ScoreSummary) -> None:
+    for row in chunk:
+        summary.rows += 1
+        if row.error is None:
+            summary.scored += 1
+            continue
+        if job.strict:
+            raise InputError(f"{job.input}, line {row.line}: {row.error} (--strict stops at the first bad row)")
+        summary.failed.append((row.line, row.error))
+        log.warning("line %d not scored: %s", row.line, row.error)
+
+
+def _score_locally(job: ScoreJob, rows: Iterable[InputRow]) -> tuple[str, Iterator[list[ScoredRow]]]:
+    from ..runtime.predictor import OnnxMaskFiller
+    from ..runtime.scoring import Scorer
+
+    filler = OnnxMaskFiller.from_pretrained(job.artifact, variant=job.variant,
+                                            providers=job.providers, threads=job.threads)
+    scorer = Scorer(filler)
+
+    def chunks() -> Iterator[list[ScoredRow]]:
+        for chunk in _chunked(rows, CHUNK):
+            results = scorer.score_rows([r.text for r in chunk], job.options)
+            yield [to_scored_row(row, result) for row, result in zip(chunk, results)]
+
+    return filler.variant, chunks()
+
+
+def _chunked(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
+    chunk: list[InputRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress(job: ScoreJob):  # type: ignore[no-untyped-def]
+    """A bar with sequences per second on stderr, on a terminal only (tqdm's `disable=None`)."""
+    from tqdm import tqdm
+
+    return tqdm(desc="scoring", unit="seq", disable=None if job.progress else True, leave=False)

@@ -1,0 +1,134 @@
+"""PLL scoring as Ray Data `map_batches` on an actor pool: the same `Scorer`, one per actor.
+
+Each actor opens the artifact once, with its thread count, and holds the session for its life;
+`compute=ActorPoolStrategy(size=...)` sizes the pool (`concurrency=` is deprecated in Ray 2.6x).
+`ray.init()` without an address starts a local instance, or joins the cluster `RAY_ADDRESS` names;
+an explicit address is passed through unchanged. On a cluster, the artifact path must be readable
+on every worker (a shared file system); the driver reads the input and ships it as Arrow blocks.
+
+Rows come back in input order (`preserve_order`) and are written by the caller, so the output
+file is the local engine's, row for row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..runtime.scoring import RowError, ScoreOptions
+from .table import InputRow, ScoredRow
+
+if TYPE_CHECKING:
+    from . import ScoreJob
+
+SEQUENCES_PER_BATCH = 32
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise InputError("--engine ray needs Ray Data: pip install 'mlm-export[ray]'") from exc
+    return ray
+
+
+class PLLActor:
+    """A Ray Data callable class: opens the artifact once, then scores batches of `{"text": ...}`."""
+
+    def __init__(self, artifact: str, variant: str | None, threads: int | None, options: ScoreOptions) -> None:
+        from ..runtime.predictor import OnnxMaskFiller
+        from ..runtime.scoring import Scorer
+
+        filler = OnnxMaskFiller.from_pretrained(artifact, variant=variant, providers="cpu", threads=threads)
+        self.scorer = Scorer(filler)
+        self.options = options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = [t if isinstance(t, str) else ("" if t is None else t) for t in batch["text"].tolist()]
+        results = list(self.scorer.score_rows(texts, self.options))
+        ok = [not isinstance(r, RowError) for r in results]
+        out: dict[str, Any] = {
+            "text": np.array([r.text for r in results], dtype=object),
+            "pll": np.array([r.pll if good else np.nan for r, good in zip(results, ok)], dtype=np.float64),
+            "n_tokens": np.array([r.n_tokens if good else -1 for r, good in zip(results, ok)], dtype=np.int64),
+            "ok": np.array(ok, dtype=bool),  # Ray turns an all-None column into NaN: errors are "" when ok
+            "error": np.array(["" if good else r.message for r, good in zip(results, ok)], dtype=object),
+        }
+        if self.options.per_token:
+            per_token = np.empty(len(results), dtype=object)  # ragged: one array per row
+            for i, (r, good) in enumerate(zip(results, ok)):
+                per_token[i] = np.array(r.token_log_probs if good else (), dtype=np.float64)
+            out["token_log_probs"] = per_token
+        out["line"] = batch["line"]
+        return out
+
+
+def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
+                   sequences_per_batch: int = SEQUENCES_PER_BATCH) -> tuple[str, Iterator[list[ScoredRow]]]:
+    """Start (or join) Ray, and stream the scored rows back in input order."""
+    from ..manifest import read_manifest
+    from ..runtime.predictor import preferred_variant
+
+    ray = _ray()
+    manifest = read_manifest(job.artifact)  # fail here, not in every actor
+    variant = job.variant or preferred_variant(manifest, "CPUExecutionProvider")
+    if variant not in manifest.fill_mask_graphs:
+        raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "
+                         f"{', '.join(sorted(manifest.fill_mask_graphs))}")
+    if not ray.is_initialized():
+        address = job.ray_address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", configure_logging=True)
+    if not job.progress:  # -q, --json or no terminal: Ray Data's own INFO lines too
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = job.progress
+    threads = job.threads or 1
+    workers = job.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
+    # The driver reads the input (as the local engine does) and hands it to Ray as Arrow blocks: read
+    # tasks would wait for CPUs that the actor pool holds (a 2-CPU machine deadlocked on read_parquet).
+    blocks = _arrow_blocks(rows, workers, sequences_per_batch)
+    dataset = ray.data.from_arrow(blocks)
+    scored = dataset.map_batches(
+        PLLActor, batch_size=max(1, blocks[0].num_rows), batch_format="numpy", num_cpus=threads,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        fn_constructor_kwargs={"artifact": str(Path(job.artifact).resolve()), "variant": variant,
+                               "threads": threads, "options": job.options})
+    return variant, _rows(scored, max(1, blocks[0].num_rows))
+
+
+def _arrow_blocks(rows: Iterable[InputRow], workers: int, largest: int) -> list[Any]:
+    """The input as Arrow tables of at most `largest` rows, at least four per actor where the input
+    allows, so that every actor gets work."""
+    import pyarrow as pa
+
+    lines: list[int] = []
+    texts: list[Any] = []
+    for row in rows:
+        lines.append(row.line)
+        texts.append(row.text if isinstance(row.text, str) else None)
+    table = pa.table({"line": pa.array(lines, pa.int64()), "text": pa.array(texts, pa.string())})
+    size = max(1, min(largest, -(-len(lines) // (4 * workers))))
+    return [table.slice(start, size) for start in range(0, max(len(lines), 1), size)]
+
+
+def _rows(scored: Any, size: int) -> Iterator[list[ScoredRow]]:
+    for batch in scored.iter_batches(batch_size=size, batch_format="numpy"):
+        chunk = []
+        for i in range(len(batch["text"])):
+            line = int(batch["line"][i])
+            if not batch["ok"][i]:
+                chunk.append(ScoredRow(line, str(batch["text"][i]), None, None, None, str(batch["error"][i])))
+                continue
+            per_token = batch["token_log_probs"][i] if "token_log_probs" in batch else None
+            chunk.append(ScoredRow(line, str(batch["text"][i]), float(batch["pll"][i]), int(batch["n_tokens"][i]),
+                                   None if per_token is None else tuple(float(v) for v in per_token)))
+        yield chunk

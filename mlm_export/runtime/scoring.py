@@ -1,0 +1,169 @@
+"""Masked-LM scoring: pseudo-log-likelihood (Salazar et al. 2020, "Masked Language Model Scoring").
+
+Each scored token is masked in its own copy of the sequence and the fill-mask graph returns the
+log-probability of the original token there (`target_log_probs`): the head runs only at that one
+masked position. The copies of one sequence all have its length, so they run together without
+padding, and never with another sequence's copies. A sequence's score therefore does not depend on
+what else is scored with it, or on which engine (local, Ray) scores it: even int8's dynamic
+activation scales see the same batch.
+
+Conventions:
+- every token is scored but the special ones (CLS, SEP, PAD, MASK); an unknown-character token (UNK)
+  is scored like a word, since it stands for part of the text;
+- `reduction="sum"` is Salazar et al.'s PLL, `"mean"` divides by the number of scored tokens;
+- `exclude_special=True` takes the softmax over the vocabulary without its special tokens
+  (AntiBERTy's `pseudo_log_likelihood` convention); a text with a token the vocabulary lacks (UNK)
+  is then refused, since that token has no probability at all.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ArtifactError, InputError
+from .feeds import control_feeds
+
+if TYPE_CHECKING:
+    from .predictor import OnnxMaskFiller
+
+REDUCTIONS = ("sum", "mean")
+DEFAULT_COPIES_PER_RUN = 128  # masked copies per graph run; a longer sequence runs in several
+
+
+@dataclass(frozen=True)
+class PLLScore:
+    """One sequence's pseudo-log-likelihood: `pll` reduced over its `n_tokens` scored tokens."""
+
+    text: str
+    pll: float
+    n_tokens: int
+    token_log_probs: tuple[float, ...] | None = None  # per scored token, in order, when asked for
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"text": self.text, "pll": self.pll, "n_tokens": self.n_tokens}
+        if self.token_log_probs is not None:
+            row["token_log_probs"] = list(self.token_log_probs)
+        return row
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How sequences are scored; one value object shared by the local and Ray engines."""
+
+    reduction: str = "sum"
+    exclude_special: bool = False
+    per_token: bool = False
+    copies_per_run: int = DEFAULT_COPIES_PER_RUN
+
+    def __post_init__(self) -> None:
+        if self.reduction not in REDUCTIONS:
+            raise InputError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
+        for name in ("exclude_special", "per_token"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        size = self.copies_per_run
+        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {size!r}")
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A sequence that could not be scored, and why; batch scoring reports it and goes on."""
+
+    index: int
+    text: str
+    message: str
+
+
+class Scorer:
+    """PLL scoring on one open fill-mask session; holds no per-call state (thread-safe like the filler)."""
+
+    def __init__(self, filler: OnnxMaskFiller) -> None:
+        filler.require_scoring("pseudo-log-likelihood scoring")
+        self.filler = filler
+        tok = filler.manifest.tokenizer
+        self.unk_id: int = tok.special_ids["unk"]
+        self.unscored = (frozenset(tok.all_special_ids) | frozenset(tok.special_ids.values())) - {self.unk_id}
+
+    def score(self, texts: str | Sequence[str], options: ScoreOptions) -> PLLScore | list[PLLScore]:
+        """Score every text or raise `InputError` for the first that cannot be scored."""
+        single = isinstance(texts, str)
+        rows = list(self.score_rows([texts] if single else list(texts), options))
+        for row in rows:
+            if isinstance(row, RowError):
+                raise InputError(f"input {row.index}: {row.message}")
+        return rows[0] if single else rows  # type: ignore[return-value]
+
+    def score_rows(self, texts: Sequence[Any], options: ScoreOptions,
+                   first_index: int = 0) -> Iterator[PLLScore | RowError]:
+        """Per text, in order: its score, or a `RowError` (batch scoring goes on past bad rows)."""
+        for offset, text in enumerate(texts):
+            index = first_index + offset
+            try:
+                ids = self._encode(text)
+            except InputError as exc:
+                yield RowError(index, text if isinstance(text, str) else repr(text), str(exc))
+                continue
+            if options.exclude_special and self.unk_id in ids:
+                yield RowError(index, text, f"{self._unknown(text, ids)}; with exclude_special its probability "
+                               "is 0 (score without --exclude-special, or remove the character)")
+                continue
+            yield self._score_one(text, ids, options)
+
+    def _encode(self, text: Any) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"a sequence must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InputError("the sequence is empty")
+        filler = self.filler
+        ids = filler.tokenizer.encode(text).ids
+        if len(ids) > filler.max_length:
+            raise InputError(f"the sequence is {len(ids)} tokens long (with special tokens); this model takes "
+                             f"at most {filler.max_length}")
+        if filler.mask_token_id in ids:
+            raise InputError(f"the sequence holds the mask token {filler.mask_token}; PLL masks each token itself")
+        if not any(t not in self.unscored for t in ids):
+            raise InputError("the sequence has no token to score (only special tokens)")
+        return ids
+
+    def _unknown(self, text: str, ids: list[int]) -> str:
+        encoding = self.filler.tokenizer.encode(text)
+        spans = [text[a:b] for t, (a, b) in zip(encoding.ids, encoding.offsets) if t == self.unk_id]
+        return f"the sequence has characters the vocabulary lacks ({', '.join(repr(s) for s in spans[:5])})"
+
+    def _score_one(self, text: str, ids: list[int], options: ScoreOptions) -> PLLScore:
+        positions = [i for i, t in enumerate(ids) if t not in self.unscored]
+        row = np.asarray(ids, dtype=np.int64)
+        log_probs = np.empty(len(positions), dtype=np.float64)
+        for start in range(0, len(positions), options.copies_per_run):
+            chunk = positions[start : start + options.copies_per_run]
+            copies = np.repeat(row[None, :], len(chunk), axis=0)
+            copies[np.arange(len(chunk)), chunk] = self.filler.mask_token_id
+            targets = row[chunk][:, None]
+            log_probs[start : start + len(chunk)] = self._run(copies, targets, options.exclude_special)
+        total = float(log_probs.sum())
+        pll = total if options.reduction == "sum" else total / len(positions)
+        per_token = tuple(float(v) for v in log_probs) if options.per_token else None
+        return PLLScore(text, pll, len(positions), per_token)
+
+    def _run(self, copies: np.ndarray, targets: np.ndarray, exclude_special: bool) -> np.ndarray:
+        filler = self.filler
+        tokens = {"input_ids": copies, "attention_mask": np.ones_like(copies),
+                  "token_type_ids": np.zeros_like(copies)}
+        names = filler.graph.input_names
+        feeds = {n: tokens[n] for n in names if n in tokens}
+        feeds |= control_feeds(names, 1, target_ids=targets, exclude_special=exclude_special)
+        batch_index, scored = filler.run_graph(["mask_batch_index", "target_log_probs"], feeds)
+        if not np.array_equal(batch_index, np.arange(len(copies))):
+            raise InputError("the graph found a different number of masks than were placed; the "
+                             "tokenizer and graph disagree on the mask token")
+        values = scored[:, 0].astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ArtifactError(f"the {filler.variant} graph of {filler.directory} produced non-finite "
+                                "log-probabilities; run `mlm-export verify` on it")
+        return values

@@ -1,0 +1,150 @@
+"""`mlm-export score`: files in and out, bad rows, and the Ray engine against the local one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from mlm_export import OnnxMaskFiller
+from mlm_export.batch import ScoreJob, score_file
+from mlm_export.cli import main
+
+SEQUENCES = ["the cat sat on the mat .", "the dog ran", "", "a big red house [MASK]", "the house is small",
+             " ".join(["cat"] * 70), "a tree"]
+BAD = {3: "empty", 4: "mask token", 6: "tokens long"}  # line -> why
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def text_input(tmp_path: Path) -> Path:
+    path = tmp_path / "seqs.txt"
+    path.write_text("\n".join(SEQUENCES) + "\n", encoding="utf-8")
+    return path
+
+
+def _rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_rows_come_in_input_order_and_bad_rows_are_reported(runner: CliRunner, tiny_artifact: Path,
+                                                           text_input: Path) -> None:
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(text_input), "--variant", "fp32"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.stdout)
+    assert [r["line"] for r in rows] == list(range(1, len(SEQUENCES) + 1))
+    assert [r["text"] for r in rows] == SEQUENCES
+    for row in rows:
+        if row["line"] in BAD:
+            assert BAD[row["line"]] in row["error"] and row["pll"] is None
+            assert f"line {row['line']} not scored" in result.stderr
+        else:
+            assert "error" not in row and row["pll"] < 0 and row["n_tokens"] == len(row["text"].split())
+    filler = OnnxMaskFiller.from_pretrained(tiny_artifact, variant="fp32")
+    assert rows[0]["pll"] == filler.score(SEQUENCES[0]).pll
+    assert "scored 4 of 7 sequences" in result.stderr
+
+
+def test_strict_stops_at_the_first_bad_row_and_writes_nothing(runner: CliRunner, tiny_artifact: Path,
+                                                             text_input: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.jsonl"
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(text_input), "-o", str(out), "--strict",
+                                  "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "InputError" and "line 3: the sequence is empty" in error["message"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seqs.txt"]  # no output, no temporary file
+
+
+def test_csv_and_parquet_inputs_and_a_parquet_output(runner: CliRunner, tiny_artifact: Path,
+                                                     tmp_path: Path) -> None:
+    good = [s for i, s in enumerate(SEQUENCES, 1) if i not in BAD]
+    with open(tmp_path / "in.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "heavy"])
+        writer.writerows([[i, s] for i, s in enumerate(good)])
+    pq.write_table(pa.table({"id": list(range(len(good))), "heavy": good}), tmp_path / "in.parquet")
+    outputs = []
+    for name in ("in.csv", "in.parquet"):
+        out = tmp_path / f"{name}.out.parquet"
+        result = runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / name), "--column", "heavy",
+                                      "-o", str(out), "--reduction", "mean", "--per-token", "--json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["rows"] == summary["scored"] == len(good) and summary["failed"] == []
+        outputs.append(pq.read_table(out).to_pylist())
+    csv_rows, parquet_rows = outputs
+    assert [r["line"] for r in csv_rows] == [2, 3, 4, 5]  # CSV: the file's line; Parquet: the row
+    assert [r["line"] for r in parquet_rows] == [1, 2, 3, 4]
+    for a, b in zip(csv_rows, parquet_rows):
+        assert (a["text"], a["pll"], a["token_log_probs"]) == (b["text"], b["pll"], b["token_log_probs"])
+        assert a["pll"] == pytest.approx(sum(a["token_log_probs"]) / a["n_tokens"])
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--column", "nope"], "has no column 'nope'"),
+    ([], "name the one with the sequences with --column"),
+])
+def test_a_missing_column_is_named(runner: CliRunner, tiny_artifact: Path, tmp_path: Path, args: list[str],
+                                   says: str) -> None:
+    (tmp_path / "in.csv").write_text("id,seq\n1,the cat\n")
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "in.csv"), *args])
+    assert result.exit_code == 1 and says in result.stderr
+
+
+def test_an_existing_output_is_replaced_only_with_force(runner: CliRunner, tiny_artifact: Path,
+                                                        text_input: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.jsonl"
+    out.write_text("my data\n")
+    refused = runner.invoke(main, ["score", str(tiny_artifact), str(text_input), "-o", str(out)])
+    assert refused.exit_code == 1 and "--force" in refused.stderr
+    assert out.read_text() == "my data\n"
+    forced = runner.invoke(main, ["score", str(tiny_artifact), str(text_input), "-o", str(out), "--force"])
+    assert forced.exit_code == 0
+    assert len(_rows(out.read_text())) == len(SEQUENCES)
+
+
+def test_a_failed_run_leaves_no_output(tiny_artifact: Path, text_input: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(Exception, match="not a directory|no manifest|does not exist"):
+        score_file(ScoreJob(tmp_path / "missing-artifact", text_input, out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seqs.txt"]
+
+
+def test_the_ray_engine_without_ray_names_the_extra(tiny_artifact: Path, text_input: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(Exception, match=r"mlm-export\[ray\]"):
+        score_file(ScoreJob(tiny_artifact, text_input, engine="ray"))
+
+
+def test_ray_engine_equals_local_engine_row_for_row(runner: CliRunner, tiny_variants: Path, text_input: Path,
+                                                    tmp_path: Path) -> None:
+    """On a local Ray instance (ray.init() with no address), two actors, text and Parquet inputs, the
+    int8 graph (whose dynamic activation scales would show any change of batch)."""
+    import ray
+
+    pq.write_table(pa.table({"text": SEQUENCES * 3}), tmp_path / "in.parquet")
+    try:
+        for source in (text_input, tmp_path / "in.parquet"):
+            results = {}
+            for engine in ("local", "ray"):
+                result = runner.invoke(main, ["score", str(tiny_variants), str(source), "--engine", engine,
+                                              "--workers", "2", "--threads", "1", "--variant", "int8",
+                                              "--per-token", "--exclude-special", "-q"])
+                assert result.exit_code == 0, result.output
+                results[engine] = _rows(result.stdout)
+            assert results["ray"] == results["local"]
+            assert len(results["ray"]) == (len(SEQUENCES) if source == text_input else 3 * len(SEQUENCES))
+    finally:
+        ray.shutdown()
