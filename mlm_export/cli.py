@@ -150,7 +150,8 @@ class _Cli(click.Group):
     @staticmethod
     def _interrupted(output: _Output, exc: KeyboardInterrupt) -> int:
         message = str(exc) or "interrupted (SIGINT)"
-        return output.error("Interrupted", f"{message}; an export leaves its complete artifact or nothing",
+        return output.error("Interrupted", f"{message}; nothing half-written was left (an export leaves its "
+                            "complete artifact or nothing)",
                             getattr(exc, "exit_code", INTERRUPT_EXIT), exc)
 
 
@@ -307,14 +308,16 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", help="Join this Ray cluster [RAY_ADDRESS, else a local instance].")
 @click.option("--workers", type=click.IntRange(1, None), help="Ray actors [cluster CPUs / threads].")
-@click.option("--strict", is_flag=True, help="Stop at the first bad row; write nothing.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad row; no --output file is written.")
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
 @quiet_option
 @common_options
 def score_command(directory: Path, input_path: Path, output: Path | None, column: str | None, reduction: str,
                   exclude_special: bool, per_token: bool, variant: str | None, providers: str,
                   threads: int | None, batch_size: int, engine: str, ray_address: str | None,
-                  workers: int | None, strict: bool, force: bool, quiet: bool, as_json: bool) -> None:
+                  workers: int | None, strict: bool, force: bool, key: Path | None, quiet: bool,
+                  as_json: bool) -> None:
     """Pseudo-log-likelihood of every sequence in INPUT with the artifact in DIRECTORY.
 
     INPUT is a text file (one sequence per line), or a .csv/.parquet file with --column. Each output
@@ -328,13 +331,13 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
     output_ = _out()
     job = ScoreJob(directory, input_path, output, column,
                    ScoreOptions(reduction, exclude_special, per_token, batch_size), variant, providers, threads,
-                   strict, force, engine, ray_address, workers, progress=not (quiet or as_json))
+                   strict, force, engine, ray_address, workers, progress=not (quiet or as_json), public_key=key)
     summary = score_file(job, stdout=output_.stream)
     failed = f"; {len(summary.failed)} not scored (lines {', '.join(str(n) for n, _ in summary.failed[:10])}" \
              f"{', ...' if len(summary.failed) > 10 else ''})" if summary.failed else ""
     rate = f" ({summary.rows / summary.seconds:.1f}/s)" if summary.seconds else ""
-    click.echo(f"mlm-export: scored {summary.scored} of {summary.rows} sequences with {summary.variant} "
-               f"in {summary.seconds:.1f} s{rate}{failed}", err=True)
+    logging.getLogger("mlm_export").info("scored %d of %d sequences with %s in %.1f s%s%s", summary.scored,
+                                         summary.rows, summary.variant, summary.seconds, rate, failed)
     if output is not None and as_json:
         output_.result(summary.to_dict(), "")
 

@@ -174,7 +174,7 @@ def atomic_directory(out: Path, force: bool, protected: Sequence[Path] = ()) -> 
     prepare_destination(out, force, protected)
     target = _target(out)
     parent = target.parent
-    made = _make_parents(parent)
+    made = make_directories(parent)
     try:
         with _staging(parent, target.name, "tmp") as staging:
             build = staging / BUILD
@@ -192,9 +192,7 @@ def atomic_directory(out: Path, force: bool, protected: Sequence[Path] = ()) -> 
                                        "--out") from exc
                 raise
     except BaseException:
-        for directory in reversed(made):
-            with contextlib.suppress(OSError):
-                directory.rmdir()  # only if still empty: never more than we created
+        remove_directories(made)  # never more than we created
         raise
 
 
@@ -233,30 +231,36 @@ def _staging(parent: Path, name: str, kind: str) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _make_parents(parent: Path) -> list[Path]:
-    """Create the missing directories above `out`, returning them so a failure can remove them."""
+def make_directories(path: Path) -> list[Path]:
+    """Create `path` and its missing parents, returning those made, so that a failure removes only
+    what this process created (`remove_directories`)."""
     missing = []
-    probe = parent
+    probe = path
     while not os.path.lexists(probe):
         missing.append(probe)
         probe = probe.parent
     if not probe.is_dir():
-        raise StorageError(f"cannot create {parent}: {probe} is not a directory")
-    made = []
+        raise StorageError(f"cannot create {path}: {probe} is not a directory")
+    made: list[Path] = []
     for directory in reversed(missing):
         try:
             directory.mkdir()
         except FileExistsError:
             if not directory.is_dir():
-                raise StorageError(f"cannot create {parent}: {directory} is not a directory") from None
+                raise StorageError(f"cannot create {path}: {directory} is not a directory") from None
             continue  # created by someone else meanwhile: not ours to remove
         except OSError as exc:
-            for done in reversed(made):
-                with contextlib.suppress(OSError):
-                    done.rmdir()
-            raise StorageError(f"cannot create {directory}: {exc.strerror}; choose another --out") from exc
+            remove_directories(made)
+            raise StorageError(f"cannot create {directory}: {exc.strerror}") from exc
         made.append(directory)
     return made
+
+
+def remove_directories(made: Sequence[Path]) -> None:
+    """Remove directories `make_directories` made, newest first, each only if still empty."""
+    for directory in reversed(made):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def heal_stale_stagings(parent: Path) -> None:

@@ -29,7 +29,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from .artifact import verified_path
 from .errors import ArtifactError, InputError, StorageError
 from .interrupts import deferred_signals
 from .manifest import GraphEntry, Manifest, TensorSpec, read_manifest
+from .staging import make_directories, remove_directories
 
 log = logging.getLogger("mlm_export")
 
@@ -116,7 +117,7 @@ def instance_kind(graph: GraphEntry, variant: str, device: str) -> str:
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "gpu" and (graph.precision == "int8" or variant == "int8"):
-        raise InputError(f"the {variant} variant is int8, which is for CPU instances: ONNX Runtime's CUDA "
+        raise InputError(f"variant {variant!r} is int8, which is for CPU instances: ONNX Runtime's CUDA "
                          "provider runs its int8 ops on the CPU, copying every tensor back and forth. "
                          "Serve variant fp16 or fp32 on GPU, or int8 with device cpu")
     return DEVICES[device]
@@ -212,7 +213,7 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
     text = config_text(graph, name, variant, max_batch_size, device, instances)
     target = repo / name
     _refuse_existing(target)
-    made = _make_dirs(repo)
+    made = make_directories(repo)
     try:
         _remove_stale_builds(repo)
         with _build(repo, name) as build:
@@ -225,11 +226,11 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
             (build / CONFIG_FILE).write_text(text, encoding="utf-8")
             _publish(build, target)
     except OSError as exc:
-        _remove_dirs(made)
+        remove_directories(made)
         raise StorageError(f"cannot write the Triton model {target}: {exc.strerror or exc}. Nothing was "
                            "left in the repository") from exc
     except BaseException:
-        _remove_dirs(made)
+        remove_directories(made)
         raise
     return TritonModel(name=name, directory=target, config_path=target / CONFIG_FILE,
                        model_path=target / VERSION / MODEL_FILE,
@@ -242,34 +243,6 @@ def _refuse_existing(target: Path) -> None:
     if os.path.lexists(target):
         raise ArtifactError(f"{target} already exists; mlm-export never replaces a model in a Triton "
                             "repository. Pick another name with --name (name= in Python), or remove it first")
-
-
-def _make_dirs(repo: Path) -> list[Path]:
-    """Create `repo` and missing parents, returning those made so a failure removes only them."""
-    missing = []
-    probe = repo
-    while not os.path.lexists(probe):
-        missing.append(probe)
-        probe = probe.parent
-    if not probe.is_dir():
-        raise StorageError(f"cannot create the Triton repository {repo}: {probe} is not a directory")
-    made: list[Path] = []
-    for directory in reversed(missing):
-        try:
-            directory.mkdir()
-        except FileExistsError:
-            continue  # made by someone else meanwhile: not ours to remove
-        except OSError as exc:
-            _remove_dirs(made)
-            raise StorageError(f"cannot create the Triton repository {repo}: {exc.strerror}") from exc
-        made.append(directory)
-    return made
-
-
-def _remove_dirs(made: Sequence[Path]) -> None:
-    for directory in reversed(made):
-        with contextlib.suppress(OSError):
-            directory.rmdir()  # only if still empty
 
 
 @contextlib.contextmanager

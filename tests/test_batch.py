@@ -148,3 +148,43 @@ def test_ray_engine_equals_local_engine_row_for_row(runner: CliRunner, tiny_vari
             assert len(results["ray"]) == (len(SEQUENCES) if source == text_input else 3 * len(SEQUENCES))
     finally:
         ray.shutdown()
+
+
+def test_the_output_may_not_be_the_input_even_with_force(runner: CliRunner, tiny_artifact: Path,
+                                                        tmp_path: Path) -> None:
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["the cat"]}), source)
+    before = source.read_bytes()
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(source), "-o", str(source), "--force"])
+    assert result.exit_code == 1 and "is the input" in result.stderr
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("content,says", [
+    ('text\nthe cat\n"the dog\nthe red cat\n', "line 4: cannot read the CSV"),  # a stray quote: not merged
+    ("id,text\n1,the cat\n2\n", "line 3: 1 fields, the header has 2"),
+    ("text,text\nthe cat,a dog\n", "2 columns named 'text'"),
+])
+def test_a_malformed_csv_is_refused_not_misread(runner: CliRunner, tiny_artifact: Path, tmp_path: Path,
+                                                content: str, says: str) -> None:
+    (tmp_path / "in.csv").write_text(content)
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "in.csv"), "-q"])
+    assert result.exit_code == 1 and says in result.stderr, result.output
+
+
+def test_a_parquet_column_of_numbers_is_refused(runner: CliRunner, tiny_artifact: Path, tmp_path: Path) -> None:
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "in.parquet")
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "in.parquet")])
+    assert result.exit_code == 1 and "column 'text' holds int64, not strings" in result.stderr
+
+
+def test_text_lines_are_counted_as_wc_does(runner: CliRunner, tiny_artifact: Path, tmp_path: Path) -> None:
+    """A byte-order mark is dropped, CRLF ends a line, a lone CR does not; bad UTF-8 names its line."""
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"\xef\xbb\xbfthe cat\r\nthe dog\rran\na tree\n")
+    rows = _rows(runner.invoke(main, ["score", str(tiny_artifact), str(path), "-q"]).stdout)
+    assert [(r["line"], r["text"]) for r in rows] == [(1, "the cat"), (2, "the dog\rran"), (3, "a tree")]
+    path.write_bytes(b"the cat\nthe caf\xe9\n")
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(path), "-o", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and "line 2: not UTF-8 text" in result.stderr
+    assert not (tmp_path / "o.jsonl").exists()

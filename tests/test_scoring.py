@@ -165,3 +165,6 @@ def test_targets_that_name_nothing_are_an_input_error(tiny_artifact: Path) -> No
         filler("the [MASK] sat", targets=[""])
     with pytest.raises(InputError, match="targets must be strings"):
         filler("the [MASK] sat", targets=[3])
+    with pytest.raises(InputError, match="targets must be a string or a list of strings, got int"):
+        filler("the [MASK] sat", targets=5)
+    assert filler("the [MASK] sat", targets={"cat", "dog"}, top_k=5) == filler("the [MASK] sat", targets=["dog", "cat"])

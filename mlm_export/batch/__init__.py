@@ -42,6 +42,7 @@ class ScoreJob:
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
     workers: int | None = None      # Ray actors; default: the cluster's CPUs / threads
     progress: bool = True
+    public_key: Path | None = None  # refuse an artifact without a valid signature
 
 
 @dataclass
@@ -73,15 +74,15 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
     """Score every sequence of `job.input` into `job.output` (or JSON Lines on `stdout`), in input order.
 
     A bad row (empty, too long, holding the mask token) becomes a row with `error` set and a
-    warning naming its line; with `strict` it raises `InputError` and nothing is written.
+    warning naming its line; with `strict` it raises `InputError` and no output file is written
+    (rows already streamed to stdout stay printed).
     """
     import time
 
     if job.engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {job.engine!r}")
     rows = read_rows(job.input, job.column)  # checks the input before anything is created
-    writer = RowWriter(job.output, job.options.per_token, job.force, stdout)
-    start = time.perf_counter()
+    writer = RowWriter(job.output, job.options.per_token, job.force, stdout, source=job.input)
     try:
         if job.engine == "ray":
             from .ray_engine import score_with_ray
@@ -90,6 +91,7 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
         else:
             variant, results = _score_locally(job, rows)
         summary = ScoreSummary(None if job.output is None else str(job.output), job.engine, variant)
+        start = time.perf_counter()  # scoring only: the artifact is open (Ray starts on the first rows)
         with _progress(job) as bar:
             for chunk in results:
                 _check(chunk, job, summary)
@@ -119,8 +121,8 @@ def _score_locally(job: ScoreJob, rows: Iterable[InputRow]) -> tuple[str, Iterat
     from ..runtime.predictor import OnnxMaskFiller
     from ..runtime.scoring import Scorer
 
-    filler = OnnxMaskFiller.from_pretrained(job.artifact, variant=job.variant,
-                                            providers=job.providers, threads=job.threads)
+    filler = OnnxMaskFiller.from_pretrained(job.artifact, variant=job.variant, providers=job.providers,
+                                            threads=job.threads, public_key=job.public_key)
     scorer = Scorer(filler)
 
     def chunks() -> Iterator[list[ScoredRow]]:

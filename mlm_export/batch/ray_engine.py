@@ -42,16 +42,18 @@ def _ray() -> Any:
 class PLLActor:
     """A Ray Data callable class: opens the artifact once, then scores batches of `{"text": ...}`."""
 
-    def __init__(self, artifact: str, variant: str | None, threads: int | None, options: ScoreOptions) -> None:
+    def __init__(self, artifact: str, variant: str | None, threads: int | None, options: ScoreOptions,
+                 public_key: str | None = None) -> None:
         from ..runtime.predictor import OnnxMaskFiller
         from ..runtime.scoring import Scorer
 
-        filler = OnnxMaskFiller.from_pretrained(artifact, variant=variant, providers="cpu", threads=threads)
+        filler = OnnxMaskFiller.from_pretrained(artifact, variant=variant, providers="cpu", threads=threads,
+                                                public_key=public_key)
         self.scorer = Scorer(filler)
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [t if isinstance(t, str) else ("" if t is None else t) for t in batch["text"].tolist()]
+        texts = ["" if t is None else t for t in batch["text"].tolist()]
         results = list(self.scorer.score_rows(texts, self.options))
         ok = [not isinstance(r, RowError) for r in results]
         out: dict[str, Any] = {
@@ -77,7 +79,7 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     from ..runtime.predictor import preferred_variant
 
     ray = _ray()
-    manifest = read_manifest(job.artifact)  # fail here, not in every actor
+    manifest = read_manifest(job.artifact, public_key=job.public_key)  # fail here, not in every actor
     variant = job.variant or preferred_variant(manifest, "CPUExecutionProvider")
     if variant not in manifest.fill_mask_graphs:
         raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "
@@ -101,7 +103,8 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
         PLLActor, batch_size=max(1, blocks[0].num_rows), batch_format="numpy", num_cpus=threads,
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={"artifact": str(Path(job.artifact).resolve()), "variant": variant,
-                               "threads": threads, "options": job.options})
+                               "threads": threads, "options": job.options,
+                               "public_key": None if job.public_key is None else str(Path(job.public_key).resolve())})
     return variant, _rows(scored, max(1, blocks[0].num_rows))
 
 
@@ -114,7 +117,7 @@ def _arrow_blocks(rows: Iterable[InputRow], workers: int, largest: int) -> list[
     texts: list[Any] = []
     for row in rows:
         lines.append(row.line)
-        texts.append(row.text if isinstance(row.text, str) else None)
+        texts.append(row.text)
     table = pa.table({"line": pa.array(lines, pa.int64()), "text": pa.array(texts, pa.string())})
     size = max(1, min(largest, -(-len(lines) // (4 * workers))))
     return [table.slice(start, size) for start in range(0, max(len(lines), 1), size)]

@@ -1,7 +1,8 @@
 """Sequences in, scores out: the file formats of batch scoring.
 
-Inputs are read as a stream, so a file of millions of sequences is never held whole:
-- a text file, one sequence per line (`line` is the line number);
+Inputs are read as a stream, so the local engine never holds a file of millions of sequences whole
+(the Ray engine's driver does, to ship it to the actors):
+- a text file, one sequence per line (`line` is the line number, as `wc -l` counts);
 - CSV (`line` is the line the record ends on) or Parquet (`line` is the 1-based row) with a column.
 
 Outputs are JSON Lines (a file, or stdout) or Parquet, one row per input row in input order. A file
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import ArtifactError, InputError, StorageError
+from ..errors import InputError, StorageError
 
 TEXT_SUFFIXES = (".txt", ".seq", ".text", "")
 DEFAULT_COLUMNS = ("text", "sequence")
@@ -79,29 +80,37 @@ def read_rows(path: Path, column: str | None = None) -> Iterator[InputRow]:
 
 
 def _text_rows(path: Path) -> Iterator[InputRow]:
-    with open(path, encoding="utf-8", errors="strict", newline=None) as handle:
-        try:
-            for number, line in enumerate(handle, 1):
-                yield InputRow(number, line.rstrip("\n"))
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start} of a block)") from exc
+    """Lines end at \n (\r\n too); a lone \r stays inside its line, so line numbers match `wc -l`."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start} of "
+                                 "the line)") from exc
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark, as some editors write
+            yield InputRow(number, line.removesuffix("\n").removesuffix("\r"))
 
 
 def _pick_column(path: Path, columns: list[str], column: str | None) -> str:
     if column is not None:
         if column not in columns:
             raise InputError(f"{path} has no column {column!r}; it has {', '.join(map(repr, columns))}")
-        return column
-    for name in DEFAULT_COLUMNS:
-        if name in columns:
-            return name
-    raise InputError(f"{path} has columns {', '.join(map(repr, columns))}; name the one with the sequences "
-                     "with --column")
+        name = column
+    else:
+        name = next((n for n in DEFAULT_COLUMNS if n in columns), "")
+        if not name:
+            raise InputError(f"{path} has columns {', '.join(map(repr, columns))}; name the one with the "
+                             "sequences with --column")
+    if columns.count(name) > 1:
+        raise InputError(f"{path} has {columns.count(name)} columns named {name!r}; rename them")
+    return name
 
 
 def _csv_rows(path: Path, column: str | None) -> Iterator[InputRow]:
-    handle = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (closed by the generator)
-    reader = csv.reader(handle)
+    handle = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 (closed by the generator)
+    reader = csv.reader(handle, strict=True)  # a stray quote is an error, not rows merged into one
     try:
         header = next(reader, None)
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -116,7 +125,10 @@ def _csv_rows(path: Path, column: str | None) -> Iterator[InputRow]:
         with handle:
             try:
                 for record in reader:
-                    yield InputRow(reader.line_num, record[index] if index < len(record) else "")
+                    if len(record) != len(header):  # a shifted row would score the wrong field
+                        raise InputError(f"{path}, line {reader.line_num}: {len(record)} fields, the header has "
+                                         f"{len(header)}")
+                    yield InputRow(reader.line_num, record[index])
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise InputError(f"{path}, line {reader.line_num}: cannot read the CSV ({exc})") from exc
 
@@ -124,12 +136,19 @@ def _csv_rows(path: Path, column: str | None) -> Iterator[InputRow]:
 
 
 def _open_parquet(path: Path, column: str | None) -> tuple[Any, str]:
+    import pyarrow as pa
+
     pq = _pyarrow_parquet("Parquet input")
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow's ArrowInvalid and friends
         raise InputError(f"{path} cannot be read as Parquet ({exc})") from exc
-    return parquet, _pick_column(path, parquet.schema_arrow.names, column)
+    schema = parquet.schema_arrow
+    name = _pick_column(path, schema.names, column)
+    kind = schema.field(name).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise InputError(f"{path}: column {name!r} holds {kind}, not strings")
+    return parquet, name
 
 
 def parquet_column(path: Path, column: str | None) -> str:
@@ -145,7 +164,7 @@ def _parquet_rows(path: Path, column: str | None) -> Iterator[InputRow]:
         for batch in parquet.iter_batches(columns=[name], batch_size=4096):
             for value in batch.column(0).to_pylist():
                 number += 1
-                yield InputRow(number, value if isinstance(value, str) else ("" if value is None else value))
+                yield InputRow(number, "" if value is None else value)  # a null is an empty sequence
 
     return rows()
 
@@ -161,7 +180,8 @@ def _pyarrow_parquet(what: str) -> Any:
 class RowWriter:
     """Writes scored rows to JSON Lines or Parquet; a file appears under its name only when complete."""
 
-    def __init__(self, path: Path | None, per_token: bool, force: bool = False, stdout: IO[str] | None = None) -> None:
+    def __init__(self, path: Path | None, per_token: bool, force: bool = False, stdout: IO[str] | None = None,
+                 source: Path | None = None) -> None:
         self.path = path
         self.per_token = per_token
         self.kind = "jsonl" if path is None or path.suffix.lower() in (".jsonl", ".json", ".ndjson") else None
@@ -178,16 +198,21 @@ class RowWriter:
             return
         if path.is_dir():
             raise InputError(f"{path} is a directory; --output names a file")
+        if source is not None and path.exists() and os.path.samefile(path, source):
+            raise InputError(f"{path} is the input; choose another --output")
         if path.exists() and not force:
-            raise ArtifactError(f"{path} exists; pass --force to replace it, or choose another --output")
+            raise InputError(f"{path} exists; pass --force to replace it, or choose another --output")
         if not path.parent.is_dir():
             raise InputError(f"the folder of {path} does not exist")
         self._tmp = path.parent / f".{path.name}.mlm-export-tmp-{os.getpid()}"
         try:
             if self.kind == "jsonl":
                 self._stream = open(self._tmp, "x", encoding="utf-8")  # noqa: SIM115 (closed in close/abort)
+            else:  # opened now: an unwritable folder or a missing pyarrow is found before any scoring
+                self._open_parquet()
         except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+            self.abort()
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     def write(self, rows: list[ScoredRow]) -> None:
         if self.kind == "jsonl":
@@ -199,28 +224,33 @@ class RowWriter:
             if len(self._pending) >= 8192:
                 self._flush_parquet()
 
-    def _flush_parquet(self) -> None:
+    def _schema(self) -> Any:
         import pyarrow as pa
 
-        pq = _pyarrow_parquet("Parquet output")
         fields = [pa.field("line", pa.int64()), pa.field("text", pa.string()), pa.field("pll", pa.float64()),
                   pa.field("n_tokens", pa.int64()), pa.field("error", pa.string())]
         if self.per_token:
             fields.append(pa.field("token_log_probs", pa.list_(pa.float64())))
-        schema = pa.schema(fields)
-        columns = {f.name: [getattr(r, f.name) for r in self._pending] for f in fields}
+        return pa.schema(fields)
+
+    def _open_parquet(self) -> None:
+        pq = _pyarrow_parquet("Parquet output")
+        self._parquet = pq.ParquetWriter(self._tmp, self._schema())
+
+    def _flush_parquet(self) -> None:
+        import pyarrow as pa
+
+        schema = self._schema()
+        columns = {f.name: [getattr(r, f.name) for r in self._pending] for f in schema}
         if self.per_token:
             columns["token_log_probs"] = [None if v is None else list(v) for v in columns["token_log_probs"]]
-        table = pa.Table.from_pydict(columns, schema=schema)
-        if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self._tmp, schema)
-        self._parquet.write_table(table)
+        self._parquet.write_table(pa.Table.from_pydict(columns, schema=schema))
         self._pending = []
 
     def close(self) -> None:
         """Finish the file and move it into place."""
         if self.kind == "parquet":
-            if self._pending or self._parquet is None:
+            if self._pending:
                 self._flush_parquet()
             self._parquet.close()
         elif self._stream is not None and self._tmp is not None:

@@ -158,7 +158,9 @@ class OnnxMaskFiller:
         """The distinct token ids `targets` name, as transformers' fill-mask pipeline picks them: a
         vocabulary entry as is, anything else by the first token it encodes to (with a warning)."""
         self.require_scoring("targets=")
-        names = [targets] if isinstance(targets, str) else _as_text_list(targets)
+        if not isinstance(targets, (str, list, tuple, set, frozenset)):
+            raise InputError(f"targets must be a string or a list of strings, got {type(targets).__name__}")
+        names = [targets] if isinstance(targets, str) else list(targets)
         ids: list[int] = []
         for target in names:
             if not isinstance(target, str):
@@ -167,11 +169,11 @@ class OnnxMaskFiller:
             if token_id is None:
                 encoded = self.tokenizer.encode(target, add_special_tokens=False).ids
                 if not encoded:
-                    warnings.warn(f"the target {target!r} is not in the model's vocabulary and encodes to no "
+                    warnings.warn(f"the target {target[:40]!r} is not in the model's vocabulary and encodes to no "
                                   "token; it is ignored", UserWarning, stacklevel=3)
                     continue
                 token_id = encoded[0]
-                warnings.warn(f"the target {target!r} is not in the model's vocabulary; it is replaced by "
+                warnings.warn(f"the target {target[:40]!r} is not in the model's vocabulary; it is replaced by "
                               f"{self.tokenizer.id_to_token(token_id)!r}, its first token", UserWarning, stacklevel=3)
             if token_id not in ids:
                 ids.append(token_id)

@@ -5,11 +5,13 @@ log-probability of the original token there (`target_log_probs`): the head runs 
 masked position. The copies of one sequence all have its length, so they run together without
 padding, and never with another sequence's copies. A sequence's score therefore does not depend on
 what else is scored with it, or on which engine (local, Ray) scores it: even int8's dynamic
-activation scales see the same batch.
+activation scales see the same batch. (They do see the chunking of a sequence longer than
+`copies_per_run`: int8 scores of such sequences move in the fifth decimal with the batch size.)
 
 Conventions:
-- every token is scored but the special ones (CLS, SEP, PAD, MASK); an unknown-character token (UNK)
-  is scored like a word, since it stands for part of the text;
+- every token is scored but the special ones (CLS, SEP, PAD, MASK), also where a text spells one
+  out ("[SEP]"); an unknown-character token (UNK) is scored like a word, since it stands for part
+  of the text;
 - `reduction="sum"` is Salazar et al.'s PLL, `"mean"` divides by the number of scored tokens;
 - `exclude_special=True` takes the softmax over the vocabulary without its special tokens
   (AntiBERTy's `pseudo_log_likelihood` convention); a text with a token the vocabulary lacks (UNK)
@@ -120,6 +122,10 @@ class Scorer:
             raise InputError(f"a sequence must be a string, got {type(text).__name__}")
         if not text.strip():
             raise InputError("the sequence is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"the sequence is not valid Unicode ({exc.reason} at character {exc.start})") from exc
         filler = self.filler
         ids = filler.tokenizer.encode(text).ids
         if len(ids) > filler.max_length:
