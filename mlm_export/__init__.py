@@ -6,7 +6,7 @@ without them. Everything but the exceptions loads lazily on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ArtifactError,
@@ -33,6 +33,13 @@ __all__ = [
     "ProviderError", "SignatureError", "SourceError", "StorageError", "export_model", "sign_artifact",
     "verify_artifact",
 ]
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers (py.typed)
+    from .build.pipeline import export_model
+    from .config import ExportConfig
+    from .runtime.predictor import OnnxMaskFiller
+    from .signing import sign_artifact
+    from .verify import verify_artifact
 
 # Loaded on first use: `import mlm_export` (and so the CLI's start) stays cheap, and a Ctrl-C during
 # start-up lands in the CLI's handler rather than in an import of numpy.

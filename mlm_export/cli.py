@@ -25,6 +25,7 @@ import click
 
 from ._stdio import stdout_to_stderr
 from .config import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .manifest import FORMAT_VERSION
 from .errors import MlmExportError, ParityError
 from .interrupts import signals_as_interrupts
 from .build.precision import INT8_RECIPE_NAMES
@@ -185,7 +186,8 @@ key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mlm-export")
+@click.version_option(package_name="mlm-export",
+                      message=f"%(prog)s, version %(version)s (artifact format {FORMAT_VERSION})")
 def main() -> None:
     """Export a masked language model to a verified, optimized ONNX artifact, and serve it.
 

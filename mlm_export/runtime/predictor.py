@@ -10,7 +10,7 @@ import numbers
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, overload
 from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
@@ -21,12 +21,31 @@ from ..manifest import GraphEntry, Manifest, read_manifest
 from .feeds import CONTROL_INPUTS, control_feeds
 from .providers import CUDA, check_threads, create_session, requested_providers
 
+if TYPE_CHECKING:
+    from .scoring import PLLScore
+
 # Best variant first, per provider. int8 is never picked for CUDA: its int8 ops fall back to the
 # CPU there, an order of magnitude slower.
 _PREFERENCE = {"CPUExecutionProvider": ("int8", "fp32", "fp16"),
                CUDA: ("fp16", "fp32")}
 _OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids"]
 _FEEDS = {"input_ids", "attention_mask", "token_type_ids", *CONTROL_INPUTS}  # what _run can build
+
+
+class _Scored(TypedDict):
+    score: float
+    token: int
+    token_str: str
+
+
+class Candidate(_Scored, total=False):
+    """One candidate for one mask, as transformers' fill-mask pipeline gives it."""
+
+    sequence: str  # the text with this mask filled; left out with return_sequence=False
+
+
+# per text: the candidates for its one mask, or a list of them per mask when it has several
+TextResult = list[Candidate] | list[list[Candidate]]
 
 
 class OnnxMaskFiller:
@@ -119,8 +138,15 @@ class OnnxMaskFiller:
         return (f"OnnxMaskFiller({str(self.directory)!r}, variant={self.variant!r}, "
                 f"provider={self.provider!r})")
 
+    @overload
+    def __call__(self, inputs: str, top_k: int = 5, return_sequence: bool = True,
+                 targets: str | Sequence[str] | None = None) -> TextResult: ...
+    @overload
+    def __call__(self, inputs: Sequence[str], top_k: int = 5, return_sequence: bool = True,
+                 targets: str | Sequence[str] | None = None) -> list[TextResult]: ...
+
     def __call__(self, inputs: str | Sequence[str], top_k: int = 5, return_sequence: bool = True,
-                 targets: str | Sequence[str] | None = None) -> list:
+                 targets: str | Sequence[str] | None = None) -> TextResult | list[TextResult]:
         """Per text: a list of {score, token, token_str, sequence} for one mask, a list of such
         lists for several masks. A single string in gives that result; a list gives a list.
 
@@ -181,8 +207,15 @@ class OnnxMaskFiller:
             raise InputError("targets names no token of the vocabulary; give at least one target")
         return np.array([ids], dtype=np.int64)
 
+    @overload
+    def score(self, texts: str, reduction: str = "sum", exclude_special: bool = False,
+              per_token: bool = False, batch_size: int | None = None) -> PLLScore: ...
+    @overload
+    def score(self, texts: Sequence[str], reduction: str = "sum", exclude_special: bool = False,
+              per_token: bool = False, batch_size: int | None = None) -> list[PLLScore]: ...
+
     def score(self, texts: str | Sequence[str], reduction: str = "sum", exclude_special: bool = False,
-              per_token: bool = False, batch_size: int | None = None) -> Any:
+              per_token: bool = False, batch_size: int | None = None) -> PLLScore | list[PLLScore]:
         """Pseudo-log-likelihood of each text (a `PLLScore`; a list for a list): every non-special
         token masked in its own copy and scored by the log-probability of the original token.
 
@@ -280,9 +313,9 @@ class OnnxMaskFiller:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def _candidate(self, row: list[int], position: int, score: float, token: int, with_sequence: bool) -> dict:
-        candidate = {"score": score, "token": token,
-                     "token_str": self.tokenizer.decode([token], skip_special_tokens=False)}
+    def _candidate(self, row: list[int], position: int, score: float, token: int, with_sequence: bool) -> Candidate:
+        candidate: Candidate = {"score": score, "token": token,
+                                "token_str": self.tokenizer.decode([token], skip_special_tokens=False)}
         if with_sequence:
             filled = [token if i == position else t for i, t in enumerate(row) if t not in self._strip]
             candidate["sequence"] = self.tokenizer.decode(filled, skip_special_tokens=False)
