@@ -130,7 +130,7 @@ def test_the_ray_engine_without_ray_names_the_extra(tiny_artifact: Path, text_in
 
 def test_ray_engine_equals_local_engine_row_for_row(runner: CliRunner, tiny_variants: Path, text_input: Path,
                                                     tmp_path: Path) -> None:
-    """On a local Ray instance (ray.init() with no address), two actors, text and Parquet inputs, the
+    """On a local Ray instance (ray.init() with no address), up to two actors, text and Parquet inputs, the
     int8 graph (whose dynamic activation scales would show any change of batch)."""
     import ray
 

@@ -1,7 +1,8 @@
 """PLL scoring as Ray Data `map_batches` on an actor pool: the same `Scorer`, one per actor.
 
 Each actor opens the artifact once, with its thread count, and holds the session for its life;
-`compute=ActorPoolStrategy(size=...)` sizes the pool (`concurrency=` is deprecated in Ray 2.6x).
+`compute=ActorPoolStrategy(min_size=1, max_size=N)` sizes the pool (`concurrency=` is deprecated in
+Ray 2.6x); the pool grows to N actors as the cluster's CPUs allow.
 `ray.init()` without an address starts a local instance, or joins the cluster `RAY_ADDRESS` names;
 an explicit address is passed through unchanged. On a cluster, the artifact path must be readable
 on every worker (a shared file system); the driver reads the input and ships it as Arrow blocks.
@@ -101,7 +102,8 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     dataset = ray.data.from_arrow(blocks)
     scored = dataset.map_batches(
         PLLActor, batch_size=max(1, blocks[0].num_rows), batch_format="numpy", num_cpus=threads,
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        # up to `workers` actors, as CPUs allow: a fixed size the cluster cannot place would wait forever
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         fn_constructor_kwargs={"artifact": str(Path(job.artifact).resolve()), "variant": variant,
                                "threads": threads, "options": job.options,
                                "public_key": None if job.public_key is None else str(Path(job.public_key).resolve())})
