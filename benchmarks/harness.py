@@ -213,7 +213,7 @@ def _build(system: str, prepared: Prepared, threads: int) -> tuple[Callable[[lis
         filler = OnnxMaskFiller.from_pretrained(prepared.artifact, variant=variant, providers="cpu",
                                                 threads=threads)
         size = filler.manifest.files[filler.graph.file].size
-        return lambda texts: _top1_ours(filler(texts, top_k=5)), size / 1e6
+        return lambda texts: _top1(filler(texts, top_k=5), len(texts)), size / 1e6
     if system == "ort-session-int8":
         filler = OnnxMaskFiller.from_pretrained(prepared.artifact, variant="int8", providers="cpu",
                                                 threads=threads)
@@ -259,7 +259,7 @@ def _build_peer(system: str, prepared: Prepared, threads: int) -> tuple[Callable
 
     def run(texts: list[str]) -> list[int]:
         with torch.inference_mode():
-            return _top1_pipeline(fill(texts, top_k=5, batch_size=len(texts)), len(texts))
+            return _top1(fill(texts, top_k=5, batch_size=len(texts)), len(texts))
 
     return run, size
 
@@ -285,11 +285,8 @@ def _masks(result: Any) -> list[list[dict]]:
     return [result] if result and isinstance(result[0], dict) else list(result)
 
 
-def _top1_ours(results: list) -> list[int]:
-    return [mask[0]["token"] for result in results for mask in _masks(result)]
-
-
-def _top1_pipeline(results: Any, n: int) -> list[int]:
+def _top1(results: Any, n: int) -> list[int]:
+    """Top-1 ids of every mask; one text's result comes unwrapped from both the filler and the pipeline."""
     per_text = [results] if n == 1 else results
     return [mask[0]["token"] for result in per_text for mask in _masks(result)]
 

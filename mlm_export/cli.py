@@ -278,6 +278,8 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
     filler = OnnxMaskFiller.from_pretrained(directory, variant=variant, providers=providers, threads=threads,
                                             public_key=key)
     results = filler(list(texts), top_k=top_k, return_sequence=not no_sequence)
+    if len(texts) == 1:  # the filler, like the pipeline, gives a one-element list its element's result
+        results = [results]
     lines = []
     for text, result in zip(texts, results):
         lines.append(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mlm_export import OnnxMaskFiller
@@ -54,3 +55,24 @@ def test_predictions_match_the_transformers_pipeline(text: str, reference, fille
 def test_mask_next_to_punctuation_is_one_token(filler: OnnxMaskFiller) -> None:
     tokens = filler.tokenizer.encode("([MASK]), [MASK]!").tokens
     assert tokens == ["[CLS]", "(", "[MASK]", ")", ",", "[MASK]", "!", "[SEP]"]
+
+
+@pytest.mark.parametrize("inputs", [
+    ["the [MASK] sat on the mat."],                  # a one-element list: the pipeline unwraps it
+    "the [MASK] and the [MASK].",                    # several masks: [CLS]/[SEP] and the other [MASK] stay
+    "snow ☃ and [MASK] here",                        # an unknown character: its [UNK] is dropped
+    ["a [MASK] cat", "b [MASK] and [MASK]", "Café [MASK]!"],
+])
+def test_nesting_and_sequences_equal_the_pipeline(inputs, reference, filler: OnnxMaskFiller) -> None:  # type: ignore[no-untyped-def]
+    def flat(result):  # type: ignore[no-untyped-def]
+        if isinstance(result, dict):
+            return [(result["token"], result["token_str"], result["sequence"])], [result["score"]]
+        pairs = [flat(r) for r in result]
+        return [p for fields, _ in pairs for p in fields], [s for _, scores in pairs for s in scores]
+
+    expected, got = reference(inputs, top_k=3), filler(inputs, top_k=3)
+    shape = lambda r: [shape(x) for x in r] if isinstance(r, list) else "c"  # noqa: E731
+    assert shape(got) == shape(expected)
+    (got_fields, got_scores), (want_fields, want_scores) = flat(got), flat(expected)
+    assert got_fields == want_fields
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-4, atol=1e-6)

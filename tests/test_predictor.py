@@ -32,9 +32,10 @@ def test_single_mask_gives_ranked_candidates(filler: OnnxMaskFiller) -> None:
 def test_several_masks_give_one_list_per_mask(filler: OnnxMaskFiller) -> None:
     result = filler("the [MASK] sat on the [MASK] .", top_k=3)
     assert len(result) == 2 and all(len(r) == 3 for r in result)
-    # the other mask stays visible in each candidate sequence, as in transformers
+    # the other mask stays visible in each candidate sequence, with [CLS]/[SEP], as in transformers
     assert all(c["sequence"].count("[MASK]") == 1 for r in result for c in r)
-    assert result[0][0]["sequence"].startswith("the " + result[0][0]["token_str"])
+    assert result[0][0]["sequence"].startswith("[CLS] the " + result[0][0]["token_str"])
+    assert result[0][0]["sequence"].endswith(". [SEP]")
 
 
 def test_list_input_matches_single_calls_despite_padding_and_sorting(filler: OnnxMaskFiller) -> None:

@@ -73,7 +73,7 @@ class OnnxMaskFiller:
         self.pad_token_id: int = tok.pad_token_id
         self.max_length: int = manifest.model.max_length
         self.vocab_size: int = manifest.model.vocab_size
-        self._strip = {tok.special_ids["cls"], tok.special_ids["sep"], tok.special_ids["pad"]}
+        self._specials = frozenset(tok.all_special_ids) | frozenset(tok.special_ids.values())
         missing = [name for name in _OUTPUTS if name not in self.graph.output_names]
         unknown = [name for name in self.graph.input_names if name not in _FEEDS]
         if missing or unknown:
@@ -143,12 +143,13 @@ class OnnxMaskFiller:
                  targets: str | Sequence[str] | None = None) -> TextResult: ...
     @overload
     def __call__(self, inputs: Sequence[str], top_k: int = 5, return_sequence: bool = True,
-                 targets: str | Sequence[str] | None = None) -> list[TextResult]: ...
+                 targets: str | Sequence[str] | None = None) -> TextResult | list[TextResult]: ...
 
     def __call__(self, inputs: str | Sequence[str], top_k: int = 5, return_sequence: bool = True,
                  targets: str | Sequence[str] | None = None) -> TextResult | list[TextResult]:
         """Per text: a list of {score, token, token_str, sequence} for one mask, a list of such
-        lists for several masks. A single string in gives that result; a list gives a list.
+        lists for several masks. A single string in gives that result; a list gives a list, except
+        that a one-element list gives its element's result, as transformers' pipeline does.
 
         Each candidate's `sequence` is the whole text with that mask filled, so a call returns
         masks x top_k copies of its texts: 10 texts with 510 masks each at top_k=25 hold 127,500
@@ -178,7 +179,8 @@ class OnnxMaskFiller:
             rows = [encoded[i] for i in chunk]
             for index, result in zip(chunk, self._run(rows, top_k, bool(return_sequence), target_ids)):
                 results[index] = result
-        return results[0] if single else results
+        # the pipeline's nesting: a string or a one-element list gives that text's result
+        return results[0] if single or len(results) == 1 else results
 
     def target_ids(self, targets: str | Sequence[str]) -> np.ndarray:
         """The distinct token ids `targets` name, as transformers' fill-mask pipeline picks them: a
@@ -287,8 +289,9 @@ class OnnxMaskFiller:
             raise ArtifactError(f"the {self.variant} graph of {self.directory} produced non-finite scores (NaN "
                                 "or inf): it is broken or was altered. Run `mlm-export verify` on it")
         per_row: list[list] = [[] for _ in rows]
+        masks = [row.count(self.mask_token_id) for row in rows]
         for b, p, row_scores, row_ids in zip(batch_index, position, scores, token_ids):
-            per_row[b].append([self._candidate(rows[b], int(p), float(s), int(t), with_sequence)
+            per_row[b].append([self._candidate(rows[b], int(p), float(s), int(t), with_sequence, masks[b] > 1)
                                for s, t in zip(row_scores, row_ids)])
         return [masks[0] if len(masks) == 1 else masks for masks in per_row]
 
@@ -313,12 +316,17 @@ class OnnxMaskFiller:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def _candidate(self, row: list[int], position: int, score: float, token: int, with_sequence: bool) -> Candidate:
+    def _candidate(self, row: list[int], position: int, score: float, token: int, with_sequence: bool,
+                   several: bool) -> Candidate:
         candidate: Candidate = {"score": score, "token": token,
                                 "token_str": self.tokenizer.decode([token], skip_special_tokens=False)}
         if with_sequence:
-            filled = [token if i == position else t for i, t in enumerate(row) if t not in self._strip]
-            candidate["sequence"] = self.tokenizer.decode(filled, skip_special_tokens=False)
+            # as the pipeline decodes: one mask, without special tokens (an unknown character's UNK too);
+            # several, with them all, so that the other masks stay visible (CLS and SEP as well)
+            filled = [token if i == position else t for i, t in enumerate(row)]
+            if not several:
+                filled = [t for i, t in enumerate(filled) if i == position or t not in self._specials]
+            candidate["sequence"] = self.tokenizer.decode(filled, skip_special_tokens=not several)
         return candidate
 
 
