@@ -175,3 +175,15 @@ def test_a_graph_whose_io_differs_from_the_manifest_is_refused(tiny_copy: Path) 
     (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="but the manifest declares"):
         OnnxMaskFiller.from_pretrained(tiny_copy, variant="fp32", providers="cpu")
+
+
+def test_a_call_time_batch_size_changes_nothing_but_the_runs(filler: OnnxMaskFiller) -> None:
+    texts = ["a [MASK] .", "the [MASK] is on the [MASK] .", "[MASK]", "the big [MASK] ran"]
+    def flat(results: list) -> list:  # type: ignore[type-arg]
+        return [c for r in results for m in (r if isinstance(r[0], list) else [r]) for c in m]
+
+    one, default = flat(filler(texts, top_k=3, batch_size=1)), flat(filler(texts, top_k=3))
+    assert [c["token"] for c in one] == [c["token"] for c in default]
+    assert [c["score"] for c in one] == pytest.approx([c["score"] for c in default], abs=1e-6)
+    with pytest.raises(InputError, match="batch_size"):
+        filler(texts, batch_size=0)

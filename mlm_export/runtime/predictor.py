@@ -140,13 +140,16 @@ class OnnxMaskFiller:
 
     @overload
     def __call__(self, inputs: str, top_k: int = 5, return_sequence: bool = True,
-                 targets: str | Sequence[str] | None = None) -> TextResult: ...
+                 targets: str | Sequence[str] | None = None,
+                 batch_size: int | None = None) -> TextResult: ...
     @overload
     def __call__(self, inputs: Sequence[str], top_k: int = 5, return_sequence: bool = True,
-                 targets: str | Sequence[str] | None = None) -> TextResult | list[TextResult]: ...
+                 targets: str | Sequence[str] | None = None,
+                 batch_size: int | None = None) -> TextResult | list[TextResult]: ...
 
     def __call__(self, inputs: str | Sequence[str], top_k: int = 5, return_sequence: bool = True,
-                 targets: str | Sequence[str] | None = None) -> TextResult | list[TextResult]:
+                 targets: str | Sequence[str] | None = None,
+                 batch_size: int | None = None) -> TextResult | list[TextResult]:
         """Per text: a list of {score, token, token_str, sequence} for one mask, a list of such
         lists for several masks. A single string in gives that result; a list gives a list, except
         that a one-element list gives its element's result, as transformers' pipeline does.
@@ -160,6 +163,8 @@ class OnnxMaskFiller:
         target outside the vocabulary is tokenized and its first token used, with a warning; scores
         stay probabilities over the whole vocabulary (not renormalised over the targets), and at most
         as many candidates as distinct targets come back.
+
+        `batch_size` (texts per graph run) overrides the filler's for this call, as the pipeline's does.
         """
         if not isinstance(return_sequence, (bool, np.bool_)):
             raise InputError(f"return_sequence must be True or False, got {return_sequence!r}")
@@ -170,12 +175,16 @@ class OnnxMaskFiller:
         if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         top_k = min(int(top_k), self.vocab_size)  # before any conversion to a fixed-width integer
+        if batch_size is None:
+            batch_size = self.batch_size
+        elif not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         target_ids = None if targets is None else self.target_ids(targets)
         encoded = self._encode(texts)
         results: list[Any] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        for start in range(0, len(order), int(batch_size)):
+            chunk = order[start : start + int(batch_size)]
             rows = [encoded[i] for i in chunk]
             for index, result in zip(chunk, self._run(rows, top_k, bool(return_sequence), target_ids)):
                 results[index] = result
