@@ -76,3 +76,29 @@ def test_nesting_and_sequences_equal_the_pipeline(inputs, reference, filler: Onn
     (got_fields, got_scores), (want_fields, want_scores) = flat(got), flat(expected)
     assert got_fields == want_fields
     np.testing.assert_allclose(got_scores, want_scores, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"truncation": True, "max_length": 6}, {"truncation": "longest_first", "max_length": 4},
+    {"truncation": True}, {"truncation": False, "max_length": 3},
+])
+def test_tokenizer_kwargs_truncate_as_the_pipeline(kwargs: dict, reference, filler: OnnxMaskFiller) -> None:  # type: ignore[no-untyped-def]
+    text = "the [MASK] sat on the mat and the dog ran to the house"
+    expected = reference(text, top_k=3, tokenizer_kwargs=kwargs)
+    got = filler(text, top_k=3, tokenizer_kwargs=kwargs)
+    assert [(c["token"], c["sequence"]) for c in got] == [(c["token"], c["sequence"]) for c in expected]
+    np.testing.assert_allclose([c["score"] for c in got], [c["score"] for c in expected], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,says", [
+    ({"truncation": True, "max_length": 4}, "would cut a \\[MASK\\] token"),  # the pipeline: "No mask_token found"
+    ({"truncation": True, "max_length": 2}, "no room for text"),
+    ({"padding": True}, "not supported"),
+    ({"truncation": "sideways"}, "truncation strategy"),
+    ({"truncation": True, "max_length": 0}, "max_length must be a positive integer"),
+])
+def test_truncation_never_cuts_a_mask_silently(kwargs: dict, says: str, filler: OnnxMaskFiller) -> None:
+    from mlm_export import InputError
+
+    with pytest.raises(InputError, match=says):
+        filler("a b c d [MASK]", tokenizer_kwargs=kwargs)

@@ -141,15 +141,18 @@ class OnnxMaskFiller:
     @overload
     def __call__(self, inputs: str, top_k: int = 5, return_sequence: bool = True,
                  targets: str | Sequence[str] | None = None,
-                 batch_size: int | None = None) -> TextResult: ...
+                 batch_size: int | None = None,
+                 tokenizer_kwargs: Mapping[str, Any] | None = None) -> TextResult: ...
     @overload
     def __call__(self, inputs: Sequence[str], top_k: int = 5, return_sequence: bool = True,
                  targets: str | Sequence[str] | None = None,
-                 batch_size: int | None = None) -> TextResult | list[TextResult]: ...
+                 batch_size: int | None = None,
+                 tokenizer_kwargs: Mapping[str, Any] | None = None) -> TextResult | list[TextResult]: ...
 
     def __call__(self, inputs: str | Sequence[str], top_k: int = 5, return_sequence: bool = True,
                  targets: str | Sequence[str] | None = None,
-                 batch_size: int | None = None) -> TextResult | list[TextResult]:
+                 batch_size: int | None = None,
+                 tokenizer_kwargs: Mapping[str, Any] | None = None) -> TextResult | list[TextResult]:
         """Per text: a list of {score, token, token_str, sequence} for one mask, a list of such
         lists for several masks. A single string in gives that result; a list gives a list, except
         that a one-element list gives its element's result, as transformers' pipeline does.
@@ -165,6 +168,8 @@ class OnnxMaskFiller:
         as many candidates as distinct targets come back.
 
         `batch_size` (texts per graph run) overrides the filler's for this call, as the pipeline's does.
+        `tokenizer_kwargs` takes the pipeline's `truncation` and `max_length`; truncation that would cut
+        a mask token raises `InputError` instead (the pipeline's own error is that no mask was found).
         """
         if not isinstance(return_sequence, (bool, np.bool_)):
             raise InputError(f"return_sequence must be True or False, got {return_sequence!r}")
@@ -180,7 +185,7 @@ class OnnxMaskFiller:
         elif not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         target_ids = None if targets is None else self.target_ids(targets)
-        encoded = self._encode(texts)
+        encoded = self._encode(texts, self._truncation(tokenizer_kwargs))
         results: list[Any] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together
         for start in range(0, len(order), int(batch_size)):
@@ -250,7 +255,28 @@ class OnnxMaskFiller:
             raise ArtifactError(f"the {self.variant} graph of {self.directory} has no scoring inputs, which "
                                 f"{what} needs; re-export the artifact with this version of mlm-export")
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
+    def _truncation(self, kwargs: Mapping[str, Any] | None) -> int | None:
+        """The length `tokenizer_kwargs` truncates to (special tokens included), or None."""
+        if kwargs is None:
+            return None
+        if not isinstance(kwargs, Mapping):
+            raise InputError(f"tokenizer_kwargs must be a dict, got {type(kwargs).__name__}")
+        unknown = sorted(set(kwargs) - {"truncation", "max_length"})
+        if unknown:
+            raise InputError(f"tokenizer_kwargs {unknown} are not supported; the filler takes truncation and "
+                             "max_length (padding is its own)")
+        truncation = kwargs.get("truncation", False)
+        if truncation not in (True, False, "longest_first", "only_first", "do_not_truncate"):
+            raise InputError(f"tokenizer_kwargs truncation must be True, False or a truncation strategy, "
+                             f"got {truncation!r}")
+        if truncation in (False, "do_not_truncate"):
+            return None
+        length = kwargs.get("max_length", self.max_length)
+        if not isinstance(length, numbers.Integral) or isinstance(length, bool) or length < 1:
+            raise InputError(f"tokenizer_kwargs max_length must be a positive integer, got {length!r}")
+        return int(length)
+
+    def _encode(self, texts: list[str], truncate_to: int | None = None) -> list[list[int]]:
         for i, text in enumerate(texts):
             if isinstance(text, (bytes, bytearray)):
                 raise InputError(f"input {i} is bytes, not a string; decode it first, e.g. text.decode('utf-8')")
@@ -265,6 +291,8 @@ class OnnxMaskFiller:
                                  f"{exc.start}); it cannot be tokenized") from exc
         encodings = self.tokenizer.encode_batch(texts)
         ids = [e.ids for e in encodings]
+        if truncate_to is not None:
+            ids = [self._truncated(i, row, texts[i], truncate_to) for i, row in enumerate(ids)]
         for i, row in enumerate(ids):
             if self.mask_token_id not in row:
                 raise InputError(f"input {i} has no {self.mask_token} token: {texts[i][:60]!r}")
@@ -272,6 +300,22 @@ class OnnxMaskFiller:
                 raise InputError(f"input {i} is {len(row)} tokens long (with special tokens); this "
                                  f"model takes at most {self.max_length}. Shorten the text.")
         return ids
+
+    def _truncated(self, index: int, row: list[int], text: str, length: int) -> list[int]:
+        """`row` cut to `length` tokens as a transformers tokenizer truncates (the text's end goes, the
+        special tokens stay), unless that would drop a mask token."""
+        if len(row) <= length:
+            return row
+        room = length - self.tokenizer.num_special_tokens_to_add(False)
+        if room < 1:
+            raise InputError(f"tokenizer_kwargs max_length {length} leaves no room for text beside the special tokens")
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        encoding.truncate(room)
+        cut = self.tokenizer.post_process(encoding).ids
+        if cut.count(self.mask_token_id) < row.count(self.mask_token_id):
+            raise InputError(f"truncating input {index} to {length} tokens would cut a {self.mask_token} token; "
+                             "raise max_length or shorten the text")
+        return cut
 
     def _run(self, rows: list[list[int]], top_k: int, with_sequence: bool,
              target_ids: np.ndarray | None = None) -> list[list]:
