@@ -104,6 +104,11 @@ class TokenizerInfo:
     all_special_ids: tuple[int, ...]
 
     @property
+    def every_special_id(self) -> tuple[int, ...]:
+        """Every special id, by role or listed: what scoring excludes and probes never mask."""
+        return tuple(sorted(set(self.all_special_ids) | set(self.special_ids.values())))
+
+    @property
     def mask_token(self) -> str:
         return self.special_tokens["mask"]
 

@@ -149,6 +149,18 @@ def tiny_esm(directory: Path, positions: str = "rotary") -> Path:
     return directory
 
 
+def _save_roberta_like(config_class: Any, model_class: Any, vocab_size: int, seed: int, directory: Path) -> Path:
+    """A seeded two-layer model of RoBERTa's layout (pad 1, positions offset by it), peaked and saved."""
+    torch.manual_seed(seed)
+    config = config_class(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                          eos_token_id=2, type_vocab_size=1)
+    model = model_class(config).eval()
+    _peaked(model.lm_head.bias, seed)
+    model.save_pretrained(directory)
+    return directory
+
+
 def tiny_roberta_bpe(directory: Path) -> Path:
     """RoBERTa with a byte-level BPE trained here, saved as vocab.json + merges.txt (no tokenizer.json)."""
     from tokenizers import ByteLevelBPETokenizer
@@ -159,14 +171,7 @@ def tiny_roberta_bpe(directory: Path) -> Path:
                                   special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_model(str(directory))
-    torch.manual_seed(3)
-    config = RobertaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=66, pad_token_id=1,
-                           bos_token_id=0, eos_token_id=2, type_vocab_size=1)
-    model = RobertaForMaskedLM(config).eval()
-    _peaked(model.lm_head.bias, 3)
-    model.save_pretrained(directory)
-    return directory
+    return _save_roberta_like(RobertaConfig, RobertaForMaskedLM, tokenizer.get_vocab_size(), 3, directory)
 
 
 def tiny_xlm_roberta_unigram(directory: Path) -> Path:
@@ -181,14 +186,7 @@ def tiny_xlm_roberta_unigram(directory: Path) -> Path:
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "special_tokens_map.json").write_text(json.dumps(
         {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}))
-    torch.manual_seed(4)
-    config = XLMRobertaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                              num_attention_heads=4, intermediate_size=64, max_position_embeddings=66, pad_token_id=1,
-                              bos_token_id=0, eos_token_id=2, type_vocab_size=1)
-    model = XLMRobertaForMaskedLM(config).eval()
-    _peaked(model.lm_head.bias, 4)
-    model.save_pretrained(directory)
-    return directory
+    return _save_roberta_like(XLMRobertaConfig, XLMRobertaForMaskedLM, tokenizer.get_vocab_size(), 4, directory)
 
 
 def tiny_albert_unigram(directory: Path) -> Path:

@@ -146,7 +146,7 @@ def _trace(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, config: 
     work = tmp / ".work"
     work.mkdir()
     raw = work / "fill_mask.unfused.onnx"
-    export_fill_mask(model, family, raw, config.opset, mask_id, tuple(sorted(set(tokens.ids.values()))), external)
+    export_fill_mask(model, family, raw, config.opset, mask_id, tokens.special_id_list, external)
     return _Traced(model.config, param_bytes, raw)
 
 
@@ -177,7 +177,7 @@ def _build(traced: _Traced, tokens: LoadedTokenizer, source: ResolvedSource, con
         model=ModelInfo(architecture=family.model_class, **model_facts(cfg, family),
                         float32_parameter_bytes=param_bytes, parameters=param_bytes // 4),
         tokenizer=TokenizerInfo("tokenizer.json", tokens.scheme, asdict(tokens.specials), dict(tokens.ids),
-                                tuple(sorted(set(tokens.ids.values())))),
+                                tokens.special_id_list),
         versions=library_versions(), opset=config.opset, probe_set=None, graphs={},
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     probe_set = ARTIFACT_SET if config.probe_texts else choose_probe_set(ProbeSpec.of(base), tokens.tokenizer)

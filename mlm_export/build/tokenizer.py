@@ -52,6 +52,11 @@ class LoadedTokenizer:
     def char_level(self) -> bool:
         return self.scheme == "characters"
 
+    @property
+    def special_id_list(self) -> tuple[int, ...]:
+        """The ids of the special tokens, sorted: the manifest's all_special_ids and the scoring bias."""
+        return tuple(sorted(set(self.ids.values())))
+
 
 def load_tokenizer(source: ResolvedSource) -> LoadedTokenizer:
     """The checkpoint's tokenizer, with padding and truncation off: the predictor pads itself."""

@@ -73,7 +73,7 @@ class OnnxMaskFiller:
         self.pad_token_id: int = tok.pad_token_id
         self.max_length: int = manifest.model.max_length
         self.vocab_size: int = manifest.model.vocab_size
-        self._specials = frozenset(tok.all_special_ids) | frozenset(tok.special_ids.values())
+        self._specials = frozenset(tok.every_special_id)
         missing = [name for name in _OUTPUTS if name not in self.graph.output_names]
         unknown = [name for name in self.graph.input_names if name not in _FEEDS]
         if missing or unknown:

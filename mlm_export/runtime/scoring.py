@@ -90,7 +90,7 @@ class Scorer:
         self.filler = filler
         tok = filler.manifest.tokenizer
         self.unk_id: int = tok.special_ids["unk"]
-        self.unscored = (frozenset(tok.all_special_ids) | frozenset(tok.special_ids.values())) - {self.unk_id}
+        self.unscored = frozenset(tok.every_special_id) - {self.unk_id}
 
     def score(self, texts: str | Sequence[str], options: ScoreOptions) -> PLLScore | list[PLLScore]:
         """Score every text or raise `InputError` for the first that cannot be scored."""
@@ -101,18 +101,16 @@ class Scorer:
                 raise InputError(f"input {row.index}: {row.message}")
         return rows[0] if single else rows  # type: ignore[return-value]
 
-    def score_rows(self, texts: Sequence[Any], options: ScoreOptions,
-                   first_index: int = 0) -> Iterator[PLLScore | RowError]:
+    def score_rows(self, texts: Sequence[Any], options: ScoreOptions) -> Iterator[PLLScore | RowError]:
         """Per text, in order: its score, or a `RowError` (batch scoring goes on past bad rows)."""
-        for offset, text in enumerate(texts):
-            index = first_index + offset
+        for index, text in enumerate(texts):
             try:
                 ids = self._encode(text)
             except InputError as exc:
                 yield RowError(index, text if isinstance(text, str) else repr(text), str(exc))
                 continue
             if options.exclude_special and self.unk_id in ids:
-                yield RowError(index, text, f"{self._unknown(text, ids)}; with exclude_special its probability "
+                yield RowError(index, text, f"{self._unknown(text)}; with exclude_special its probability "
                                "is 0 (score without --exclude-special, or remove the character)")
                 continue
             yield self._score_one(text, ids, options)
@@ -137,7 +135,7 @@ class Scorer:
             raise InputError("the sequence has no token to score (only special tokens)")
         return ids
 
-    def _unknown(self, text: str, ids: list[int]) -> str:
+    def _unknown(self, text: str) -> str:
         encoding = self.filler.tokenizer.encode(text)
         spans = [text[a:b] for t, (a, b) in zip(encoding.ids, encoding.offsets) if t == self.unk_id]
         return f"the sequence has characters the vocabulary lacks ({', '.join(repr(s) for s in spans[:5])})"

@@ -211,8 +211,7 @@ class ParityHarness:
         mask_id = manifest.tokenizer.mask_token_id
         # the model takes what the graphs take, less the fill-mask form's own controls
         names = tuple(n for n in next(iter(manifest.graphs.values())).input_names if n not in CONTROL_INPUTS)
-        self.special_ids = np.array(sorted(set(manifest.tokenizer.all_special_ids)
-                                           | set(manifest.tokenizer.special_ids.values())))
+        self.special_ids = np.array(manifest.tokenizer.every_special_id)
         model.eval()
         self.references: list[Reference] = []
         for batch in self.batches:

@@ -60,7 +60,7 @@ class ProbeSpec:
     def of(cls, manifest: Manifest) -> ProbeSpec:
         m, ids = manifest.model, manifest.tokenizer.special_ids
         return cls(m.vocab_size, m.max_length, m.type_vocab_size, ids["mask"], ids["pad"], ids["cls"], ids["sep"],
-                   ids["unk"], tuple(sorted(set(manifest.tokenizer.all_special_ids) | set(ids.values()))))
+                   ids["unk"], manifest.tokenizer.every_special_id)
 
 
 def _batch(rows: list[list[int]], types: list[list[int]], pad_id: int, label: str,
