@@ -343,22 +343,26 @@ def _cpu_ns(pids: list[int]) -> int | None:
     return total if Path(f"/proc/{pids[0]}/task").exists() else None
 
 
-def wait_idle(pids: list[int], quiet_ns: int = 200_000, window_s: float = 0.005, limit_s: float = 2.0) -> float:
+def wait_idle(pids: list[int], quiet_ns: int = 200_000, window_s: float = 0.005, limit_s: float = 2.0,
+              cpu_ns: Callable[[list[int]], int | None] = _cpu_ns,
+              sleep: Callable[[float], None] = time.sleep) -> float:
     """Block until every worker has stopped using the CPU; return the seconds waited.
 
     ONNX Runtime's and OpenMP's worker threads keep spinning for tens of milliseconds after a
     run. On two cores that steals a core from whichever system runs next: measured back to back,
     an int8 session went from 46 to 79 ms. Without /proc (not Linux) it falls back to a pause.
+    It waits at most `limit_s / window_s` windows, counted rather than timed, so that tests can
+    inject CPU readings (`cpu_ns`) and a `sleep` that does not sleep.
     """
     start = time.perf_counter()
-    before = _cpu_ns(pids) if pids else None
+    before = cpu_ns(pids) if pids else None
     if before is None:
-        time.sleep(0.2)
+        sleep(0.2)
         return time.perf_counter() - start
-    while time.perf_counter() - start < limit_s:
-        time.sleep(window_s)
-        now = _cpu_ns(pids)
-        if now - before < quiet_ns:
+    for _ in range(max(1, round(limit_s / window_s))):
+        sleep(window_s)
+        now = cpu_ns(pids)
+        if now is None or now - before < quiet_ns:
             break
         before = now
     return time.perf_counter() - start

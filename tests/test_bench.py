@@ -82,31 +82,51 @@ def test_cli_rejects_unknown_systems() -> None:
 
 
 
-SPIN_THEN_SLEEP = """
-import time
-print("spinning", flush=True)
-end = time.perf_counter() + 1.0
-while time.perf_counter() < end:
-    pass
-time.sleep(30)
-"""
+class _Readings:
+    """Injected CPU-time readings (ns) for wait_idle, and a sleep that only counts windows."""
+
+    def __init__(self, readings: list[int]) -> None:
+        self.readings, self.windows = list(readings), 0
+
+    def cpu_ns(self, pids: list[int]) -> int:
+        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+
+    def sleep(self, seconds: float) -> None:
+        self.windows += 1
 
 
 def test_wait_idle_outlasts_a_worker_still_burning_cpu() -> None:
-    """The coordinator must not start the next system while the last one's threads still spin."""
-    import subprocess
-    import sys
-    import time
-
+    """The coordinator must not start the next system while the last one's threads still spin: it waits
+    while each window shows CPU use, stops at the first quiet window, and gives up at its limit."""
     from benchmarks.harness import wait_idle
 
-    process = subprocess.Popen([sys.executable, "-c", SPIN_THEN_SLEEP], stdout=subprocess.PIPE, text=True)
+    ms = 1_000_000
+    spinning = _Readings([0, 5 * ms, 10 * ms, 15 * ms, 15 * ms + 1000])  # three busy windows, then quiet
+    wait_idle([1], quiet_ns=200_000, cpu_ns=spinning.cpu_ns, sleep=spinning.sleep)
+    assert spinning.windows == 4
+
+    asleep = _Readings([7 * ms, 7 * ms])  # idle already: one window and done
+    wait_idle([1], cpu_ns=asleep.cpu_ns, sleep=asleep.sleep)
+    assert asleep.windows == 1
+
+    forever = _Readings(list(range(0, 10_000 * ms, 5 * ms)))  # never quiet: the window limit ends it
+    wait_idle([1], window_s=0.005, limit_s=0.1, cpu_ns=forever.cpu_ns, sleep=forever.sleep)
+    assert forever.windows == 20
+
+
+def test_wait_idle_reads_the_real_cpu_time_of_a_process() -> None:
+    """_cpu_ns counts a live process's threads; a pid that is gone reads as None (a pause instead)."""
+    import subprocess
+    import sys
+
+    from benchmarks.harness import _cpu_ns
+
+    work = "sum(range(3_000_000)); print('done', flush=True); import time; time.sleep(30)"
+    process = subprocess.Popen([sys.executable, "-c", work], stdout=subprocess.PIPE, text=True)
     try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "spinning"
-        busy_until = time.perf_counter() + 1.0
-        wait_idle([process.pid])
-        assert time.perf_counter() >= busy_until - 0.1
-        assert wait_idle([process.pid]) < 0.5  # asleep now: returns at once
+        assert process.stdout is not None and process.stdout.readline().strip() == "done"
+        assert (_cpu_ns([process.pid]) or 0) > 0
     finally:
         process.kill()
         process.wait()
+    assert _cpu_ns([process.pid]) is None
