@@ -63,7 +63,7 @@ def main() -> None:
     fillers = {v: OnnxMaskFiller.from_pretrained(args.artifact, variant=v, providers=args.providers,
                                                  threads=args.threads) for v in variants}
     # the predictor's own path (IO binding on CUDA) for the variants, bare sessions for the recipes
-    runners = {v: f._infer for v, f in fillers.items()}
+    runners = {v: functools.partial(f.run_graph, ["scores", "token_ids"]) for v, f in fillers.items()}
     sizes = {v: manifest.files[manifest.graphs[v].file].size for v in variants}
     if args.int8_recipes:
         with tempfile.TemporaryDirectory() as tmp:

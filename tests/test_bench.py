@@ -130,3 +130,21 @@ def test_wait_idle_reads_the_real_cpu_time_of_a_process() -> None:
         process.kill()
         process.wait()
     assert _cpu_ns([process.pid]) is None
+
+
+def test_latency_script_times_every_variant(tiny_variants: Path, tmp_path: Path) -> None:
+    """benchmarks/latency.py runs end to end (it had rotted once, calling a predictor method that
+    was renamed): every fill-mask variant gets a row, with a positive median."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "latency.json"
+    script = Path(__file__).parent.parent / "benchmarks" / "latency.py"
+    done = subprocess.run([sys.executable, str(script), str(tiny_variants), "--batch", "2", "--length", "16",
+                           "--repeats", "1", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert {r["variant"] for r in rows} == {"fp32", "fp16", "int8"}
+    assert all(r["median_ms"] > 0 and r["batch"] == 2 for r in rows)
+    assert next(r for r in rows if r["variant"] == "fp32")["ratio_to_fp32"] == 1.0
