@@ -24,6 +24,7 @@ from collections.abc import Callable
 from mlm_export._quiet import quiet_onnxruntime_tools
 from mlm_export.errors import ArtifactError, ConfigError
 from mlm_export.manifest import read_manifest
+from mlm_export.progress import stage
 
 log = logging.getLogger("mlm_export")
 
@@ -391,24 +392,26 @@ def run_model(prepared: Prepared, config: BenchConfig) -> dict:
         texts = make_texts(prepared, workload, config.seed)
         texts_used[workload.name] = {"rows": len(texts), "example": texts[0][:200]}
         rounds = max(3, round(workload.rounds * config.round_scale))
-        log.info("bench: %s %s, %d rounds", prepared.name, workload.name, rounds)
-        for round_index in range(rounds + workload.warmup):
-            order = list(workers)
-            rng.shuffle(order)
-            for system in order:
-                process, pipe = workers[system]
-                wait_idle([p.pid for p, _ in workers.values()])
-                pipe.send(("run", texts))
-                elapsed, top1 = pipe.recv()
-                if elapsed == "failed":  # reported with its reason; the other systems go on
-                    results[system].status, results[system].reason = "failed", top1
-                    log.info("bench: %s failed on %s (%s)", system, workload.name, top1)
-                    process.join(timeout=30)
-                    del workers[system]
-                    continue
-                if round_index >= workload.warmup:
-                    results[system].timings.setdefault(workload.name, []).append(elapsed)
-                    results[system].top1[workload.name] = top1
+        with stage(f"bench: {prepared.name} {workload.name}, {rounds} rounds (+{workload.warmup} warm-up) of "
+                   f"{len(workers)} systems", rounds + workload.warmup, "round") as advance:
+            for round_index in range(rounds + workload.warmup):
+                order = list(workers)
+                rng.shuffle(order)
+                for system in order:
+                    process, pipe = workers[system]
+                    wait_idle([p.pid for p, _ in workers.values()])
+                    pipe.send(("run", texts))
+                    elapsed, top1 = pipe.recv()
+                    if elapsed == "failed":  # reported with its reason; the other systems go on
+                        results[system].status, results[system].reason = "failed", top1
+                        log.info("bench: %s failed on %s (%s)", system, workload.name, top1)
+                        process.join(timeout=30)
+                        del workers[system]
+                        continue
+                    if round_index >= workload.warmup:
+                        results[system].timings.setdefault(workload.name, []).append(elapsed)
+                        results[system].top1[workload.name] = top1
+                advance(1)
     for system, (process, pipe) in workers.items():
         pipe.send(("rss", None))
         results[system].peak_rss_mb = pipe.recv()

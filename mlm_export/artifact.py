@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
-from .errors import IntegrityError
-from .manifest import MANIFEST, SIGNATURE, FileEntry, Manifest, path_inside
+from .errors import ArtifactError, IntegrityError
+from .manifest import MANIFEST, SIGNATURE, SLIM, FileEntry, Manifest, path_inside
 
 
 def sha256_file(path: Path) -> str:
@@ -30,7 +32,7 @@ def file_entries(directory: Path) -> dict[str, FileEntry]:
     return {
         path.name: FileEntry(sha256_file(path), path.stat().st_size)
         for path in sorted(directory.iterdir())
-        if path.is_file() and path.name not in (MANIFEST, SIGNATURE)
+        if path.is_file() and path.name not in (MANIFEST, SIGNATURE, SLIM)
     }
 
 
@@ -96,3 +98,37 @@ def check_all_files(directory: Path, manifest: Manifest) -> None:
     """Every listed file present, inside the directory, and matching its sha256."""
     for name in manifest.files:
         checked_file(directory, manifest, name)
+
+
+def absent_graphs(directory: Path, manifest: Manifest) -> tuple[str, ...]:
+    """The graphs of `manifest` that a slim copy (`mlm-export slim`) left out, as its slim.json says;
+    () for a full artifact. slim.json is not signed: it can only hide graphs, never add or change one."""
+    path = path_inside(Path(directory).resolve(), SLIM, "the slim marker")
+    if not path.exists():
+        return ()
+    try:
+        if path.stat().st_size > 64 * 1024:
+            raise ValueError("larger than 64 KB")
+        absent = json.loads(path.read_bytes().decode("utf-8"))["absent"]
+        if not isinstance(absent, list) or not all(isinstance(name, str) for name in absent):
+            raise ValueError("'absent' is not a list of graph names")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ArtifactError(f"{path} is not a valid slim marker ({exc}); slim the full artifact again") from exc
+    unknown = sorted(set(absent) - set(manifest.graphs))
+    if unknown:
+        raise ArtifactError(f"{path} names graphs the manifest does not have ({', '.join(unknown)}); slim the "
+                            "full artifact again")
+    if set(absent) >= set(manifest.graphs):
+        raise ArtifactError(f"{path} says every graph was left out; slim the full artifact again")
+    return tuple(name for name in manifest.graphs if name in absent)
+
+
+def present_graphs(directory: Path, manifest: Manifest) -> Manifest:
+    """`manifest` narrowed to the graphs (and files) this directory holds: all of them, unless it is a
+    slim copy. What the predictor, Triton, Ray and sign work from; `info` and `verify` show the rest."""
+    absent = absent_graphs(directory, manifest)
+    if not absent:
+        return manifest
+    gone = {f for name in absent for f in (manifest.graphs[name].file, manifest.graphs[name].data_file) if f}
+    return replace(manifest, graphs={n: g for n, g in manifest.graphs.items() if n not in absent},
+                   files={n: e for n, e in manifest.files.items() if n not in gone})

@@ -25,9 +25,11 @@ import click
 
 from ._stdio import stdout_to_stderr
 from .config import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .contracts import stamp
 from .manifest import FORMAT_VERSION
 from .errors import MlmExportError, ParityError
 from .interrupts import signals_as_interrupts
+from .progress import live_bars
 from .build.precision import INT8_RECIPE_NAMES
 from .runtime.providers import max_threads
 
@@ -42,8 +44,9 @@ class _Output:
     debug: bool
     stream: TextIO | None = None
 
-    def result(self, data: Any, text: str) -> None:
-        click.echo(_json(data) if self.as_json else text, file=self.stream)
+    def result(self, document: str, data: dict[str, Any], text: str) -> None:
+        """Print the command's result: `text`, or under --json `data` as the `document` of contracts.py."""
+        click.echo(_json(stamp(document, data)) if self.as_json else text, file=self.stream)
 
     def error(self, kind: str, message: str, exit_code: int, exc: BaseException | None = None,
               **details: Any) -> int:
@@ -52,7 +55,7 @@ class _Output:
         click.echo(f"Error: {message}", err=True)
         if self.as_json:
             error = {"type": kind, "message": message, "exit_code": exit_code} | details
-            click.echo(_json({"error": error}), file=self.stream)
+            click.echo(_json(stamp("error", {"error": error})), file=self.stream)
         return exit_code
 
 
@@ -77,14 +80,18 @@ def _flag(args: list[str], *names: str) -> bool:
 
 
 class _Command(click.Command):
-    """While the command body runs, stdout belongs to its result; library chatter goes to stderr.
+    """While the command body runs, stdout belongs to its result; library chatter (and, on a terminal,
+    progress bars) goes to stderr.
 
     Only the body: help, version and usage errors come before it and print normally.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         output = ctx.find_object(_Output)
-        with stdout_to_stderr() as stream:
+        if "quiet" in ctx.params:  # the commands with long steps: their progress lines, unless -q
+            _setup_logging(ctx.params["quiet"])
+        bars = not (ctx.params.get("quiet") or ctx.params.get("as_json"))  # and only on a terminal
+        with stdout_to_stderr() as stream, live_bars(bars):
             if output is not None:
                 output.stream = stream
             try:
@@ -224,13 +231,12 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
     from .config import ExportConfig
     from .verify import read_probe_file
 
-    _setup_logging(quiet)
     config = ExportConfig(model=model, out=out, revision=revision, force=force,
                           allow_unfused=allow_unfused, opset=opset, fp16=fp16,
                           int8=int8 or int8_recipe != "auto", int8_recipe=int8_recipe,
                           probe_texts=tuple(read_probe_file(probe_file)) if probe_file else ())
     result = export_model(config)
-    _out().result({"path": str(result.path), "manifest": result.manifest.to_dict()},
+    _out().result("export", {"path": str(result.path), "manifest": result.manifest.to_dict()},
                   f"{result.report.summary()}\nwrote {result.path}")
 
 
@@ -248,14 +254,13 @@ def verify_command(directory: Path, source: str | None, probe_file: Path | None,
     """Check the signature (with --key) and file hashes, then compare every graph with a fresh PyTorch model."""
     from .verify import read_probe_file, verify_artifact
 
-    _setup_logging(quiet)
     texts = read_probe_file(probe_file) if probe_file else None
     report = verify_artifact(directory, source=source, providers=providers, probe_texts=texts, public_key=key)
     if not report.passed:
         if not as_json:
             click.echo(report.summary(), file=_out().stream)
         raise ParityError("parity check failed", report)
-    _out().result(report.to_dict(), report.summary())
+    _out().result("verify", report.to_dict(), report.summary())
 
 
 @main.command("predict")
@@ -289,7 +294,8 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
                 lines.append(f"  mask {n}:")
             for rank, c in enumerate(candidates, 1):
                 lines.append(f"  {rank:>2}. {c['token_str']:<12} {c['score']:.4f}  {c.get('sequence', '')}".rstrip())
-    _out().result({"variant": filler.variant, "provider": filler.provider, "results": results}, "\n".join(lines))
+    _out().result("predict", {"variant": filler.variant, "provider": filler.provider, "results": results},
+                  "\n".join(lines))
 
 
 @main.command("score")
@@ -331,7 +337,6 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
     from .batch import ScoreJob, score_file
     from .runtime.scoring import ScoreOptions
 
-    _setup_logging(quiet)
     output_ = _out()
     job = ScoreJob(directory, input_path, output, column,
                    ScoreOptions(reduction, exclude_special, per_token, batch_size), variant, providers, threads,
@@ -343,7 +348,7 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
     logging.getLogger("mlm_export").info("scored %d of %d sequences with %s in %.1f s%s%s", summary.scored,
                                          summary.rows, summary.variant, summary.seconds, rate, failed)
     if output is not None and as_json:
-        output_.result(summary.to_dict(), "")
+        output_.result("score", summary.to_dict(), "")
 
 
 @main.command("triton")
@@ -367,7 +372,7 @@ def triton_command(directory: Path, repo: Path, variant: str | None, name: str |
 
     model = write_triton_repository(directory, repo, variant=variant, name=name, max_batch_size=max_batch_size,
                                     instances=instances, device=device, public_key=key)
-    _out().result({"name": model.name, "variant": model.variant, "config": str(model.config_path),
+    _out().result("triton", {"name": model.name, "variant": model.variant, "config": str(model.config_path),
                    "model": str(model.model_path), "max_batch_size": model.max_batch_size, "device": model.device},
                   f"wrote {model.config_path} and {model.model_path} ({model.variant}, "
                   f"max_batch_size {model.max_batch_size}, {model.device})")
@@ -378,18 +383,21 @@ def triton_command(directory: Path, repo: Path, variant: str | None, name: str |
 @common_options
 def info_command(directory: Path, as_json: bool) -> None:
     """Show what an artifact holds: source, and per graph its size, fusion and parity."""
+    from .artifact import absent_graphs, present_graphs
     from .manifest import read_manifest
     from .runtime.predictor import preferred_variant
     from .runtime.providers import requested_providers
     from .signing import signature_fingerprint
 
     manifest = read_manifest(directory)
+    absent = absent_graphs(directory, manifest)
     provider = requested_providers("auto")[0]
-    default = preferred_variant(manifest, provider)
+    default = preferred_variant(present_graphs(directory, manifest), provider)
     signed = signature_fingerprint(directory)
     if as_json:
-        _out().result(manifest.to_dict() | {"default_variant": {"provider": provider, "variant": default},
-                                            "signature": {"fingerprint": signed} if signed else None}, "")
+        _out().result("info", manifest.to_dict() | {"default_variant": {"provider": provider, "variant": default},
+                                                    "signature": {"fingerprint": signed} if signed else None}
+                      | ({"absent_graphs": list(absent)} if absent else {}), "")
         return
     src, model, tok = manifest.source, manifest.model, manifest.tokenizer
     specials = " ".join(tok.special_tokens[role] for role in ("cls", "sep", "mask", "pad", "unk"))
@@ -404,6 +412,8 @@ def info_command(directory: Path, as_json: bool) -> None:
         f"  default variant here: {default} ({provider})",
         f"  signature: {'signed, key fingerprint ' + signed + ' (check it with verify --key)' if signed else 'none'}",
     ]
+    if absent:
+        lines.append(f"  slim copy: {', '.join(absent)} left out (listed below, not on disk)")
     def size_of(graph: Any) -> int:  # with its external data, where it has some
         return manifest.files[graph.file].size + (manifest.files[graph.data_file].size if graph.data_file else 0)
 
@@ -427,7 +437,7 @@ def info_command(directory: Path, as_json: bool) -> None:
             f"{p['top1_agreement']:.2%}" if p else "-", f"{p['topk_overlap']:.2%}" if p else "-",
             f"{p['topk_set_equal']:.2%}" if p else "-",
             p.get("provider", "-").replace("ExecutionProvider", ""),
-            ("pass" if p.get("passed") else "FAIL") if p else "not verified"))
+            "absent (slim)" if name in absent else ("pass" if p.get("passed") else "FAIL") if p else "not verified"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.append("  gates: " + "; ".join(
@@ -442,7 +452,45 @@ def info_command(directory: Path, as_json: bool) -> None:
                           f"overlap {t['topk_overlap']:.2%})" for t in int8.recipes_tried)
         how = f"; tried {tried}" if tried else " (chosen by hand)"
         lines.append(f"  quantization recipe for int8: {int8.recipe}{how}")
-    _out().result(None, "\n".join(lines))
+    click.echo("\n".join(lines), file=_out().stream)
+
+
+@main.command("slim")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--keep", multiple=True, required=True,
+              help="A graph to keep (repeatable, or comma-separated), e.g. --keep int8.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="The slim artifact's directory.")
+@click.option("--force", is_flag=True, help="Replace an existing mlm-export artifact at --out.")
+@common_options
+def slim_command(directory: Path, keep: tuple[str, ...], out: Path, force: bool, as_json: bool) -> None:
+    """Copy the artifact in DIRECTORY with only the graphs to --keep: a serving artifact, still hash-checked
+    and, if it was signed, still verifiable with the same key."""
+    from .slim import slim_artifact
+
+    result = slim_artifact(directory, out, keep, force)
+    _out().result("slim", result.to_dict(),
+                  f"wrote {out}: {', '.join(result.kept)} ({result.bytes / 1e6:.1f} MB of "
+                  f"{result.bytes_before / 1e6:.1f} MB); left out {', '.join(result.absent) or 'nothing'}")
+
+
+@main.command("schema")
+@click.argument("name", required=False)
+def schema_command(name: str | None) -> None:
+    """Print the JSON Schema NAME (e.g. export-v1, error-v1, manifest-v2), or list them all.
+
+    Every --json document names its schema in its "schema" field.
+    """
+    from .contracts import load_schema, schema_names
+
+    if name is None:
+        click.echo("\n".join(schema_names()), file=_out().stream)
+        return
+    try:
+        schema = load_schema(name)
+    except KeyError:
+        raise click.BadParameter(f"no schema {name!r}; choose from {', '.join(schema_names())}",
+                                 param_hint="NAME") from None
+    click.echo(json.dumps(schema, indent=2), file=_out().stream)
 
 
 @main.command("sign")
@@ -454,7 +502,7 @@ def sign_command(directory: Path, key: Path, as_json: bool) -> None:
     from .signing import sign_artifact
 
     info = sign_artifact(directory, key)
-    _out().result(info.to_dict(), f"signed {directory} (key fingerprint {info.fingerprint}): {info.path}")
+    _out().result("sign", info.to_dict(), f"signed {directory} (key fingerprint {info.fingerprint}): {info.path}")
 
 
 @main.command("keygen")
@@ -466,7 +514,7 @@ def keygen_command(path: Path, as_json: bool) -> None:
 
     private, public = generate_key(path)
     fp = fingerprint(load_public_key(public))
-    _out().result({"private_key": str(private), "public_key": str(public), "fingerprint": fp},
+    _out().result("keygen", {"private_key": str(private), "public_key": str(public), "fingerprint": fp},
                   f"wrote {private} (keep it secret) and {public} (fingerprint {fp})")
 
 
@@ -486,7 +534,6 @@ def bench_command(models: tuple[str, ...], systems: tuple[str, ...], out: Path, 
                   round_scale: float, as_json: bool, quiet: bool) -> None:
     """Time OnnxMaskFiller against transformers, torch bf16 and optimum, side by side."""
     harness = _benchmark_harness()
-    _setup_logging(quiet)
     unknown = sorted(set(systems) - set(harness.SYSTEMS))
     if unknown:
         raise click.BadParameter(f"unknown system(s) {unknown}; choose from {', '.join(harness.SYSTEMS)}",
@@ -494,7 +541,7 @@ def bench_command(models: tuple[str, ...], systems: tuple[str, ...], out: Path, 
     config = harness.BenchConfig(models=models or ("bert-base", "antiberty"), systems=systems or harness.SYSTEMS,
                                  out=out, work=work, threads=threads, round_scale=round_scale)
     summary = harness.run_benchmark(config)
-    _out().result({k: v for k, v in summary.items() if k != "table"},
+    _out().result("bench", {k: v for k, v in summary.items() if k != "table"},
                   f"{summary['table']}\nwrote {out / 'bench.json'}, {out / 'bench.md'}"
                   + (f", {summary['chart']}" if summary["chart"] else ""))
 

@@ -25,6 +25,7 @@ from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # written by `mlm-export sign`; not listed in the manifest it signs
+SLIM = "slim.json"  # written by `mlm-export slim`: the graphs a slim copy left out on purpose
 FORMAT_VERSION = 2
 SCHEMA = "manifest-v2.schema.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # real manifests are a few KB; refuse to parse a giant file

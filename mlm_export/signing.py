@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact import check_all_files
+from .artifact import check_all_files, present_graphs
 from .errors import ArtifactError, ConfigError, SignatureError, StorageError
 from .manifest import MANIFEST, SIGNATURE, path_inside, read_manifest_bytes
 
@@ -145,7 +145,7 @@ def sign_artifact(directory: Path | str, key: str | Path | bytes) -> SignatureIn
     directory = Path(directory)
     private = load_private_key(key)
     manifest, data = read_manifest_bytes(directory)  # sign exactly the bytes that were validated
-    check_all_files(directory, manifest)
+    check_all_files(directory, present_graphs(directory, manifest))  # a slim copy: the files it holds
     root = directory.resolve()
     public = private.public_key()
     serialization, _ = _crypto()

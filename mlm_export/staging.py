@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .errors import ArtifactError, StorageError
 from .interrupts import deferred_signals
-from .manifest import FORMAT_VERSION, MANIFEST, SIGNATURE, check_plain_name, read_manifest
+from .manifest import FORMAT_VERSION, MANIFEST, SIGNATURE, SLIM, check_plain_name, read_manifest
 
 log = logging.getLogger("mlm_export")
 
@@ -131,7 +131,7 @@ def _foreign_entries(target: Path, out: Path) -> list[str]:
             raise ArtifactError(f"{out} already exists and does not hold a valid mlm-export manifest; "
                                 "mlm-export only replaces its own artifacts. Choose another --out, or "
                                 f"remove it yourself. The manifest's problem: {exc}") from exc
-    ours = set(files) | {MANIFEST, MANIFEST + ".tmp", SIGNATURE, SIGNATURE + ".tmp"}
+    ours = set(files) | {MANIFEST, MANIFEST + ".tmp", SIGNATURE, SIGNATURE + ".tmp", SLIM}
     return sorted(entry.name for entry in target.iterdir()
                   if entry.name not in ours or (entry.is_dir() and not entry.is_symlink()))
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifact import verified_path
+from .artifact import present_graphs, verified_path
 from .errors import ArtifactError, InputError, StorageError
 from .interrupts import deferred_signals
 from .manifest import GraphEntry, Manifest, TensorSpec, read_manifest
@@ -206,7 +206,7 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
     artifact, repo = Path(artifact), Path(repo)
     if isinstance(device, str):
         device = device.lower()
-    manifest = read_manifest(artifact, public_key=public_key)
+    manifest = present_graphs(artifact, read_manifest(artifact, public_key=public_key))  # slim: what it holds
     variant = select_variant(manifest, variant)
     graph = manifest.graphs[variant]
     name = check_model_name(default_model_name(manifest.name) if name is None else name)

@@ -7,10 +7,36 @@ distributions would make top-k order a coin toss and hide real disagreements.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
+
+
+
+@pytest.fixture(autouse=True)
+def json_outputs_match_their_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `--json` run of the CLI in any test is also checked against the schema it names, errors
+    included: a command that drifts from its published contract fails whichever test ran it."""
+    from mlm_export.contracts import validate
+
+    invoke = CliRunner.invoke
+
+    def checked(self: CliRunner, cli: Any, args: Any = None, *more: Any, **kwargs: Any) -> Result:
+        result = invoke(self, cli, args, *more, **kwargs)
+        if isinstance(args, (list, tuple)) and "--json" in args and result.stdout.lstrip().startswith("{"):
+            try:
+                document = json.loads(result.stdout)
+            except ValueError:
+                return result  # JSON Lines (score rows on stdout): test_contracts checks those row by row
+            validate(document)
+        return result
+
+    monkeypatch.setattr(CliRunner, "invoke", checked)
+
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "big", "small", "ran", "to",

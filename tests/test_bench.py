@@ -76,6 +76,21 @@ def test_texts_have_the_exact_token_count_and_masks(bench: tuple[BenchConfig, di
     assert make_texts(prepared, SMALL[1], seed=0) == texts  # identical inputs for every system
 
 
+def test_cli_json_matches_its_schema(bench: tuple[BenchConfig, dict], tmp_path: Path) -> None:
+    """`mlm-export bench --json` on the cached tiny exports: the bench-v1 document, validated."""
+    from mlm_export.contracts import validate
+
+    config, _ = bench
+    result = CliRunner().invoke(main, ["bench", "--model", config.models[0], "--system", "mlm-export-fp32",
+                                       "--work", str(config.work), "--out", str(tmp_path), "--rounds", "0.01",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    validate(document)
+    assert document["schema"] == "bench-v1" and "table" not in document
+    assert document["reports"][0]["systems"]["mlm-export-fp32"]["status"] == "ok"
+
+
 def test_cli_rejects_unknown_systems() -> None:
     result = CliRunner().invoke(main, ["bench", "--system", "tensorflow"])
     assert result.exit_code == 2 and "unknown system" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ def test_bare_model_argument_means_export(runner: CliRunner, tiny_dir: Path, tmp
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["path"] == str(out) and data["manifest"]["graphs"]["fp32"]["parity"]["passed"]
-    assert "exporting fill-mask form" in result.stderr  # progress goes to stderr, not stdout
+    assert "exporting the fill-mask form" in result.stderr  # progress goes to stderr, not stdout
+    assert re.search(r"done in [0-9.]+ s \(comparing fill_mask\.fp32\.onnx on \d+ probe batches\)", result.stderr)
 
     again = runner.invoke(main, ["export", str(tiny_dir), "--out", str(out)])
     assert again.exit_code == 1 and "--force" in again.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import InputError
+from ..progress import stage
 from ..runtime.scoring import PLLScore, RowError, ScoreOptions
 from .table import InputRow, RowWriter, ScoredRow, read_rows
 
@@ -41,7 +42,7 @@ class ScoreJob:
     engine: str = "local"
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
     workers: int | None = None      # Ray actors; default: the cluster's CPUs / threads
-    progress: bool = True
+    progress: bool = True           # Ray Data's own bars and INFO lines (ours follow progress.live_bars)
     public_key: Path | None = None  # refuse an artifact without a valid signature
 
 
@@ -92,11 +93,11 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
             variant, results = _score_locally(job, rows)
         summary = ScoreSummary(None if job.output is None else str(job.output), job.engine, variant)
         start = time.perf_counter()  # scoring only: the artifact is open (Ray starts on the first rows)
-        with _progress(job) as bar:
+        with stage("scoring", unit="seq", lines=False) as advance:  # the command logs its own summary
             for chunk in results:
                 _check(chunk, job, summary)
                 writer.write(chunk)
-                bar.update(len(chunk))
+                advance(len(chunk))
         summary.seconds = time.perf_counter() - start
         writer.close()
     except BaseException:
@@ -143,9 +144,3 @@ def _chunked(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
     if chunk:
         yield chunk
 
-
-def _progress(job: ScoreJob):  # type: ignore[no-untyped-def]
-    """A bar with sequences per second on stderr, on a terminal only (tqdm's `disable=None`)."""
-    from tqdm import tqdm
-
-    return tqdm(desc="scoring", unit="seq", disable=None if job.progress else True, leave=False)

@@ -76,11 +76,13 @@ class PLLActor:
 def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
                    sequences_per_batch: int = SEQUENCES_PER_BATCH) -> tuple[str, Iterator[list[ScoredRow]]]:
     """Start (or join) Ray, and stream the scored rows back in input order."""
+    from ..artifact import present_graphs
     from ..manifest import read_manifest
     from ..runtime.predictor import preferred_variant
 
     ray = _ray()
-    manifest = read_manifest(job.artifact, public_key=job.public_key)  # fail here, not in every actor
+    # fail here, not in every actor; a slim artifact serves the graphs it holds
+    manifest = present_graphs(job.artifact, read_manifest(job.artifact, public_key=job.public_key))
     variant = job.variant or preferred_variant(manifest, "CPUExecutionProvider")
     if variant not in manifest.fill_mask_graphs:
         raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "

@@ -25,6 +25,7 @@ from typing import Any
 from .._quiet import quiet_onnxruntime_tools
 from ..errors import ExportError, FusionError
 from ..families import ATTENTION_REQUIRED
+from ..progress import stage
 from .graph_file import load_graph, save_graph, uses_external_data
 
 log = logging.getLogger("mlm_export")
@@ -126,32 +127,32 @@ def fuse(src: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: 
     except ImportError as exc:
         raise ExportError("fusion needs onnxruntime: pip install 'mlm-export[cpu]' "
                           "(or [gpu])") from exc
-    log.info("fusing %s (ONNX Runtime transformer optimizer)", src.name)
-    external = uses_external_data(src)
-    model = load_graph(src)
-    if attention_branch_first(model):
-        save_graph(model, src, external)
-    del model
-    try:
+    with stage(f"fusing {src.name} (ONNX Runtime transformer optimizer)"):
+        external = uses_external_data(src)
+        model = load_graph(src)
+        if attention_branch_first(model):
+            save_graph(model, src, external)
+        del model
+        try:
+            with quiet_onnxruntime_tools():
+                optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
+                                           hidden_size=hidden_size, opt_level=0)
+        except Exception as exc:
+            raise ExportError(f"the ONNX Runtime transformer optimizer failed on {src.name}: {exc}") from exc
+        stats = optimized.get_fused_operator_statistics()
+        expected = num_layers if mode == ATTENTION_REQUIRED else 0
+        report = FusionReport({op: int(n) for op, n in stats.items() if n}, expected, allow_unfused, mode)
+        if not report.complete and not allow_unfused:
+            raise FusionError(
+                f"attention fused in {report.attention} of {num_layers} layers ({report.counts}); the "
+                "graph would run unfused and slower. This usually means the exporter or the modeling "
+                "code changed. Pass --allow-unfused to export anyway (the manifest will say so).")
+        share_identical_initializers(optimized.model)
         with quiet_onnxruntime_tools():
-            optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
-                                       hidden_size=hidden_size, opt_level=0)
-    except Exception as exc:
-        raise ExportError(f"the ONNX Runtime transformer optimizer failed on {src.name}: {exc}") from exc
-    stats = optimized.get_fused_operator_statistics()
-    expected = num_layers if mode == ATTENTION_REQUIRED else 0
-    report = FusionReport({op: int(n) for op, n in stats.items() if n}, expected, allow_unfused, mode)
-    if not report.complete and not allow_unfused:
-        raise FusionError(
-            f"attention fused in {report.attention} of {num_layers} layers ({report.counts}); the "
-            "graph would run unfused and slower. This usually means the exporter or the modeling "
-            "code changed. Pass --allow-unfused to export anyway (the manifest will say so).")
-    share_identical_initializers(optimized.model)
-    with quiet_onnxruntime_tools():
-        optimized.topological_sort()
-    declare_contrib_opset(optimized.model)
-    save_graph(optimized.model, dst, external)
-    return report
+            optimized.topological_sort()
+        declare_contrib_opset(optimized.model)
+        save_graph(optimized.model, dst, external)
+        return report
 
 
 def declare_contrib_opset(model: Any) -> None:

@@ -19,6 +19,7 @@ from ..artifact import file_entries
 from ..config import LOGITS_TOLERANCE, TOLERANCES, ExportConfig
 from ..errors import ExportError, ParityError
 from ..manifest import GraphEntry, Manifest, ModelInfo, SourceInfo, TokenizerInfo, write_manifest
+from ..progress import stage
 from ..staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
 from ..verify import (
     ARTIFACT_PROBES,
@@ -76,25 +77,25 @@ def export_model(config: ExportConfig) -> ExportResult:
         source = resolve_spec(spec)  # a hub download happens only once the destination is known good
         check_destination(out, config.force, [source.model_dir])
         estimate_free_space(tmp.parent.parent, disk_needed(source, config))
-        log.info("loading %s (%s) from %s", source.spec.location, source.family.name, source.model_dir)
-        model = load_model(source, attn_implementation=source.family.attn_implementation)
+        with stage(f"loading {source.spec.location} ({source.family.name}) from {source.model_dir}"):
+            model = load_model(source, attn_implementation=source.family.attn_implementation)
         tokens = load_tokenizer(source)
         traced = _trace(model, tokens, source, config, tmp)
         del model  # freed before fusion, which holds graphs of the model's size; the reference below is a fresh load
         _release_memory()
         manifest = _build(traced, tokens, source, config, tmp)
         _release_memory()  # fusion's copies of the graph, before the reference and the sessions load
-        log.info("loading the PyTorch reference (eval mode)")
-        harness = ParityHarness(manifest, tokens.tokenizer, load_model(source), list(config.probe_texts) or None,
+        with stage("loading the PyTorch reference (eval mode)"):
+            reference = load_model(source)
+        harness = ParityHarness(manifest, tokens.tokenizer, reference, list(config.probe_texts) or None,
                                 texts_name=ARTIFACT_SET)
+        del reference
         judged: dict[str, GraphParity] = {}  # the int8 search already judged the graph it kept
         if config.int8:
             manifest, judged = _int8(manifest, harness, config, tmp)
         manifest = replace(manifest, files=file_entries(tmp))
         report = VerifyReport(str(tmp), [])
         for name, entry in manifest.graphs.items():
-            if name not in judged:
-                log.info("comparing %s on %d probe batches", entry.file, len(harness.batches))
             report.graphs.append(judged.get(name) or harness.check(tmp / entry.file, name, entry, "cpu"))
             manifest = manifest.with_graph(name, parity=report.graphs[-1].to_dict())
         if not report.passed:

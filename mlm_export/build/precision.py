@@ -27,6 +27,7 @@ from typing import Any
 
 from .._quiet import quiet_onnxruntime_tools
 from ..errors import ConfigError, ExportError
+from ..progress import stage
 from .fuse import declare_contrib_opset, share_identical_initializers
 from .graph_file import data_path, load_graph, save_graph, uses_external_data
 
@@ -78,40 +79,40 @@ def to_fp16(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    log.info("converting %s to fp16", src.name)
-    try:
-        model = OnnxModel(load_graph(src))
-        with quiet_onnxruntime_tools():
-            model.convert_float_to_float16(keep_io_types=True,
-                                           op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT)
-        share_identical_initializers(model.model)
-        declare_contrib_opset(model.model)
-        save_graph(model.model, dst, uses_external_data(src))
-    except Exception as exc:
-        raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
+    with stage(f"converting {src.name} to fp16"):
+        try:
+            model = OnnxModel(load_graph(src))
+            with quiet_onnxruntime_tools():
+                model.convert_float_to_float16(keep_io_types=True,
+                                               op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT)
+            share_identical_initializers(model.model)
+            declare_contrib_opset(model.model)
+            save_graph(model.model, dst, uses_external_data(src))
+        except Exception as exc:
+            raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
 
 
 def to_int8(src: Path, dst: Path, recipe: Int8Recipe) -> None:
     """int8 for the CPU provider; never select it for CUDA (its int8 ops fall back to the CPU)."""
 
-    log.info("quantizing %s to int8, recipe %s (MLM head stays float)", src.name, recipe.name)
-    staged = dst.with_name(dst.stem + ".staged.onnx")
-    external = uses_external_data(src)
-    try:
-        model = load_graph(src)
-        head = _hide_head(model)
-        with quiet_onnxruntime_tools():
-            _quantize(model, staged, recipe, external)
-        model = load_graph(staged)
-        _restore_head(model, head)
-        unfuse_skip_layer_norm(model)
-        share_identical_initializers(model)  # layers that share weights (ALBERT) quantize to equal copies
-        save_graph(model, dst, external)
-    except Exception as exc:
-        raise ExportError(f"int8 quantization of {src.name} failed: {exc}") from exc
-    finally:
-        staged.unlink(missing_ok=True)
-        data_path(staged).unlink(missing_ok=True)
+    with stage(f"quantizing {src.name} to int8, recipe {recipe.name} (MLM head stays float)"):
+        staged = dst.with_name(dst.stem + ".staged.onnx")
+        external = uses_external_data(src)
+        try:
+            model = load_graph(src)
+            head = _hide_head(model)
+            with quiet_onnxruntime_tools():
+                _quantize(model, staged, recipe, external)
+            model = load_graph(staged)
+            _restore_head(model, head)
+            unfuse_skip_layer_norm(model)
+            share_identical_initializers(model)  # layers that share weights (ALBERT) quantize to equal copies
+            save_graph(model, dst, external)
+        except Exception as exc:
+            raise ExportError(f"int8 quantization of {src.name} failed: {exc}") from exc
+        finally:
+            staged.unlink(missing_ok=True)
+            data_path(staged).unlink(missing_ok=True)
 
 
 def unfuse_skip_layer_norm(model: Any) -> int:

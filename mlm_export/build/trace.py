@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import ExportError
 from ..families import FamilySpec
 from ..manifest import TensorSpec
+from ..progress import stage
 from .graph_file import load_graph, save_graph
 
 log = logging.getLogger("mlm_export")
@@ -129,9 +130,9 @@ def export_logits(model: Any, family: FamilySpec, path: Path, opset: int, mask_t
     logits_form, _ = _forms(model, family)
     names = list(family.input_names)
     axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names + ["logits"]}
-    log.info("exporting logits form -> %s", path.name)
     family.prepare_trace(model)
-    with tempfile.TemporaryDirectory(dir=path.parent) as work:  # torch writes >2 GB graphs one file per tensor
+    # torch writes a graph over 2 GB one file per tensor: into a folder of its own
+    with stage(f"exporting the logits form -> {path.name}"), tempfile.TemporaryDirectory(dir=path.parent) as work:
         traced = Path(work) / path.name
         _torch_export(logits_form().eval(), _sample_inputs(model, family, mask_token_id), traced, names,
                       ["logits"], axes, opset)
@@ -157,17 +158,17 @@ def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mas
         axes[name][1] = "top_k"
     axes["target_log_probs"][1] = "num_targets"
     axes["target_ids"] = {0: "target_rows", 1: "num_targets"}
-    log.info("exporting fill-mask form -> %s", path.name)
     family.prepare_trace(model)
-    with tempfile.TemporaryDirectory(dir=path.parent) as work:
-        traced = Path(work) / path.name
-        _torch_export(fill_mask_form(mask_token_id, special_ids).eval(),
-                      _sample_inputs(model, family, mask_token_id) + _scoring_sample(), traced,
-                      names + SCORING_INPUTS, FILL_MASK_OUTPUTS, axes, opset)
-        graph_model = load_graph(traced)
-    _make_top_k_an_input(graph_model, model.config.vocab_size)
-    save_graph(graph_model, path, external)
-    onnx.checker.check_model(str(path))  # by path: the checker cannot take a graph over 2 GB in memory
+    with stage(f"exporting the fill-mask form -> {path.name}"):
+        with tempfile.TemporaryDirectory(dir=path.parent) as work:
+            traced = Path(work) / path.name
+            _torch_export(fill_mask_form(mask_token_id, special_ids).eval(),
+                          _sample_inputs(model, family, mask_token_id) + _scoring_sample(), traced,
+                          names + SCORING_INPUTS, FILL_MASK_OUTPUTS, axes, opset)
+            graph_model = load_graph(traced)
+        _make_top_k_an_input(graph_model, model.config.vocab_size)
+        save_graph(graph_model, path, external)
+        onnx.checker.check_model(str(path))  # by path: the checker cannot take a graph over 2 GB in memory
 
 
 def _make_top_k_an_input(graph_model: Any, vocab_size: int) -> None:

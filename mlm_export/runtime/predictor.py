@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
-from ..artifact import checked_bytes, checked_file, verified_path
+from ..artifact import absent_graphs, checked_bytes, checked_file, present_graphs, verified_path
 from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import GraphEntry, Manifest, read_manifest
 from .feeds import CONTROL_INPUTS, control_feeds
@@ -102,8 +102,13 @@ class OnnxMaskFiller:
         batch_size = int(batch_size)
         if variant is not None and not isinstance(variant, str):
             raise InputError(f"variant must be a name such as 'fp32' or None, got {variant!r}")
-        manifest = read_manifest(directory, public_key=public_key)
+        full = read_manifest(directory, public_key=public_key)
+        manifest = present_graphs(directory, full)  # a slim copy holds only some graphs
         variants = manifest.fill_mask_graphs
+        if variant is not None and variant in absent_graphs(directory, full):
+            raise ArtifactError(f"variant {variant!r} was left out of the slim artifact {directory} (slim.json); "
+                                f"it has {', '.join(sorted(manifest.graphs))}. Load the full artifact for "
+                                f"{variant}")
         if not variants:
             raise ArtifactError(f"{directory} has no fill-mask graph")
         if variant is not None and variant not in variants:

@@ -9,13 +9,13 @@ model in training mode, where dropout would poison the comparison.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from ..artifact import check_all_files
+from ..artifact import absent_graphs, check_all_files, present_graphs
 from ..errors import ArtifactError, SourceError
 from ..manifest import MANIFEST, path_inside, read_manifest
+from ..progress import stage
 from .parity import Agreement, GraphParity, ParityHarness, VerifyReport
 from .probes import (
     ARTIFACT_PROBES,
@@ -31,7 +31,6 @@ from .probes import (
     text_probes,
 )
 
-log = logging.getLogger("mlm_export")
 
 __all__ = ["ARTIFACT_PROBES", "ARTIFACT_SET", "PACKAGED_SETS", "Agreement", "GraphParity", "ParityHarness",
            "ProbeBatch", "ProbeSpec", "VerifyReport", "antibody_sequences", "build_probes", "choose_probe_set",
@@ -53,7 +52,8 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     require_export_extra()
     directory = Path(directory)
     manifest = read_manifest(directory, public_key=public_key)
-    check_all_files(directory, manifest)
+    absent = absent_graphs(directory, manifest)
+    check_all_files(directory, present_graphs(directory, manifest))  # a slim copy: the files it holds
     root = directory.resolve()
     if source is None:
         s = manifest.source
@@ -68,8 +68,8 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     if resolved.family.name != manifest.family:
         raise ArtifactError(f"{directory / MANIFEST} says the model is {manifest.family}, but the source is "
                             f"{resolved.family.name}: the manifest was edited; re-export")
-    log.info("loading the PyTorch reference (eval mode)")
-    model = load_model(resolved)
+    with stage("loading the PyTorch reference (eval mode)"):
+        model = load_model(resolved)
     for key, actual in model_facts(model.config, resolved.family).items():
         if getattr(manifest.model, key) != actual:  # probes are built from these numbers: they must be true
             raise ArtifactError(f"{directory / MANIFEST} says model.{key} is {getattr(manifest.model, key)}, "
@@ -77,9 +77,8 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     tokenizer = Tokenizer.from_file(str(path_inside(root, manifest.tokenizer.file, "tokenizer.file")))
     harness = ParityHarness(manifest, tokenizer, model, probe_texts, directory)
     graphs = []
-    for name, entry in manifest.graphs.items():
-        log.info("comparing %s on %d probe batches", entry.file, len(harness.batches))
+    for name, entry in present_graphs(directory, manifest).graphs.items():
         graphs.append(harness.check(path_inside(root, entry.file, f"graphs.{name}.file"), name, entry,
                                     # int8 is a CPU variant: on CUDA its int8 ops fall back to the CPU
                                     "cpu" if entry.precision == "int8" else providers))
-    return VerifyReport(str(directory), graphs)
+    return VerifyReport(str(directory), graphs, absent)

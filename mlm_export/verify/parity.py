@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..manifest import GraphEntry, Manifest, Tolerance
+from ..progress import stage
 from ..runtime.feeds import CONTROL_INPUTS, control_feeds
 from ..runtime.providers import create_session
 from .probes import ProbeBatch, build_probes
@@ -163,14 +164,16 @@ class GraphParity:
 class VerifyReport:
     artifact: str
     graphs: list[GraphParity]
+    absent: tuple[str, ...] = ()  # graphs a slim copy left out: listed in its manifest, not checked
 
     @property
     def passed(self) -> bool:
         return all(g.passed for g in self.graphs)
 
     def to_dict(self) -> dict:
+        slim = {"slim": {"absent": list(self.absent)}} if self.absent else {}
         return {"artifact": self.artifact, "passed": self.passed,
-                "graphs": {g.graph: g.to_dict() for g in self.graphs}}
+                "graphs": {g.graph: g.to_dict() for g in self.graphs}} | slim
 
     def summary(self) -> str:
         lines = []
@@ -182,6 +185,10 @@ class VerifyReport:
                 f"top1={d['top1_agreement']:.2%} top{g.tolerance.top_k}-overlap={d['topk_overlap']:.2%} "
                 f"set-equal={d['topk_set_equal']:.2%} [{g.provider}]")
             lines += [f"     {failure}" for failure in g.failures]
+        if self.absent:
+            lines.append(f"slim artifact: {', '.join(self.absent)} {'is' if len(self.absent) == 1 else 'are'} not in "
+                         "it (slim.json) and could not be checked; the graphs above and every file it holds "
+                         "were")
         return "\n".join(lines)
 
 
@@ -214,25 +221,30 @@ class ParityHarness:
         self.special_ids = np.array(manifest.tokenizer.every_special_id)
         model.eval()
         self.references: list[Reference] = []
-        for batch in self.batches:
-            with torch.no_grad():
-                feeds = {k: torch.from_numpy(v) for k, v in batch.feeds(names).items()}
-                logits = model(**feeds).logits.numpy()
-            where = np.nonzero(batch.input_ids == mask_id)
-            self.references.append((where, logits[where]))
+        with stage(f"PyTorch reference logits on {len(self.batches)} probe batches", len(self.batches),
+                   "batch") as advance:
+            for batch in self.batches:
+                with torch.no_grad():
+                    feeds = {k: torch.from_numpy(v) for k, v in batch.feeds(names).items()}
+                    logits = model(**feeds).logits.numpy()
+                where = np.nonzero(batch.input_ids == mask_id)
+                self.references.append((where, logits[where]))
+                advance(1)
 
     def check(self, path: Path | str, name: str, entry: GraphEntry, providers: str = "cpu") -> GraphParity:
         """One graph's parity with the references, judged against the tolerance in its entry."""
         session = create_session(str(path), providers)
         parity = GraphParity(name, entry.file, entry.form, entry.tolerance, provider=session.get_providers()[0])
-        for batch, (where, ref) in zip(self.batches, self.references):
-            if entry.tolerance.scope == "shapes" and batch.probe_set != "shapes":
-                continue
-            feeds = batch.feeds(n for n in entry.input_names if n not in CONTROL_INPUTS)
-            if entry.form == "logits":
-                self._logits_form(parity, session, batch, feeds, where, ref)
-            else:
-                self._fill_mask(parity, session, batch, entry, feeds, where, ref)
+        judged = [(batch, reference) for batch, reference in zip(self.batches, self.references)
+                  if entry.tolerance.scope != "shapes" or batch.probe_set == "shapes"]
+        with stage(f"comparing {entry.file} on {len(judged)} probe batches", len(judged), "batch") as advance:
+            for batch, (where, ref) in judged:
+                feeds = batch.feeds(n for n in entry.input_names if n not in CONTROL_INPUTS)
+                if entry.form == "logits":
+                    self._logits_form(parity, session, batch, feeds, where, ref)
+                else:
+                    self._fill_mask(parity, session, batch, entry, feeds, where, ref)
+                advance(1)
         return parity
 
     @staticmethod

@@ -1,0 +1,65 @@
+"""The JSON documents mlm-export prints under `--json`: one versioned JSON Schema per document.
+
+Every document carries `"schema": "<name>"`, and `mlm_export/schemas/<name>.schema.json` (shipped
+in the wheel, printed by `mlm-export schema <name>`) describes it: `export-v1`, `verify-v1`,
+`predict-v1`, `score-v1` (+ `score-row-v1` for the rows), `slim-v1`, `triton-v1`, `info-v1`,
+`sign-v1`, `keygen-v1`, `bench-v1`, and `error-v1` for a failure of any command. The artifact's
+manifest is `manifest-v2`. A schema lists every field of its version (`additionalProperties: false`),
+so a field is added, renamed or removed only with a new version name.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+DOCUMENTS = {"export": "export-v1", "verify": "verify-v1", "predict": "predict-v1", "score": "score-v1",
+             "slim": "slim-v1", "triton": "triton-v1", "info": "info-v1", "sign": "sign-v1",
+             "keygen": "keygen-v1", "bench": "bench-v1", "error": "error-v1"}
+ROWS = {"score": "score-row-v1"}  # documents written one per line, which carry no schema field
+MANIFEST_SCHEMA = "manifest-v2"
+
+
+def schema_names() -> list[str]:
+    """Every schema shipped with the package."""
+    return sorted(p.name.removesuffix(".schema.json") for p in resources.files("mlm_export.schemas").iterdir()
+                  if p.name.endswith(".schema.json"))
+
+
+def stamp(document: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` as the `document` ("export", "error", ...), its schema named first."""
+    return {"schema": DOCUMENTS[document], **payload}
+
+
+@functools.cache
+def load_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema called `name` (e.g. "export-v1"); KeyError for a name that does not exist."""
+    if name not in schema_names():
+        raise KeyError(f"no schema {name!r}; there are {', '.join(schema_names())}")
+    text = resources.files("mlm_export.schemas").joinpath(f"{name}.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def validate(document: dict[str, Any], name: str | None = None) -> None:
+    """Raise `jsonschema.ValidationError` unless `document` matches its schema (`name`, else its
+    `schema` field). For consumers and tests: the CLI does not validate what it prints."""
+    import jsonschema
+
+    name = name or document.get("schema")
+    if not isinstance(name, str):
+        raise jsonschema.ValidationError("the document has no 'schema' field naming its schema")
+    validator = jsonschema.Draft202012Validator(load_schema(name), registry=_registry())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is not None:
+        raise error
+
+
+@functools.cache
+def _registry() -> Any:
+    """Every shipped schema under its `$id`, so that documents can `$ref` the manifest's."""
+    from referencing import Registry, Resource
+
+    return Registry().with_resources(
+        (load_schema(name)["$id"], Resource.from_contents(load_schema(name))) for name in schema_names())

@@ -1,0 +1,78 @@
+"""Progress: live bars on a terminal (a real pty), plain lines in a pipe, nothing live under -q or --json."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "mlm_export.cli"]
+CONTROL = re.compile(r"[\r\x1b]")  # carriage returns and escape sequences: what a bar is drawn with
+BAR = re.compile(r"probe batches: +\d+%\|.*\| \d+/\d+ \[")  # tqdm's "desc: 50%|███  | 3/6 [00:01<..."
+
+
+def _on_a_terminal(args: list[str]) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal 120 columns wide; return its exit code and what it drew."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(CLI + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert process.stdout is not None
+    process.stdout.read()
+    return process.wait(timeout=120), drawn.decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("progress") / "texts.txt"
+    path.write_text("the cat sat on the mat\n" * 40)
+    return path
+
+
+def test_a_terminal_gets_live_bars_with_counts(tiny_artifact: Path) -> None:
+    code, drawn = _on_a_terminal(["verify", str(tiny_artifact)])
+    assert code == 0, drawn
+    assert BAR.search(drawn), drawn  # a bar with its count, redrawn in place
+    assert "\r" in drawn
+    assert re.search(r"done in [0-9.]+ s \(PyTorch reference logits", drawn)  # each step's duration stays
+
+
+def test_a_pipe_gets_plain_lines_only(tiny_artifact: Path) -> None:
+    done = subprocess.run(CLI + ["verify", str(tiny_artifact)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not CONTROL.search(done.stderr), repr(done.stderr)
+    assert re.search(r"^mlm-export: done in [0-9.]+ s \(comparing fill_mask\.fp32\.onnx", done.stderr, re.M)
+
+
+@pytest.mark.parametrize("flag", ["--json", "-q"])
+def test_json_and_quiet_draw_nothing_live_on_a_terminal(tiny_artifact: Path, sequences: Path, tmp_path: Path,
+                                                        flag: str) -> None:
+    code, drawn = _on_a_terminal(["score", str(tiny_artifact), str(sequences), "-o", str(tmp_path / "s.jsonl"),
+                                  flag])
+    assert code == 0, drawn
+    assert not CONTROL.search(drawn.replace("\r\n", "\n")), repr(drawn)  # the pty turns \n into \r\n
+    assert "scoring" not in drawn
+
+
+def test_score_draws_its_bar_on_a_terminal(tiny_artifact: Path, sequences: Path, tmp_path: Path) -> None:
+    code, drawn = _on_a_terminal(["score", str(tiny_artifact), str(sequences), "-o", str(tmp_path / "s.jsonl")])
+    assert code == 0, drawn
+    assert re.search(r"\rscoring: \d+seq \[\d\d:\d\d, ", drawn), repr(drawn)  # count, elapsed, then rate
