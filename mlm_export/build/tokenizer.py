@@ -71,6 +71,7 @@ def load_tokenizer(source: ResolvedSource) -> LoadedTokenizer:
                               f"library can read ({exc}); re-save it, or remove it to build one from the "
                               "vocabulary files") from exc
         specials = special_token_names(source, tok.get_vocab(with_added_tokens=True))
+        _mask_swallows_the_space_before(tok, specials.mask, model_dir)
     elif (model_dir / "vocab.json").is_file() and (model_dir / "merges.txt").is_file():
         vocab = _read_json(model_dir / "vocab.json")
         specials = special_token_names(source, vocab)
@@ -223,6 +224,49 @@ def _finish(tok: Any, specials: SpecialTokens, vocab: dict[str, int]) -> None:
     tok.post_processor = _template(specials, vocab)
     tok.add_special_tokens([AddedToken(getattr(specials, role), lstrip=role == "mask" and _is_bpe(tok),
                                        normalized=False) for role in ROLES])
+
+
+def _mask_swallows_the_space_before(tok: Any, mask: str, model_dir: Path) -> None:
+    """Give the mask token the `lstrip` transformers gives it, so that "a [MASK]" tokenizes as the
+    fill-mask pipeline tokenizes it (`▁a [MASK]` or `▁a ▁ [MASK]`: other inputs, other predictions).
+
+    transformers takes the flag from tokenizer_config.json's `added_tokens_decoder`, else from a
+    `mask_token` object in special_tokens_map.json or tokenizer_config.json; a mask named by a bare
+    string keeps tokenizer.json's flag; a mask nobody names gets the tokenizer class's default, which
+    swallows the space wherever a word's leading space belongs to its first token (SentencePiece's
+    `▁`, byte-level BPE's `Ġ`: the ALBERT, XLM-R, CamemBERT and RoBERTa classes).
+    """
+    from tokenizers import AddedToken
+
+    saved = _read_json(model_dir / "tokenizer.json")
+    entry = next((t for t in saved.get("added_tokens", []) if t.get("content") == mask), None)
+    if entry is None:
+        return
+    config = _read_json(model_dir / "tokenizer_config.json")
+    decoder = config.get("added_tokens_decoder")
+    declared = [t for t in decoder.values() if isinstance(t, dict) and t.get("content") == mask] \
+        if isinstance(decoder, dict) else []
+    named = [m for m in (config.get("mask_token"), _read_json(model_dir / "special_tokens_map.json").get("mask_token"))
+             if m is not None]
+    if declared:
+        lstrip = bool(declared[0].get("lstrip"))
+    elif any(isinstance(m, dict) for m in named):
+        lstrip = bool(next(m for m in named if isinstance(m, dict)).get("lstrip"))
+    elif named:
+        return  # a bare name: tokenizer.json's own flag stands
+    else:
+        lstrip = _marks_word_starts(saved.get("pre_tokenizer"))
+    if lstrip != bool(entry.get("lstrip")):
+        tok.add_special_tokens([AddedToken(mask, lstrip=lstrip, rstrip=bool(entry.get("rstrip")),
+                                           single_word=bool(entry.get("single_word")), normalized=False)])
+
+
+def _marks_word_starts(pre_tokenizer: Any) -> bool:
+    if not isinstance(pre_tokenizer, dict):
+        return False
+    if pre_tokenizer.get("type") in ("Metaspace", "ByteLevel"):
+        return True
+    return any(_marks_word_starts(p) for p in pre_tokenizer.get("pretokenizers") or [])
 
 
 def _is_bpe(tok: Any) -> bool:

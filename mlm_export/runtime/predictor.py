@@ -379,11 +379,11 @@ class OnnxMaskFiller:
         candidate: Candidate = {"score": score, "token": token,
                                 "token_str": self.tokenizer.decode([token], skip_special_tokens=False)}
         if with_sequence:
-            # as the pipeline decodes: one mask, without special tokens (an unknown character's UNK too);
-            # several, with them all, so that the other masks stay visible (CLS and SEP as well)
+            # as the pipeline decodes: padding ids out (a predicted pad too); then one mask, without special
+            # tokens (an unknown character's UNK, a predicted special too); several, with the others, so
+            # that the other masks stay visible (CLS and SEP as well)
             filled = [token if i == position else t for i, t in enumerate(row)]
-            if not several:
-                filled = [t for i, t in enumerate(filled) if i == position or t not in self._specials]
+            filled = [t for t in filled if t != self.pad_token_id and (several or t not in self._specials)]
             candidate["sequence"] = self.tokenizer.decode(filled, skip_special_tokens=not several)
         return candidate
 
