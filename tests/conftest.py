@@ -6,15 +6,37 @@ distributions would make top-k order a coin toss and hide real disagreements.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
+
+@contextlib.contextmanager
+def fewer_realistic_probes(positions: int = 120) -> Iterator[None]:
+    """A third of the realistic probe positions (each one a full forward pass of a chain), for tests that
+    check an export's plumbing on real weights rather than a gate's statistics: it keeps the suite in
+    its time budget. Tests of the gates themselves (AntiBERTy's int8 and fp16) keep all 360."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mlm_export.verify.probes.REALISTIC_POSITIONS", positions)
+        yield
+
+
+REAL_CHECKPOINTS = {"antiberty_export", "antiberty_bert", "antiberty_vocab", "antiberty_layouts", "layout_exports",
+                    "antiberty_torch", "rxnmapper_albert", "rxnfp_bert"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that uses a real checkpoint's fixture, so the mark cannot drift from the truth."""
+    for item in items:
+        if REAL_CHECKPOINTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from conftest import fewer_realistic_probes
 from mlm_export import OnnxMaskFiller, ProviderError
 from mlm_export.artifact import sha256_file
 from mlm_export.manifest import read_manifest
@@ -210,7 +211,8 @@ def test_naive_int8_fails_the_gate_and_verify_exits_3(antiberty_export, tmp_path
     manifest["files"][broken.name] = {"sha256": sha256_file(broken), "size": broken.stat().st_size}
     (artifact / "manifest.json").write_text(json.dumps(manifest))
 
-    result = CliRunner().invoke(main, ["verify", str(artifact), "--json", "-q"])
+    with fewer_realistic_probes():  # a broken recipe fails on a third of the positions as plainly
+        result = CliRunner().invoke(main, ["verify", str(artifact), "--json", "-q"])
     assert result.exit_code == 3, result.output
     report = json.loads(result.stdout)["error"]["report"]["graphs"]["int8"]
     assert report["passed"] is False and report["gated_on"] == "antibody"
