@@ -103,16 +103,19 @@ def check_all_files(directory: Path, manifest: Manifest) -> None:
 def absent_graphs(directory: Path, manifest: Manifest) -> tuple[str, ...]:
     """The graphs of `manifest` that a slim copy (`mlm-export slim`) left out, as its slim.json says;
     () for a full artifact. slim.json is not signed: it can only hide graphs, never add or change one."""
-    path = path_inside(Path(directory).resolve(), SLIM, "the slim marker")
-    if not path.exists():
+    if not os.path.lexists(Path(directory) / SLIM):
         return ()
+    path = path_inside(Path(directory).resolve(), SLIM, "the slim marker")
     try:
+        if not path.is_file():  # a FIFO would block the read; a dangling link would pass for no marker
+            raise ValueError("not a regular file")
         if path.stat().st_size > 64 * 1024:
             raise ValueError("larger than 64 KB")
-        absent = json.loads(path.read_bytes().decode("utf-8"))["absent"]
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        absent = data.get("absent") if isinstance(data, dict) else None
         if not isinstance(absent, list) or not all(isinstance(name, str) for name in absent):
-            raise ValueError("'absent' is not a list of graph names")
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise ValueError('expected {"absent": [graph names]}')
+    except (OSError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"{path} is not a valid slim marker ({exc}); slim the full artifact again") from exc
     unknown = sorted(set(absent) - set(manifest.graphs))
     if unknown:

@@ -355,7 +355,7 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--repo", required=True, type=click.Path(path_type=Path),
               help="The Triton model repository to add the model to (created if missing).")
-@click.option("--variant", help="Graph to serve: fp32, fp16, int8 or logits [fp32].")
+@click.option("--variant", help="Graph to serve: fp32, fp16, int8 or logits [fp32, else the first fill-mask graph].")
 @click.option("--name", help="Model name in the repository [the artifact's name].")
 @click.option("--max-batch-size", type=click.IntRange(0, None), default=0, show_default=True,
               help="Dynamic batching; the logits graph only (fill-mask outputs are per mask, not per row).")
@@ -409,7 +409,7 @@ def info_command(directory: Path, as_json: bool) -> None:
         + ", ".join(n for n in next(iter(manifest.graphs.values())).input_names),
         f"  opset {manifest.opset}; " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()),
         f"  realistic probe set: {manifest.probe_set or 'none (synthetic probes only)'}",
-        f"  default variant here: {default} ({provider})",
+        f"  default variant here: {default or 'none (no fill-mask graph)'} ({provider})",
         f"  signature: {'signed, key fingerprint ' + signed + ' (check it with verify --key)' if signed else 'none'}",
     ]
     if absent:
@@ -475,15 +475,17 @@ def slim_command(directory: Path, keep: tuple[str, ...], out: Path, force: bool,
 
 @main.command("schema")
 @click.argument("name", required=False)
-def schema_command(name: str | None) -> None:
+@common_options
+def schema_command(name: str | None, as_json: bool) -> None:
     """Print the JSON Schema NAME (e.g. export-v1, error-v1, manifest-v2), or list them all.
 
-    Every --json document names its schema in its "schema" field.
+    Every --json document names its schema in its "schema" field. A schema is JSON already: NAME
+    prints the same with or without --json.
     """
     from .contracts import load_schema, schema_names
 
     if name is None:
-        click.echo("\n".join(schema_names()), file=_out().stream)
+        _out().result("schema", {"schemas": schema_names()}, "\n".join(schema_names()))
         return
     try:
         schema = load_schema(name)

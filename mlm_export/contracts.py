@@ -3,9 +3,10 @@
 Every document carries `"schema": "<name>"`, and `mlm_export/schemas/<name>.schema.json` (shipped
 in the wheel, printed by `mlm-export schema <name>`) describes it: `export-v1`, `verify-v1`,
 `predict-v1`, `score-v1` (+ `score-row-v1` for the rows), `slim-v1`, `triton-v1`, `info-v1`,
-`sign-v1`, `keygen-v1`, `bench-v1`, and `error-v1` for a failure of any command. The artifact's
-manifest is `manifest-v2`. A schema lists every field of its version (`additionalProperties: false`),
-so a field is added, renamed or removed only with a new version name.
+`sign-v1`, `keygen-v1`, `bench-v1`, `schemas-v1` (the list `mlm-export schema` prints), and
+`error-v1` for a failure of any command. The artifact's manifest is `manifest-v2`. A schema lists every
+field of its version (`additionalProperties: false`; `info-v1` also carries the manifest's own fields,
+which manifest-v2 checks), so a field is added, renamed or removed only with a new version name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 DOCUMENTS = {"export": "export-v1", "verify": "verify-v1", "predict": "predict-v1", "score": "score-v1",
              "slim": "slim-v1", "triton": "triton-v1", "info": "info-v1", "sign": "sign-v1",
-             "keygen": "keygen-v1", "bench": "bench-v1", "error": "error-v1"}
+             "keygen": "keygen-v1", "bench": "bench-v1", "schema": "schemas-v1", "error": "error-v1"}
 ROWS = {"score": "score-row-v1"}  # documents written one per line, which carry no schema field
 MANIFEST_SCHEMA = "manifest-v2"
 

@@ -32,13 +32,13 @@ Advance = Callable[[int], None]
 @contextmanager
 def live_bars(enabled: bool = True) -> Iterator[None]:
     """Draw bars for the stages run inside, if stderr is a terminal; log lines then print above them."""
-    enabled = enabled and _is_terminal(sys.stderr)
+    enabled = enabled and is_terminal(sys.stderr)
     token, handlers = _bars.set(enabled), list(log.handlers)
     if enabled:  # a line printed mid-bar would tear it: console handlers clear the bars, print, redraw them
         from tqdm import tqdm
 
         tqdm.get_lock()  # made now: tqdm makes it lazily, and a signal during that breaks it for good
-        log.handlers = [_AboveBars(h) if type(h) is logging.StreamHandler and _is_terminal(h.stream) else h
+        log.handlers = [_AboveBars(h) if type(h) is logging.StreamHandler and is_terminal(h.stream) else h
                         for h in handlers]
     try:
         yield
@@ -48,11 +48,13 @@ def live_bars(enabled: bool = True) -> Iterator[None]:
 
 
 @contextmanager
-def stage(description: str, total: int | None = None, unit: str = "it", lines: bool = True) -> Iterator[Advance]:
+def stage(description: str, total: int | None = None, unit: str = "it", lines: bool = True,
+          bar: bool = True) -> Iterator[Advance]:
     """Report one step: a start line, a live bar on a terminal, and its duration once it succeeds.
 
     `total=None` shows elapsed time only (a step with no natural count, such as fp16 conversion).
-    `lines=False` leaves the log lines to the caller (a command that prints its own summary).
+    `lines=False` leaves the log lines to the caller (a command that prints its own summary);
+    `bar=False` draws none (the step prints its results to the same terminal).
     """
     from tqdm import tqdm
 
@@ -60,7 +62,7 @@ def stage(description: str, total: int | None = None, unit: str = "it", lines: b
         log.info("%s", description)
     bar_format = None if total is not None or unit != "it" else "{desc}: {elapsed}"
     bar = tqdm(total=total, desc=description, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True,
-               bar_format=bar_format, disable=None if _bars.get() else True)  # None: off unless a TTY
+               bar_format=bar_format, disable=None if bar and _bars.get() else True)  # None: off unless a TTY
     start = time.perf_counter()
     ticking = threading.Event()
     if not bar.disable:  # tqdm redraws only on update(); the clock of a long step must move on its own
@@ -79,7 +81,8 @@ def _tick(bar: Any, stop: threading.Event) -> None:
         bar.refresh()
 
 
-def _is_terminal(stream: Any) -> bool:
+def is_terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal (False for a closed stream or one without isatty)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, or closed

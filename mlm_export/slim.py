@@ -32,7 +32,7 @@ class SlimResult:
     kept: tuple[str, ...]
     absent: tuple[str, ...]
     bytes: int
-    bytes_before: int
+    bytes_before: int  # of the source's files (a slim copy's own, when slimming one further)
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "kept": list(self.kept), "absent": list(self.absent),
@@ -65,7 +65,7 @@ def slim_artifact(directory: Path | str, out: Path | str, keep: Sequence[str], f
             shutil.copyfile(signature, build / SIGNATURE)
         absent = tuple(name for name in manifest.graphs if name not in keep)
         (build / SLIM).write_text(json.dumps({"absent": list(absent)}, indent=2) + "\n", encoding="utf-8")
-    return SlimResult(out, tuple(keep), absent, need, sum(e.size for e in manifest.files.values()))
+    return SlimResult(out, tuple(keep), absent, need, sum(e.size for e in present.files.values()))
 
 
 def _checked_keep(keep: Sequence[str], graphs: dict, directory: Path) -> list[str]:

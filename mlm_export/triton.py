@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifact import present_graphs, verified_path
+from .artifact import absent_graphs, present_graphs, verified_path
 from .errors import ArtifactError, InputError, StorageError
 from .interrupts import deferred_signals
 from .manifest import GraphEntry, Manifest, TensorSpec, read_manifest
@@ -206,7 +206,11 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
     artifact, repo = Path(artifact), Path(repo)
     if isinstance(device, str):
         device = device.lower()
-    manifest = present_graphs(artifact, read_manifest(artifact, public_key=public_key))  # slim: what it holds
+    full = read_manifest(artifact, public_key=public_key)
+    if variant in absent_graphs(artifact, full):
+        raise ArtifactError(f"variant {variant!r} was left out of the slim artifact {artifact} (slim.json); it has "
+                            f"{', '.join(present_graphs(artifact, full).graphs)}. Use the full artifact for {variant}")
+    manifest = present_graphs(artifact, full)  # a slim copy: the graphs it holds
     variant = select_variant(manifest, variant)
     graph = manifest.graphs[variant]
     name = check_model_name(default_model_name(manifest.name) if name is None else name)

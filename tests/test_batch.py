@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from mlm_export import OnnxMaskFiller
 from mlm_export.batch import ScoreJob, score_file
 from mlm_export.cli import main
+from mlm_export.contracts import ROWS, validate
 
 SEQUENCES = ["the cat sat on the mat .", "the dog ran", "", "a big red house [MASK]", "the house is small",
              " ".join(["cat"] * 70), "a tree"]
@@ -84,6 +85,8 @@ def test_csv_and_parquet_inputs_and_a_parquet_output(runner: CliRunner, tiny_art
         assert summary["rows"] == summary["scored"] == len(good) and summary["failed"] == []
         outputs.append(pq.read_table(out).to_pylist())
     csv_rows, parquet_rows = outputs
+    for row in csv_rows + parquet_rows:  # Parquet holds an `error` column, null on a scored row
+        validate(row, ROWS["score"])
     assert [r["line"] for r in csv_rows] == [2, 3, 4, 5]  # CSV: the file's line; Parquet: the row
     assert [r["line"] for r in parquet_rows] == [1, 2, 3, 4]
     for a, b in zip(csv_rows, parquet_rows):

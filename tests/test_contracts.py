@@ -108,6 +108,8 @@ def test_errors_are_documents_too(tiny_artifact: Path, tmp_path: Path, args: lis
 def test_schema_command_prints_each_schema(tmp_path: Path) -> None:
     listing = CliRunner().invoke(main, ["schema"])
     assert listing.exit_code == 0 and listing.stdout.split() == schema_names()
+    assert _json(["schema"]) == {"schema": "schemas-v1", "schemas": schema_names()}
+    assert json.loads(CliRunner().invoke(main, ["schema", "slim-v1", "--json"]).stdout) == load_schema("slim-v1")
     shown = CliRunner().invoke(main, ["schema", "error-v1"])
     assert json.loads(shown.stdout) == load_schema("error-v1")
     unknown = CliRunner().invoke(main, ["schema", "error-v9"])

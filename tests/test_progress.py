@@ -19,11 +19,13 @@ CONTROL = re.compile(r"[\r\x1b]")  # carriage returns and escape sequences: what
 BAR = re.compile(r"probe batches: +\d+%\|.*\| \d+/\d+ \[")  # tqdm's "desc: 50%|███  | 3/6 [00:01<..."
 
 
-def _on_a_terminal(args: list[str]) -> tuple[int, str]:
-    """Run the CLI with stderr on a pseudo-terminal 120 columns wide; return its exit code and what it drew."""
+def _on_a_terminal(args: list[str], stdout_too: bool = False) -> tuple[int, str]:
+    """Run the CLI with stderr (and stdout, if asked) on a pseudo-terminal 120 columns wide; return its exit
+    code and what it drew."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    process = subprocess.Popen(CLI + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower)
+    process = subprocess.Popen(CLI + args, stdin=subprocess.DEVNULL,
+                               stdout=follower if stdout_too else subprocess.PIPE, stderr=follower)
     os.close(follower)
     drawn = b""
     while True:
@@ -35,8 +37,8 @@ def _on_a_terminal(args: list[str]) -> tuple[int, str]:
             break
         drawn += chunk
     os.close(leader)
-    assert process.stdout is not None
-    process.stdout.read()
+    if process.stdout is not None:
+        process.stdout.read()
     return process.wait(timeout=120), drawn.decode("utf-8", "replace")
 
 
@@ -76,3 +78,9 @@ def test_score_draws_its_bar_on_a_terminal(tiny_artifact: Path, sequences: Path,
     code, drawn = _on_a_terminal(["score", str(tiny_artifact), str(sequences), "-o", str(tmp_path / "s.jsonl")])
     assert code == 0, drawn
     assert re.search(r"\rscoring: \d+seq \[\d\d:\d\d, ", drawn), repr(drawn)  # count, elapsed, then rate
+
+
+def test_rows_printed_to_the_terminal_get_no_bar_to_tear(tiny_artifact: Path, sequences: Path) -> None:
+    code, drawn = _on_a_terminal(["score", str(tiny_artifact), str(sequences)], stdout_too=True)
+    assert code == 0, drawn
+    assert drawn.count('"pll"') == 40 and "scoring:" not in drawn

@@ -52,7 +52,7 @@ def test_a_graph_left_out_is_refused_by_name(slim_int8: Path, tmp_path: Path) ->
         OnnxMaskFiller.from_pretrained(slim_int8, providers="cpu", variant="fp32")
     result = CliRunner().invoke(main, ["triton", str(slim_int8), "--repo", str(tmp_path / "repo"),
                                        "--variant", "fp32"])
-    assert result.exit_code == 1 and "'fp32' is not in the artifact" in result.stderr
+    assert result.exit_code == 1 and "'fp32' was left out of the slim artifact" in result.stderr
 
 
 def test_a_kept_file_that_goes_missing_is_still_an_error(slim_int8: Path, tmp_path: Path) -> None:
@@ -72,6 +72,7 @@ def test_verify_checks_what_it_holds_and_names_what_it_cannot(slim_int8: Path) -
     assert set(report["slim"]["absent"]) == {"logits", "fp32", "fp16"}
     text = CliRunner().invoke(main, ["verify", str(slim_int8)])
     assert text.exit_code == 0 and "slim artifact: logits, fp32, fp16 are not in it" in text.stdout
+    assert text.stdout.rstrip().endswith("were checked")
 
 
 def test_info_lists_the_absent_graphs(slim_int8: Path) -> None:
@@ -141,5 +142,40 @@ def test_a_forged_slim_marker_cannot_hide_every_graph(slim_int8: Path, tmp_path:
     with pytest.raises(ArtifactError, match="every graph was left out"):
         OnnxMaskFiller.from_pretrained(copy, providers="cpu")
     (copy / "slim.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not a valid slim marker"):
+        OnnxMaskFiller.from_pretrained(copy, providers="cpu")
+
+
+def test_a_logits_only_copy_serves_triton_and_info_says_it_has_no_default(tiny_variants: Path, tmp_path: Path) -> None:
+    slim_artifact(tiny_variants, tmp_path / "logits", ["logits"])
+    text = CliRunner().invoke(main, ["info", str(tmp_path / "logits")])
+    assert text.exit_code == 0 and "default variant here: none (no fill-mask graph)" in text.stdout
+    info = json.loads(CliRunner().invoke(main, ["info", str(tmp_path / "logits"), "--json"]).stdout)
+    assert info["default_variant"]["variant"] is None
+    with pytest.raises(ArtifactError, match="has no fill-mask graph"):
+        OnnxMaskFiller.from_pretrained(tmp_path / "logits", providers="cpu")
+    result = CliRunner().invoke(main, ["triton", str(tmp_path / "logits"), "--repo", str(tmp_path / "repo"),
+                                       "--variant", "logits"])
+    assert result.exit_code == 0, result.output
+
+
+def test_slimming_a_slim_copy_counts_from_what_it_holds(slim_int8: Path, tmp_path: Path) -> None:
+    again = slim_artifact(slim_int8, tmp_path / "again", ["int8"])
+    assert again.bytes == again.bytes_before and again.absent == ("logits", "fp32", "fp16")
+
+
+@pytest.mark.parametrize("marker", ["fifo", "dangling link", "a list"])
+def test_a_marker_that_is_not_a_small_json_object_is_refused_at_once(slim_int8: Path, tmp_path: Path,
+                                                                     marker: str) -> None:
+    import os
+
+    copy = Path(shutil.copytree(slim_int8, tmp_path / "copy"))
+    (copy / "slim.json").unlink()
+    if marker == "fifo":
+        os.mkfifo(copy / "slim.json")  # reading it would block forever
+    elif marker == "dangling link":
+        (copy / "slim.json").symlink_to(copy / "gone.json")
+    else:
+        (copy / "slim.json").write_text('["fp32"]')
     with pytest.raises(ArtifactError, match="not a valid slim marker"):
         OnnxMaskFiller.from_pretrained(copy, providers="cpu")

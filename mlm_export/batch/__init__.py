@@ -10,13 +10,14 @@ Both engines give the same rows: a sequence's score depends only on the sequence
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from ..errors import InputError
-from ..progress import stage
+from ..progress import is_terminal, stage
 from ..runtime.scoring import PLLScore, RowError, ScoreOptions
 from .table import InputRow, RowWriter, ScoredRow, read_rows
 
@@ -93,7 +94,8 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
             variant, results = _score_locally(job, rows)
         summary = ScoreSummary(None if job.output is None else str(job.output), job.engine, variant)
         start = time.perf_counter()  # scoring only: the artifact is open (Ray starts on the first rows)
-        with stage("scoring", unit="seq", lines=False) as advance:  # the command logs its own summary
+        rows_on_terminal = job.output is None and is_terminal(stdout if stdout is not None else sys.stdout)
+        with stage("scoring", unit="seq", lines=False, bar=not rows_on_terminal) as advance:  # own summary
             for chunk in results:
                 _check(chunk, job, summary)
                 writer.write(chunk)

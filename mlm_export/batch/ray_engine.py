@@ -84,6 +84,8 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     # fail here, not in every actor; a slim artifact serves the graphs it holds
     manifest = present_graphs(job.artifact, read_manifest(job.artifact, public_key=job.public_key))
     variant = job.variant or preferred_variant(manifest, "CPUExecutionProvider")
+    if variant is None:
+        raise InputError(f"{job.artifact} has no fill-mask graph to score with")
     if variant not in manifest.fill_mask_graphs:
         raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "
                          f"{', '.join(sorted(manifest.fill_mask_graphs))}")

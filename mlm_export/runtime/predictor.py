@@ -415,9 +415,11 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def preferred_variant(manifest: Manifest, provider: str) -> str:
-    """The fill-mask variant `from_pretrained(variant=None)` opens on `provider`."""
-    return _pick(manifest.fill_mask_graphs, provider)
+def preferred_variant(manifest: Manifest, provider: str) -> str | None:
+    """The fill-mask variant `from_pretrained(variant=None)` opens on `provider`; None without one
+    (a slim copy that kept only the logits form)."""
+    variants = manifest.fill_mask_graphs
+    return _pick(variants, provider) if variants else None
 
 
 def _as_text_list(inputs: object) -> list:

@@ -188,7 +188,7 @@ class VerifyReport:
         if self.absent:
             lines.append(f"slim artifact: {', '.join(self.absent)} {'is' if len(self.absent) == 1 else 'are'} not in "
                          "it (slim.json) and could not be checked; the graphs above and every file it holds "
-                         "were")
+                         "were checked")
         return "\n".join(lines)
 
 
