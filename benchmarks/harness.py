@@ -539,7 +539,7 @@ def run_benchmark(config: BenchConfig) -> dict:
         reports.append(run_model(prepared, config))
     import platform
 
-    summary = {"machine": {"cpu": _cpu_name(), "threads": config.threads,
+    summary = {"machine": {"cpu": cpu_name(), "threads": config.threads,
                            "python": platform.python_version()},
                "reports": reports}
     (config.out / "bench.json").write_text(json.dumps(summary, indent=2))
@@ -550,7 +550,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     return summary
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

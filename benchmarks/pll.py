@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import wait_idle  # benchmarks/harness.py, beside this script
+from harness import cpu_name, wait_idle  # benchmarks/harness.py, beside this script
 from mlm_export import OnnxMaskFiller
 from mlm_export.verify import antibody_sequences
 
@@ -99,7 +98,7 @@ def main() -> None:
     reference = np.array(scores["runner"])
     mutant_slice = slice(len(sequences) - len(variants), None)
     report = {
-        "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+        "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": args.threads,
         "sequences": len(sequences), "mean_length": float(np.mean([len(s) for s in sequences])),
         "max_abs_diff_vs_runner": {v: float(np.abs(np.array(scores[v]) - reference).max()) for v in ours},
         "spearman_int8_vs_fp32_mutants": spearman(scores["int8"][mutant_slice], scores["fp32"][mutant_slice]),
