@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from .interrupts import deferred_signals
+
 log = logging.getLogger("mlm_export")
 _bars: ContextVar[bool] = ContextVar("mlm_export_live_bars", default=False)
 
@@ -61,17 +63,21 @@ def stage(description: str, total: int | None = None, unit: str = "it", lines: b
     if lines:
         log.info("%s", description)
     bar_format = None if total is not None or unit != "it" else "{desc}: {elapsed}"
-    bar = tqdm(total=total, desc=description, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True,
-               bar_format=bar_format, disable=None if bar and _bars.get() else True)  # None: off unless a TTY
+    # a SIGTERM turned exception inside tqdm's constructor or close() leaves a half-made bar whose
+    # finalizer prints a traceback: both are held until they are done
+    with deferred_signals():
+        meter = tqdm(total=total, desc=description, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True,
+                     bar_format=bar_format, disable=None if bar and _bars.get() else True)  # None: off unless a TTY
     start = time.perf_counter()
     ticking = threading.Event()
-    if not bar.disable:  # tqdm redraws only on update(); the clock of a long step must move on its own
-        threading.Thread(target=_tick, args=(bar, ticking), daemon=True).start()
+    if not meter.disable:  # tqdm redraws only on update(); the clock of a long step must move on its own
+        threading.Thread(target=_tick, args=(meter, ticking), daemon=True).start()
     try:
-        yield bar.update
+        yield meter.update
     finally:
         ticking.set()
-        bar.close()
+        with deferred_signals():
+            meter.close()
     if lines:
         log.info("done in %.1f s (%s)", time.perf_counter() - start, description)
 

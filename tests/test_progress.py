@@ -16,7 +16,8 @@ import pytest
 
 CLI = [sys.executable, "-m", "mlm_export.cli"]
 CONTROL = re.compile(r"[\r\x1b]")  # carriage returns and escape sequences: what a bar is drawn with
-BAR = re.compile(r"probe batches: +\d+%\|.*\| \d+/\d+ \[")  # tqdm's "desc: 50%|███  | 3/6 [00:01<..."
+# tqdm's "desc: 50%|███  | 3/6 [00:01<...", for the first graph's comparison
+COMPARING = re.compile(r"comparing \S+ on \d+ probe batches: +\d+%\|.*\| \d+/\d+ \[")
 
 
 def _on_a_terminal(args: list[str], stdout_too: bool = False) -> tuple[int, str]:
@@ -49,14 +50,6 @@ def sequences(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_a_terminal_gets_live_bars_with_counts(tiny_artifact: Path) -> None:
-    code, drawn = _on_a_terminal(["verify", str(tiny_artifact)])
-    assert code == 0, drawn
-    assert BAR.search(drawn), drawn  # a bar with its count, redrawn in place
-    assert "\r" in drawn
-    assert re.search(r"done in [0-9.]+ s \(PyTorch reference logits", drawn)  # each step's duration stays
-
-
 def test_a_pipe_gets_plain_lines_only(tiny_artifact: Path) -> None:
     done = subprocess.run(CLI + ["verify", str(tiny_artifact)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -84,3 +77,40 @@ def test_rows_printed_to_the_terminal_get_no_bar_to_tear(tiny_artifact: Path, se
     code, drawn = _on_a_terminal(["score", str(tiny_artifact), str(sequences)], stdout_too=True)
     assert code == 0, drawn
     assert drawn.count('"pll"') == 40 and "scoring:" not in drawn
+
+
+def test_a_terminal_gets_live_bars_and_a_sigterm_mid_bar_still_ends_the_command(tiny_variants: Path) -> None:
+    """Bars with counts and each step's duration on a pty; then SIGTERM while a bar is up. Log lines print
+    through our handler while bars are live, and a signal arriving mid-line or mid-bar must end the
+    command with 143 and no traceback (tqdm's own logging redirect swallowed it once; a half-built bar's
+    finalizer printed one)."""
+    import select
+    import signal
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    # four graphs to compare: the signal lands while the first comparison's bar is up, long before the end
+    process = subprocess.Popen(CLI + ["verify", str(tiny_variants)], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    drawn = b""
+    try:
+        while not COMPARING.search(drawn.decode("utf-8", "replace")):  # a comparison's bar, with its count, is up
+            ready, _, _ = select.select([leader], [], [], 120)
+            assert ready and process.poll() is None, drawn
+            drawn += os.read(leader, 65536)
+        process.send_signal(signal.SIGTERM)
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+    text = drawn.decode("utf-8", "replace")
+    assert re.search(r"done in [0-9.]+ s \(PyTorch reference logits", text), text  # each step's duration stays
+    assert process.wait(timeout=120) == 143, text
+    assert "Error: interrupted by SIGTERM" in text and "Traceback" not in text
