@@ -383,16 +383,17 @@ def triton_command(directory: Path, repo: Path, variant: str | None, name: str |
 @common_options
 def info_command(directory: Path, as_json: bool) -> None:
     """Show what an artifact holds: source, and per graph its size, fusion and parity."""
-    from .artifact import absent_graphs, present_graphs
+    from .artifact import present_graphs
     from .manifest import read_manifest
     from .runtime.predictor import preferred_variant
     from .runtime.providers import requested_providers
     from .signing import signature_fingerprint
 
     manifest = read_manifest(directory)
-    absent = absent_graphs(directory, manifest)
+    present = present_graphs(directory, manifest)  # a slim copy: the graphs it holds
+    absent = tuple(name for name in manifest.graphs if name not in present.graphs)
     provider = requested_providers("auto")[0]
-    default = preferred_variant(present_graphs(directory, manifest), provider)
+    default = preferred_variant(present, provider)
     signed = signature_fingerprint(directory)
     if as_json:
         _out().result("info", manifest.to_dict() | {"default_variant": {"provider": provider, "variant": default},

@@ -20,23 +20,34 @@ CONTROL = re.compile(r"[\r\x1b]")  # carriage returns and escape sequences: what
 COMPARING = re.compile(r"comparing \S+ on \d+ probe batches: +\d+%\|.*\| \d+/\d+ \[")
 
 
-def _on_a_terminal(args: list[str], stdout_too: bool = False) -> tuple[int, str]:
-    """Run the CLI with stderr (and stdout, if asked) on a pseudo-terminal 120 columns wide; return its exit
-    code and what it drew."""
+def _start_on_a_terminal(args: list[str], stdout_too: bool = False) -> tuple[subprocess.Popen, int]:
+    """Start the CLI with stderr (and stdout, if asked) on a pseudo-terminal 120 columns wide; return the
+    process and the terminal's end to read."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     process = subprocess.Popen(CLI + args, stdin=subprocess.DEVNULL,
                                stdout=follower if stdout_too else subprocess.PIPE, stderr=follower)
     os.close(follower)
+    return process, leader
+
+
+def _drain(leader: int) -> bytes:
+    """Everything the terminal shows until the child closes its end."""
     drawn = b""
     while True:
         try:
             chunk = os.read(leader, 65536)
         except OSError:  # EIO: the child closed its end
-            break
+            return drawn
         if not chunk:
-            break
+            return drawn
         drawn += chunk
+
+
+def _on_a_terminal(args: list[str], stdout_too: bool = False) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal; return its exit code and what it drew."""
+    process, leader = _start_on_a_terminal(args, stdout_too)
+    drawn = _drain(leader)
     os.close(leader)
     if process.stdout is not None:
         process.stdout.read()
@@ -87,12 +98,8 @@ def test_a_terminal_gets_live_bars_and_a_sigterm_mid_bar_still_ends_the_command(
     import select
     import signal
 
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     # four graphs to compare: the signal lands while the first comparison's bar is up, long before the end
-    process = subprocess.Popen(CLI + ["verify", str(tiny_variants)], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=follower)
-    os.close(follower)
+    process, leader = _start_on_a_terminal(["verify", str(tiny_variants)])
     drawn = b""
     try:
         while not COMPARING.search(drawn.decode("utf-8", "replace")):  # a comparison's bar, with its count, is up
@@ -100,14 +107,7 @@ def test_a_terminal_gets_live_bars_and_a_sigterm_mid_bar_still_ends_the_command(
             assert ready and process.poll() is None, drawn
             drawn += os.read(leader, 65536)
         process.send_signal(signal.SIGTERM)
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            drawn += chunk
+        drawn += _drain(leader)
     finally:
         os.close(leader)
     text = drawn.decode("utf-8", "replace")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
-from ..artifact import absent_graphs, checked_bytes, checked_file, present_graphs, verified_path
+from ..artifact import checked_bytes, checked_file, present_graphs, verified_path
 from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import GraphEntry, Manifest, read_manifest
 from .feeds import CONTROL_INPUTS, control_feeds
@@ -105,7 +105,7 @@ class OnnxMaskFiller:
         full = read_manifest(directory, public_key=public_key)
         manifest = present_graphs(directory, full)  # a slim copy holds only some graphs
         variants = manifest.fill_mask_graphs
-        if variant is not None and variant in absent_graphs(directory, full):
+        if variant in full.graphs and variant not in manifest.graphs:
             raise ArtifactError(f"variant {variant!r} was left out of the slim artifact {directory} (slim.json); "
                                 f"it has {', '.join(sorted(manifest.graphs))}. Load the full artifact for "
                                 f"{variant}")
@@ -351,7 +351,7 @@ class OnnxMaskFiller:
         for b, p, row_scores, row_ids in zip(batch_index, position, scores, token_ids):
             per_row[b].append([self._candidate(rows[b], int(p), float(s), int(t), with_sequence, masks[b] > 1)
                                for s, t in zip(row_scores, row_ids)])
-        return [masks[0] if len(masks) == 1 else masks for masks in per_row]
+        return [found[0] if len(found) == 1 else found for found in per_row]  # one mask: its list alone
 
     def run_graph(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the session, turning ONNX Runtime's own errors (out of memory, a device fault) into

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..artifact import absent_graphs, check_all_files, present_graphs
+from ..artifact import check_all_files, present_graphs
 from ..errors import ArtifactError, SourceError
 from ..manifest import MANIFEST, path_inside, read_manifest
 from ..progress import stage
@@ -52,8 +52,9 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     require_export_extra()
     directory = Path(directory)
     manifest = read_manifest(directory, public_key=public_key)
-    absent = absent_graphs(directory, manifest)
-    check_all_files(directory, present_graphs(directory, manifest))  # a slim copy: the files it holds
+    present = present_graphs(directory, manifest)  # a slim copy: the graphs and files it holds
+    absent = tuple(name for name in manifest.graphs if name not in present.graphs)
+    check_all_files(directory, present)
     root = directory.resolve()
     if source is None:
         s = manifest.source
@@ -77,7 +78,7 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     tokenizer = Tokenizer.from_file(str(path_inside(root, manifest.tokenizer.file, "tokenizer.file")))
     harness = ParityHarness(manifest, tokenizer, model, probe_texts, directory)
     graphs = []
-    for name, entry in present_graphs(directory, manifest).graphs.items():
+    for name, entry in present.graphs.items():
         graphs.append(harness.check(path_inside(root, entry.file, f"graphs.{name}.file"), name, entry,
                                     # int8 is a CPU variant: on CUDA its int8 ops fall back to the CPU
                                     "cpu" if entry.precision == "int8" else providers))
