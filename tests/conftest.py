@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,11 +33,38 @@ REAL_CHECKPOINTS = {"antiberty_export", "antiberty_bert", "antiberty_vocab", "an
                     "antiberty_torch", "rxnmapper_albert", "rxnfp_bert"}
 
 
+# The costly session fixtures: under pytest-xdist (`-n`, on by default) the tests that share one run on the
+# same worker, so each is built once; everything else spreads over the workers.
+# Costliest first: a test that uses two goes with the costlier.
+SHARED_EXPORTS = (("antiberty", {"antiberty_export", "antiberty_torch"}),
+                  ("layouts", {"layout_exports", "antiberty_layouts"}),
+                  ("english", {"english_artifact", "english_dir"}),
+                  ("tiny-variants", {"tiny_variants"}),
+                  ("bench", {"bench"}))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker runs ONNX Runtime and torch on one thread: the workers are the parallelism, and
+    two-thread sessions in two workers would fight over two cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["MLM_EXPORT_THREADS"] = "1"
+        os.environ["OMP_NUM_THREADS"] = "1"  # the CLI's subprocesses, and torch in this one:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `slow` every test that uses a real checkpoint's fixture, so the mark cannot drift from the truth."""
+    """Mark `slow` every test that uses a real checkpoint's fixture, so the mark cannot drift from the truth;
+    group the users of each costly shared export on one xdist worker."""
     for item in items:
-        if REAL_CHECKPOINTS & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if REAL_CHECKPOINTS & fixtures:
             item.add_marker(pytest.mark.slow)
+        group = next((group for group, users in SHARED_EXPORTS if users & fixtures), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
@@ -207,3 +235,4 @@ def rxnmapper_albert() -> Path:
 def rxnfp_bert() -> Path:
     """A trained BERT pre-training checkpoint whose config.json has no model_type (rxnfp==0.1.0)."""
     return _package_dir("rxnfp") / "models" / "transformers" / "bert_pretrained"
+

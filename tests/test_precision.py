@@ -211,7 +211,7 @@ def test_naive_int8_fails_the_gate_and_verify_exits_3(antiberty_export, tmp_path
     manifest["files"][broken.name] = {"sha256": sha256_file(broken), "size": broken.stat().st_size}
     (artifact / "manifest.json").write_text(json.dumps(manifest))
 
-    with fewer_realistic_probes():  # a broken recipe fails on a third of the positions as plainly
+    with fewer_realistic_probes(60):  # a broken recipe fails on a sixth of the positions as plainly
         result = CliRunner().invoke(main, ["verify", str(artifact), "--json", "-q"])
     assert result.exit_code == 3, result.output
     report = json.loads(result.stdout)["error"]["report"]["graphs"]["int8"]

@@ -144,6 +144,22 @@ def test_threads_option_is_applied(tiny_artifact: Path) -> None:
         OnnxMaskFiller.from_pretrained(tiny_artifact, providers="cpu", threads=0)
 
 
+def test_the_threads_environment_variable_is_the_default_and_an_argument_wins(
+        tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlm_export.runtime.providers import create_session
+
+    graph = str(tiny_artifact / "fill_mask.fp32.onnx")
+    monkeypatch.setenv("MLM_EXPORT_THREADS", "1")
+    assert create_session(graph, "cpu").get_session_options().intra_op_num_threads == 1
+    assert create_session(graph, "cpu", threads=2).get_session_options().intra_op_num_threads == 2
+    for bad, says in (("two", "must be a whole number"), ("0", "threads must be between 1 and")):
+        monkeypatch.setenv("MLM_EXPORT_THREADS", bad)
+        with pytest.raises(InputError, match=f"MLM_EXPORT_THREADS.*{says}"):
+            OnnxMaskFiller.from_pretrained(tiny_artifact, providers="cpu")
+    monkeypatch.setenv("MLM_EXPORT_THREADS", " ")  # blank: ONNX Runtime's own choice
+    assert create_session(graph, "cpu").get_session_options().intra_op_num_threads == 0
+
+
 def test_predictor_never_imports_torch_or_transformers(tiny_artifact: Path) -> None:
     code = (
         "import sys, json\n"

@@ -65,6 +65,26 @@ def max_threads() -> int:
     return THREADS_PER_CPU * usable_cpus()
 
 
+THREADS_ENV = "MLM_EXPORT_THREADS"
+
+
+def default_threads() -> int | None:
+    """`MLM_EXPORT_THREADS` when set, else None (ONNX Runtime's own choice, one thread per physical core):
+    the cap for processes that share a machine, such as test workers or several services on one host."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        raise InputError(f"{THREADS_ENV} must be a whole number of threads, got {value!r}") from None
+    try:
+        check_threads(threads)
+    except InputError as exc:
+        raise InputError(f"{THREADS_ENV}: {exc}") from None
+    return threads
+
+
 def check_threads(threads: object) -> None:
     """ONNX Runtime starts one OS thread per intra-op thread: a huge count exhausts the machine."""
     if threads is None:
@@ -116,6 +136,7 @@ def create_session(model: str | bytes, spec: str | Sequence[str] = "auto", threa
 
     `model` is a path, or the graph's bytes (the predictor passes the bytes it hash-checked).
     """
+    threads = default_threads() if threads is None else threads
     check_threads(threads)
     ort = _ort()
     providers = requested_providers(spec)
