@@ -29,9 +29,11 @@ from mlm_export.progress import stage
 log = logging.getLogger("mlm_export")
 
 SYSTEMS = (
-    "transformers-fp32", "torch-bf16", "optimum-fp32-O2", "optimum-int8",
-    "mlm-export-fp32", "mlm-export-fp16", "mlm-export-int8", "ort-session-int8",
+    "transformers-fp32", "torch-bf16", "torch-bf16-compiled", "optimum-fp32-O2", "optimum-int8",
+    "openvino-bf16", "mlm-export-fp32", "mlm-export-fp16", "mlm-export-int8", "ort-session-int8",
 )
+# openvino-bf16 is the OpenVINO runtime reading optimum's plain ONNX export with the bf16 precision hint
+# (what optimum-intel runs), fed by the same fast tokenizer and decoded as the pipeline decodes.
 # ort-session-int8 is our int8 graph's bare session.run on pre-tokenized, pre-padded inputs:
 # the floor that the predictor's Python overhead is measured against.
 REFERENCE = "transformers-fp32"
@@ -78,6 +80,7 @@ class Prepared:
     artifact: Path
     optimum_fp32: Path
     optimum_int8: Path
+    optimum_export: Path  # optimum's plain export, unfused: what OpenVINO reads
     char_level: bool
 
 
@@ -118,7 +121,7 @@ def prepare(model: str, work: Path, seed: int) -> Prepared:
         log.info("bench: exporting %s with mlm-export (fp32, fp16, int8)", model)
         manifest = export_model(ExportConfig(source, out=artifact, force=True, fp16=True, int8=True)).manifest
     optimum_fp32, optimum_int8 = _optimum_models(hf_dir, root)
-    return Prepared(model, hf_dir, artifact, optimum_fp32, optimum_int8,
+    return Prepared(model, hf_dir, artifact, optimum_fp32, optimum_int8, root / "optimum-export",
                     manifest.tokenizer.char_level)
 
 
@@ -156,7 +159,8 @@ def _bert_base_dir(directory: Path, seed: int) -> Path:
 def _optimum_models(hf_dir: Path, root: Path) -> tuple[Path, Path]:
     """optimum's own fp32 export optimized at O2, and its avx512_vnni dynamic int8 model."""
     fp32, int8, plain = root / "optimum-O2", root / "optimum-int8", root / "optimum-export"
-    if (fp32 / "model_optimized.onnx").is_file() and (int8 / "model_quantized.onnx").is_file():
+    if all((d / f).is_file() for d, f in ((fp32, "model_optimized.onnx"), (int8, "model_quantized.onnx"),
+                                          (plain, "model.onnx"))):
         return fp32, int8
     try:
         from optimum.onnxruntime import (AutoOptimizationConfig, AutoQuantizationConfig,
@@ -237,12 +241,16 @@ def _build_peer(system: str, prepared: Prepared, threads: int) -> tuple[Callable
 
     torch.set_num_threads(threads)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(prepared.artifact)
-    if system in ("transformers-fp32", "torch-bf16"):
+    if system == "openvino-bf16":
+        return _build_openvino(prepared, tokenizer, threads)
+    if system in ("transformers-fp32", "torch-bf16", "torch-bf16-compiled"):
         from transformers import AutoModelForMaskedLM
 
         model = AutoModelForMaskedLM.from_pretrained(prepared.hf_dir).eval()
-        if system == "torch-bf16":
+        if system != "transformers-fp32":
             model = model.to(torch.bfloat16)
+        if system == "torch-bf16-compiled":  # compiled on the warm-up rounds, per shape
+            model.forward = torch.compile(model.forward, dynamic=True)
         size = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     else:
         import onnxruntime as ort
@@ -263,6 +271,46 @@ def _build_peer(system: str, prepared: Prepared, threads: int) -> tuple[Callable
             return _top1(fill(texts, top_k=5, batch_size=len(texts)), len(texts))
 
     return run, size
+
+
+def _build_openvino(prepared: Prepared, tokenizer: Any, threads: int) -> tuple[Callable[[list[str]], list[int]], float]:
+    """OpenVINO on optimum's plain export, bf16 where the CPU has it; top-5 per mask with `sequence`
+    decoded as the fill-mask pipeline decodes it, so that it does the work the other systems do."""
+    import numpy as np
+    import openvino as ov
+
+    path = prepared.optimum_export / "model.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: optimum's export is missing (pip install optimum-onnx)")
+    core = ov.Core()
+    bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+                                                     "INFERENCE_NUM_THREADS": threads,
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+    names = {port.get_any_name() for port in compiled.inputs}
+    request = compiled.create_infer_request()
+
+    def run(texts: list[str]) -> list[int]:
+        batch = tokenizer(texts, padding=True, return_tensors="np")
+        feeds = {name: batch[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in names}
+        if "token_type_ids" in names and "token_type_ids" not in feeds:
+            feeds["token_type_ids"] = np.zeros_like(batch["input_ids"])
+        logits = request.infer(feeds)[compiled.outputs[0]]
+        best = []
+        for row, col in zip(*np.nonzero(batch["input_ids"] == tokenizer.mask_token_id)):
+            scores = logits[row, col].astype(np.float32)
+            probs = np.exp(scores - scores.max())
+            probs /= probs.sum()
+            top = np.argsort(-probs)[:5]
+            ids = batch["input_ids"][row][batch["attention_mask"][row] == 1].copy()
+            for token in top:  # what the pipeline returns per candidate: token_str and sequence
+                ids[col] = token
+                tokenizer.decode([int(token)])
+                tokenizer.decode(ids, skip_special_tokens=True)
+            best.append(int(top[0]))
+        return best
+
+    return run, path.stat().st_size / 1e6
 
 
 def _feeds(filler: Any, texts: list[str]) -> dict:
@@ -444,26 +492,44 @@ def _summary(result: SystemResult, workloads: tuple[Workload, ...], reference: S
     return out
 
 
+# (label, baseline systems (the fastest one counts), ours, workload, target): issue 12's targets.
+GENERAL_TARGETS = (
+    ("int8 vs optimum int8, 1x128", ("optimum-int8",), "mlm-export-int8", "1x128", 1.5),
+    ("int8 vs transformers pipeline, 1x128", ("transformers-fp32",), "mlm-export-int8", "1x128", 5.0),
+    ("int8 vs best torch bf16 (eager, compiled), 32x128", ("torch-bf16", "torch-bf16-compiled"),
+     "mlm-export-int8", "32x128", 1.3),
+    ("bare session vs predictor int8, 1x16", ("ort-session-int8",), "mlm-export-int8", "1x16", 1 / 1.1),
+)
+# On AntiBERTy, where accuracy decides, the int8 that passes its gate against the peers a user would pick.
+TARGETS = {
+    "antiberty": (
+        ("int8 vs optimum int8, 1x128", ("optimum-int8",), "mlm-export-int8", "1x128", 1.25),
+        ("int8 vs optimum int8, 32x128", ("optimum-int8",), "mlm-export-int8", "32x128", 1.25),
+        ("int8 vs OpenVINO bf16, 1x128", ("openvino-bf16",), "mlm-export-int8", "1x128", 1.5),
+        ("int8 vs OpenVINO bf16, 32x128", ("openvino-bf16",), "mlm-export-int8", "32x128", 1.5),
+        ("bare session vs predictor int8, 1x16", ("ort-session-int8",), "mlm-export-int8", "1x16", 1 / 1.1),
+    ),
+}
+
+
 def ratios(report: dict) -> list[dict]:
-    """The targets the project holds itself to, computed from one run."""
+    """The targets the project holds itself to, computed from one run; a check whose systems did not
+    all run is left out."""
     systems = report["systems"]
 
     def median(system: str, workload: str) -> float | None:
         entry = systems.get(system, {}).get("workloads", {}).get(workload)
         return entry["median_ms"] if entry else None
 
-    checks = [
-        ("int8 vs optimum int8, 1x128", "optimum-int8", "mlm-export-int8", "1x128", 1.5),
-        ("int8 vs transformers pipeline, 1x128", "transformers-fp32", "mlm-export-int8", "1x128", 5.0),
-        ("int8 vs torch bf16 throughput, 32x128", "torch-bf16", "mlm-export-int8", "32x128", 1.3),
-        ("bare session vs predictor int8, 1x16", "ort-session-int8", "mlm-export-int8", "1x16", 1 / 1.1),
-    ]
     out = []
-    for label, baseline, ours, workload, target in checks:
-        a, b = median(baseline, workload), median(ours, workload)
-        if a is None or b is None:
+    for label, baselines, ours, workload, target in TARGETS.get(report["model"], GENERAL_TARGETS):
+        timed = {b: median(b, workload) for b in baselines}
+        fastest = min((t, b) for b, t in timed.items() if t is not None) if any(timed.values()) else None
+        mine = median(ours, workload)
+        if fastest is None or mine is None:
             continue
-        out.append({"check": label, "speedup": a / b, "target": target, "met": a / b >= target})
+        out.append({"check": label, "baseline": fastest[1], "speedup": fastest[0] / mine, "target": target,
+                    "met": fastest[0] / mine >= target})
     return out
 
 
@@ -491,7 +557,7 @@ def markdown(reports: list[dict]) -> str:
             lines.append(f"| {system} | " + " | ".join(cells) + " |")
         lines.append("")
         for r in ratios(report):
-            lines.append(f"- {r['check']}: {r['speedup']:.2f}x (target {r['target']:.2f}x) "
+            lines.append(f"- {r['check']}: {r['speedup']:.2f}x {r['baseline']} (target {r['target']:.2f}x) "
                          f"{'met' if r['met'] else 'NOT met'}")
         lines.append("")
     return "\n".join(lines)
@@ -536,7 +602,9 @@ def run_benchmark(config: BenchConfig) -> dict:
     reports = []
     for model in config.models:
         prepared = prepare(model, config.work, config.seed)
-        reports.append(run_model(prepared, config))
+        report = run_model(prepared, config)
+        report["targets"] = ratios(report)
+        reports.append(report)
     import platform
 
     summary = {"machine": {"cpu": cpu_name(), "threads": config.threads,
