@@ -48,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     two-thread sessions in two workers would fight over two cores."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["MLM_EXPORT_THREADS"] = "1"
-        os.environ["OMP_NUM_THREADS"] = "1"  # the CLI's subprocesses, and torch in this one:
+        os.environ["OMP_NUM_THREADS"] = "1"  # for the CLI subprocesses the tests start; torch here:
         import torch
 
         torch.set_num_threads(1)
@@ -235,4 +235,3 @@ def rxnmapper_albert() -> Path:
 def rxnfp_bert() -> Path:
     """A trained BERT pre-training checkpoint whose config.json has no model_type (rxnfp==0.1.0)."""
     return _package_dir("rxnfp") / "models" / "transformers" / "bert_pretrained"
-
