@@ -66,10 +66,17 @@ def main() -> None:
     runners = {v: functools.partial(f.run_graph, ["scores", "token_ids"]) for v, f in fillers.items()}
     sizes = {v: manifest.files[manifest.graphs[v].file].size for v in variants}
     if args.int8_recipes:
+        from tokenizers import Tokenizer
+
+        from mlm_export.verify.probes import build_probes, calibration_rows
+
+        # what export measures activations on: rows of the artifact's realistic probes
+        tokenizer = Tokenizer.from_file(str(args.artifact / manifest.tokenizer.file))
+        rows = calibration_rows(build_probes(manifest, tokenizer, directory=args.artifact))
         with tempfile.TemporaryDirectory() as tmp:
             for recipe in INT8_RECIPES:
                 path = Path(tmp) / f"{recipe.name}.onnx"
-                to_int8(args.artifact / manifest.graphs["fp32"].file, path, recipe)
+                to_int8(args.artifact / manifest.graphs["fp32"].file, path, recipe, rows)
                 session = create_session(str(path), "cpu", args.threads)
                 runners[recipe.name] = functools.partial(session.run, None)
                 sizes[recipe.name] = path.stat().st_size

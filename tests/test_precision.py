@@ -65,7 +65,8 @@ def test_int8_recipes_quantize_encoder_but_not_head(tiny_variants: Path, tmp_pat
     to_int8(tiny_variants / "fill_mask.fp32.onnx", path, recipe)
     ops = _ops(path)
     layers = _manifest(tiny_variants)["model"]["num_layers"]
-    blockwise = layers * len(set(recipe.blockwise) - {"other"})  # a BERT layer has no "other" MatMul
+    per_role = min(recipe.blockwise_layers, layers) if recipe.blockwise_layers else layers
+    blockwise = per_role * len(set(recipe.blockwise) - {"other"})  # a BERT layer has no "other" MatMul
     assert ops.count("QAttention") == layers and "Attention" not in ops
     assert ops.count("MatMulNBits") == blockwise
     assert ops.count("MatMulInteger") == 3 * layers - blockwise  # the other encoder MatMuls are dynamic
@@ -93,6 +94,47 @@ def _assert_layer_norms_stay_split(path: Path, tmp_path: Path, layers: int) -> N
     assert optimized.count("LayerNormalization") == 2 * layers + 1  # two per layer, one in the head
 
 
+def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_gelu(tmp_path: Path) -> None:
+    """Four layers; in layers 1 and 3 one FFN channel always fires at GELU(30) and GELU(20), far above the
+    others. Measured on calibration rows, those are the two FFN2 inputs with the heaviest tails."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    from conftest import SPECIALS, WORDS, _save_tiny_bert
+    from mlm_export import export_model
+    from mlm_export.build.precision import distinct_recipe, find_int8_recipe
+    from mlm_export.verify.probes import ProbeBatch
+
+    vocab = SPECIALS + WORDS
+    source = _save_tiny_bert(tmp_path / "four", vocab, len(vocab), seed=3, layers=4)
+    model = BertForMaskedLM.from_pretrained(source)
+    with torch.no_grad():
+        for layer, level in ((1, 30.0), (3, 20.0)):
+            dense = model.bert.encoder.layer[layer].intermediate.dense
+            dense.weight[5].zero_()
+            dense.bias[5] = level
+    model.save_pretrained(source)
+    artifact = export_model(ExportConfig(str(source), out=tmp_path / "art")).path
+    fp32 = artifact / "fill_mask.fp32.onnx"
+    recipe = find_int8_recipe("dynamic-ffn2-blockwise-top2")
+    assert distinct_recipe(fp32, recipe)  # 4 FFN2s, 2 picked: not the same graph as dynamic-ffn2-blockwise
+    rows = []
+    for seed in range(6):
+        ids = np.array([[2] + list(np.random.default_rng(seed).integers(5, len(vocab), 10)) + [3]])
+        rows.append(ProbeBatch(ids, np.ones_like(ids), np.zeros_like(ids), f"row {seed}", "test"))
+    to_int8(fp32, tmp_path / "int8.onnx", recipe, rows)
+    nbits = [n.name for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert sorted(name.split("layer.")[1].split("/")[0] for name in nbits) == ["1", "3"]
+    assert _ops(tmp_path / "int8.onnx").count("MatMulInteger") == 3 * 4 - 2  # the other MatMuls: dynamic
+
+
+def test_top2_is_skipped_where_it_would_equal_ffn2_blockwise(tiny_variants: Path) -> None:
+    from mlm_export.build.precision import distinct_recipe
+
+    two_layers = tiny_variants / "fill_mask.fp32.onnx"
+    assert [r.name for r in INT8_RECIPES if not distinct_recipe(two_layers, r)] == ["dynamic-ffn2-blockwise-top2"]
+
+
 def test_matmul_roles_follow_the_bert_layer(tiny_variants: Path) -> None:
     model = onnx.load(str(tiny_variants / "fill_mask.fp32.onnx"))
     roles = list(matmul_roles(model).values())
@@ -101,9 +143,11 @@ def test_matmul_roles_follow_the_bert_layer(tiny_variants: Path) -> None:
 
 
 def _check_cascade(entry: dict) -> None:
-    """auto keeps the first recipe, in speed order, that passed; every one before it failed."""
+    """auto keeps the first recipe, in speed order, that passed; every one before it failed (a recipe that
+    would build the same graph as another here is skipped)."""
     tried = entry["recipes_tried"]
-    assert [t["recipe"] for t in tried] == list(INT8_RECIPE_NAMES[:len(tried)])
+    order = [INT8_RECIPE_NAMES.index(t["recipe"]) for t in tried]
+    assert tried[0]["recipe"] == "dynamic" and order == sorted(set(order))
     assert all(not t["passed"] for t in tried[:-1])
     assert entry["recipe"] == tried[-1]["recipe"] and tried[-1]["passed"]
     # the recipe was judged with the model in memory; verify re-judged it on a fresh load

@@ -33,7 +33,7 @@ from ..verify import (
 from .fuse import FusionReport, fuse
 from .graph_file import data_path
 from .model import load_model, model_facts
-from .precision import INT8_RECIPES, find_int8_recipe, fused_op_counts, to_fp16, to_int8
+from .precision import INT8_RECIPES, distinct_recipe, find_int8_recipe, fused_op_counts, to_fp16, to_int8
 from .source import ResolvedSource, parse_source, require_export_extra, resolve_spec
 from .tokenizer import LoadedTokenizer, load_tokenizer
 from .trace import export_fill_mask, export_logits, graph_io
@@ -227,13 +227,17 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
     fusion = FusionReport(**{k: v for k, v in fp32.fusion.items() if k in ("counts", "expected_attention",
                                                                             "allow_unfused", "mode")})
     judged: dict[str, GraphParity] = {}
+    calibration = harness.calibration_rows()
     if config.int8_recipe != "auto":
-        to_int8(tmp / fp32.file, path, find_int8_recipe(config.int8_recipe))
+        to_int8(tmp / fp32.file, path, find_int8_recipe(config.int8_recipe), calibration)
         entry = replace(entry, recipe=config.int8_recipe)
     else:
         tried = []
         for candidate in INT8_RECIPES:
-            to_int8(tmp / fp32.file, path, candidate)
+            if not distinct_recipe(tmp / fp32.file, candidate):
+                log.info("int8 recipe %s: the same graph as another recipe here -> skipped", candidate.name)
+                continue
+            to_int8(tmp / fp32.file, path, candidate, calibration)
             parity = harness.check(path, "int8", entry, "cpu")
             gated = parity.gated.to_dict()
             tried.append({"recipe": candidate.name, "passed": parity.passed,

@@ -7,7 +7,10 @@ the int8 gate on the artifact's realistic probes (the README's precision section
 - `dynamic`: every encoder MatMul and the fused Attention quantized dynamically, weights per
   channel. One scale per activation tensor, so BERT's outlier channels cost accuracy: it passes
   on bert-base-sized weights and fails top-1 on AntiBERTy (99.21%).
-- `dynamic-ffn2-blockwise`: the same, except the second FFN MatMul of every layer (whose input is
+- `dynamic-ffn2-blockwise-top2`: `dynamic`, except the second FFN MatMul of the two layers whose
+  input (GELU's output) has the heaviest-tailed channel ranges on the realistic probe rows
+  (calibration.py), which is block-wise as below. It costs about a quarter of the next recipe's extra.
+- `dynamic-ffn2-blockwise`: `dynamic`, except the second FFN MatMul of every layer (whose input is
   GELU's heavy-tailed output) uses 8-bit block-wise weights with activations quantized per block
   of 32 (MatMulNBits, accuracy_level 4). About 1.35x slower than `dynamic` on bert-base.
 - `blockwise`: Attention dynamic per tensor, every other MatMul block-wise. The slowest and the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from typing import Any
 from .._quiet import quiet_onnxruntime_tools
 from ..errors import ConfigError, ExportError
 from ..progress import stage
+from .calibration import heaviest_tails
 from .fuse import declare_contrib_opset, share_identical_initializers
 from .graph_file import data_path, load_graph, save_graph, uses_external_data
 
@@ -47,10 +52,13 @@ class Int8Recipe:
     name: str
     blockwise: tuple[str, ...]  # roles from MATMUL_ROLES
     attention_per_channel: bool
+    # 0: every MatMul of those roles; N: only the N whose input has the heaviest tail (calibration rows)
+    blockwise_layers: int = 0
 
 
 INT8_RECIPES = (
     Int8Recipe("dynamic", blockwise=(), attention_per_channel=True),
+    Int8Recipe("dynamic-ffn2-blockwise-top2", blockwise=("ffn2",), attention_per_channel=True, blockwise_layers=2),
     Int8Recipe("dynamic-ffn2-blockwise", blockwise=("ffn2",), attention_per_channel=True),
     Int8Recipe("blockwise", blockwise=MATMUL_ROLES, attention_per_channel=False),
 )
@@ -92,22 +100,42 @@ def to_fp16(src: Path, dst: Path) -> None:
             raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
 
 
-def to_int8(src: Path, dst: Path, recipe: Int8Recipe) -> None:
-    """int8 for the CPU provider; never select it for CUDA (its int8 ops fall back to the CPU)."""
+def distinct_recipe(path: Path, recipe: Int8Recipe) -> bool:
+    """False where `recipe` would quantize this graph exactly as a recipe before it in INT8_RECIPES does:
+    no MatMul of its block-wise roles, or no more of them than it picks (then it is the whole-role recipe)."""
+    if not recipe.blockwise_layers:
+        return True
+    roles = matmul_roles(load_graph(path)).values()
+    return recipe.blockwise_layers < sum(role in recipe.blockwise for role in roles)
 
+
+def to_int8(src: Path, dst: Path, recipe: Int8Recipe, calibration: Sequence[Any] = ()) -> None:
+    """int8 for the CPU provider; never select it for CUDA (its int8 ops fall back to the CPU).
+
+    `calibration`: single-row ProbeBatch objects, for a recipe that picks its block-wise layers by their
+    activations (`blockwise_layers`).
+    """
     with stage(f"quantizing {src.name} to int8, recipe {recipe.name} (MLM head stays float)"):
         staged = dst.with_name(dst.stem + ".staged.onnx")
         external = uses_external_data(src)
         try:
             model = load_graph(src)
+            roles = matmul_roles(model)
+            candidates = [n for n in model.graph.node if n.op_type == "MatMul" and roles[n.name] in recipe.blockwise]
+            blockwise = ([n.name for n in candidates] if not recipe.blockwise_layers else
+                         heaviest_tails(model, candidates, calibration, dst.parent, external, recipe.blockwise_layers))
+            if recipe.blockwise_layers:
+                log.info("int8 recipe %s: block-wise %s", recipe.name, ", ".join(blockwise))
             head = _hide_head(model)
             with quiet_onnxruntime_tools():
-                _quantize(model, staged, recipe, external)
+                _quantize(model, staged, recipe, external, blockwise)
             model = load_graph(staged)
             _restore_head(model, head)
             unfuse_skip_layer_norm(model)
             share_identical_initializers(model)  # layers that share weights (ALBERT) quantize to equal copies
             save_graph(model, dst, external)
+        except ExportError:
+            raise
         except Exception as exc:
             raise ExportError(f"int8 quantization of {src.name} failed: {exc}") from exc
         finally:
@@ -172,13 +200,13 @@ def matmul_roles(model: Any) -> dict[str, str]:
     return roles
 
 
-def _quantize(model: Any, path: Path, recipe: Int8Recipe, external: bool) -> None:
+def _quantize(model: Any, path: Path, recipe: Int8Recipe, external: bool, blockwise: list[str]) -> None:
+    """Every encoder MatMul and Attention dynamic, except the MatMuls named in `blockwise`."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     roles = matmul_roles(model)
-    blockwise = [name for name, role in roles.items() if role in recipe.blockwise]
     save_graph(model, path, external)
     # quantize_dynamic takes one per_channel flag, so per-tensor Attention needs its own pass
     if recipe.attention_per_channel:

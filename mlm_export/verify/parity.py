@@ -14,7 +14,7 @@ from ..manifest import GraphEntry, Manifest, Tolerance
 from ..progress import stage
 from ..runtime.feeds import CONTROL_INPUTS, control_feeds
 from ..runtime.providers import create_session
-from .probes import ProbeBatch, build_probes
+from .probes import ProbeBatch, build_probes, calibration_rows
 
 Reference = tuple[tuple[np.ndarray, ...], np.ndarray]  # mask coordinates, PyTorch logits there
 
@@ -230,6 +230,9 @@ class ParityHarness:
                 where = np.nonzero(batch.input_ids == mask_id)
                 self.references.append((where, logits[where]))
                 advance(1)
+
+    def calibration_rows(self) -> list[ProbeBatch]:
+        return calibration_rows(self.batches)
 
     def check(self, path: Path | str, name: str, entry: GraphEntry, providers: str = "cpu") -> GraphParity:
         """One graph's parity with the references, judged against the tolerance in its entry."""

@@ -158,6 +158,22 @@ def text_probes(spec: ProbeSpec, tokenizer: Any, texts: Iterable[str], probe_set
             for i in range(0, len(rows), batch_size)]
 
 
+CALIBRATION_ROWS = 64  # every AntiBERTy chain, a few rows each
+
+
+def calibration_rows(batches: list[ProbeBatch], rows: int = CALIBRATION_ROWS) -> list[ProbeBatch]:
+    """About `rows` single rows, unpadded, spread evenly over the realistic probes (over the synthetic
+    shapes where there are none): what int8 recipes that measure activations run on."""
+    pool = [(batch, i) for batch in batches if batch.probe_set != "shapes" for i in range(len(batch.input_ids))]
+    pool = pool or [(batch, i) for batch in batches for i in range(len(batch.input_ids))]
+    chosen = []
+    for batch, i in pool[:: max(1, len(pool) // rows)][:rows]:
+        n = int(batch.attention_mask[i].sum())  # right-padded
+        chosen.append(ProbeBatch(batch.input_ids[i : i + 1, :n], batch.attention_mask[i : i + 1, :n],
+                                 batch.token_type_ids[i : i + 1, :n], f"{batch.label} row {i}", batch.probe_set))
+    return chosen
+
+
 def choose_probe_set(spec: ProbeSpec, tokenizer: Any) -> str | None:
     """The packaged text set this tokenizer reads best, if it reads any.
 

@@ -1,0 +1,70 @@
+"""Activation statistics on calibration rows, for int8 recipes that choose layers by how they behave.
+
+Dynamic int8 gives an activation tensor one scale, so a tensor whose largest channel dwarfs its typical
+one loses most of its levels. `heaviest_tails` ranks MatMuls by that ratio (the largest per-channel
+max |x| over the median one), measured on the artifact's realistic probe rows, never on the gate's
+outcome: the gate then judges the recipe like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExportError
+from ..progress import stage
+from ..runtime.feeds import control_feeds
+from .graph_file import data_path, save_graph
+
+DATA_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def heaviest_tails(model: Any, nodes: Sequence[Any], rows: Sequence[Any], work: Path, external: bool,
+                   count: int) -> list[str]:
+    """Names of the `count` nodes in `nodes` whose first input has the heaviest-tailed channel ranges."""
+    if count >= len(nodes):
+        return [node.name for node in nodes]
+    if not rows:
+        raise ExportError("choosing layers by their activations needs calibration rows, and none were given")
+    ranges = activation_ranges(model, sorted({node.input[0] for node in nodes}), rows, work, external)
+    tail = {node.name: float(ranges[node.input[0]].max() / max(float(np.median(ranges[node.input[0]])), 1e-12))
+            for node in nodes}
+    return sorted(tail, key=lambda name: -tail[name])[:count]
+
+
+def activation_ranges(model: Any, names: list[str], rows: Sequence[Any], work: Path,
+                      external: bool) -> dict[str, np.ndarray]:
+    """max |x| per channel (last axis) of each tensor in `names`, over the real tokens of `rows`
+    (single-row ProbeBatch objects), with the graph's outputs extended to those tensors."""
+    import onnx
+    from onnx import helper
+
+    from ..runtime.providers import create_session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in names:
+        probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    path = work / "calibration.onnx"
+    try:
+        save_graph(probe, path, external)
+        del probe
+        session = create_session(str(path), "cpu")
+        graph_inputs = [i.name for i in session.get_inputs()]
+        data = [n for n in graph_inputs if n in DATA_INPUTS]
+        ranges: dict[str, np.ndarray] = {}
+        with stage(f"measuring activation ranges on {len(rows)} calibration rows", len(rows), "row") as advance:
+            for row in rows:
+                feeds = row.feeds(data) | control_feeds(graph_inputs, 1)
+                real = row.attention_mask.reshape(-1).astype(bool)
+                for name, value in zip(names, session.run(names, feeds)):
+                    per_channel = np.abs(value.reshape(-1, value.shape[-1])[real]).max(axis=0)
+                    ranges[name] = np.maximum(ranges[name], per_channel) if name in ranges else per_channel
+                advance(1)
+        return ranges
+    finally:
+        path.unlink(missing_ok=True)
+        data_path(path).unlink(missing_ok=True)
