@@ -46,12 +46,13 @@ def test_every_system_ran_every_workload(bench: tuple[BenchConfig, dict]) -> Non
             entry = systems[name]["workloads"][workload.name]
             assert entry["runs"] == 3  # rounds are at least 3, warm-up rounds not counted
             assert 0 < entry["p10_ms"] <= entry["median_ms"] <= entry["p90_ms"]
-    # fp32 answers what transformers answers, mask for mask; OpenVINO's bf16 too, near enough (a mask
-    # read at the wrong position, or a row misaligned, would agree by chance only)
+    # fp32 answers what transformers answers, mask for mask; OpenVINO's bf16 too, near enough: one
+    # near-tie flipped in bf16 may cost a one-mask workload, but a mask read at the wrong position or a
+    # misaligned row agrees by chance only (1 in 32 here)
     fp32 = systems["mlm-export-fp32"]["workloads"]
     assert all(fp32[w.name]["top1_agreement_with_reference"] == 1.0 for w in SMALL)
     openvino = systems["openvino-bf16"]["workloads"]
-    assert sum(openvino[w.name]["top1_agreement_with_reference"] for w in SMALL) / len(SMALL) >= 0.8
+    assert sum(openvino[w.name]["top1_agreement_with_reference"] for w in SMALL) / len(SMALL) >= 0.6
 
 
 def test_absent_peer_is_reported_as_skipped(bench: tuple[BenchConfig, dict], tmp_path: Path) -> None:

@@ -126,6 +126,17 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
     nbits = [n.name for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert sorted(name.split("layer.")[1].split("/")[0] for name in nbits) == ["1", "3"]
     assert _ops(tmp_path / "int8.onnx").count("MatMulInteger") == 3 * 4 - 2  # the other MatMuls: dynamic
+    # weights in external data (models over 2 GB): the same choice, and no scratch file left behind
+    from mlm_export.build.graph_file import load_graph, save_graph
+
+    external = tmp_path / "external"
+    external.mkdir()
+    save_graph(load_graph(fp32), external / "fill_mask.fp32.onnx", True)
+    before = set(external.iterdir())
+    to_int8(external / "fill_mask.fp32.onnx", external / "int8.onnx", recipe, rows)
+    nbits = [n.name for n in onnx.load(str(external / "int8.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert sorted(name.split("layer.")[1].split("/")[0] for name in nbits) == ["1", "3"]
+    assert {p.name for p in set(external.iterdir()) - before} == {"int8.onnx", "int8.onnx.data"}
 
 
 def test_top2_is_skipped_where_it_would_equal_ffn2_blockwise(tiny_variants: Path) -> None:

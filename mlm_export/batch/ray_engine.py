@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..runtime.providers import default_threads
 from ..runtime.scoring import RowError, ScoreOptions
 from .table import InputRow, ScoredRow
 
@@ -98,7 +99,7 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = job.progress
-    threads = job.threads or 1
+    threads = job.threads or default_threads() or 1
     workers = job.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
     # The driver reads the input (as the local engine does) and hands it to Ray as Arrow blocks: read
     # tasks would wait for CPUs that the actor pool holds (a 2-CPU machine deadlocked on read_parquet).

@@ -8,6 +8,8 @@ outcome: the gate then judges the recipe like any other.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import numpy as np
 from ..errors import ExportError
 from ..progress import stage
 from ..runtime.feeds import control_feeds
-from .graph_file import data_path, save_graph
+from .graph_file import save_graph
 
 DATA_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -48,11 +50,15 @@ def activation_ranges(model: Any, names: list[str], rows: Sequence[Any], work: P
     probe.CopyFrom(model)
     for name in names:
         probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    path = work / "calibration.onnx"
+    # in memory below protobuf's 2 GB limit; above it, a file of our own beside the output
+    scratch = Path(tempfile.mkdtemp(prefix=".calibration-", dir=work)) if external else None
     try:
-        save_graph(probe, path, external)
+        if scratch is None:
+            session = create_session(probe.SerializeToString(), "cpu")
+        else:
+            save_graph(probe, scratch / "calibration.onnx", external)
+            session = create_session(str(scratch / "calibration.onnx"), "cpu")
         del probe
-        session = create_session(str(path), "cpu")
         graph_inputs = [i.name for i in session.get_inputs()]
         data = [n for n in graph_inputs if n in DATA_INPUTS]
         ranges: dict[str, np.ndarray] = {}
@@ -66,5 +72,5 @@ def activation_ranges(model: Any, names: list[str], rows: Sequence[Any], work: P
                 advance(1)
         return ranges
     finally:
-        path.unlink(missing_ok=True)
-        data_path(path).unlink(missing_ok=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -101,14 +101,16 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 
 def distinct_recipe(path: Path, recipe: Int8Recipe) -> bool:
-    """False where `recipe` would quantize this graph exactly as a recipe before it in INT8_RECIPES does:
-    no MatMul of its block-wise roles, or no more of them than it picks (then it is the whole-role recipe)."""
-    if not recipe.blockwise_layers:
-        return True
+    """False where `recipe` would quantize this graph exactly as another recipe in INT8_RECIPES does: a
+    dynamic-based recipe with no MatMul of its block-wise roles (it is `dynamic`), or no more of them than
+    it picks (it is the whole-role recipe)."""
+    if not recipe.blockwise or not recipe.attention_per_channel:
+        return True  # dynamic itself, or blockwise (whose attention differs from dynamic's)
     import onnx
 
     roles = matmul_roles(onnx.load(str(path), load_external_data=False)).values()  # structure only
-    return recipe.blockwise_layers < sum(role in recipe.blockwise for role in roles)
+    count = sum(role in recipe.blockwise for role in roles)
+    return recipe.blockwise_layers < count if recipe.blockwise_layers else count > 0
 
 
 def to_int8(src: Path, dst: Path, recipe: Int8Recipe, calibration: Sequence[Any] = ()) -> None:
@@ -126,7 +128,10 @@ def to_int8(src: Path, dst: Path, recipe: Int8Recipe, calibration: Sequence[Any]
             candidates = [n for n in model.graph.node if n.op_type == "MatMul" and roles[n.name] in recipe.blockwise]
             blockwise = ([n.name for n in candidates] if not recipe.blockwise_layers else
                          heaviest_tails(model, candidates, calibration, dst.parent, external, recipe.blockwise_layers))
-            if recipe.blockwise_layers:
+            if recipe.blockwise_layers and len(candidates) <= recipe.blockwise_layers:
+                log.warning("int8 recipe %s: this graph has %d such MatMul(s), so every one is block-wise",
+                            recipe.name, len(candidates))
+            elif recipe.blockwise_layers:
                 log.info("int8 recipe %s: block-wise %s", recipe.name, ", ".join(blockwise))
             head = _hide_head(model)
             with quiet_onnxruntime_tools():

@@ -167,7 +167,8 @@ def calibration_rows(batches: list[ProbeBatch], rows: int = CALIBRATION_ROWS) ->
     pool = [(batch, i) for batch in batches if batch.probe_set != "shapes" for i in range(len(batch.input_ids))]
     pool = pool or [(batch, i) for batch in batches for i in range(len(batch.input_ids))]
     chosen = []
-    for batch, i in pool[:: max(1, len(pool) // rows)][:rows]:
+    picks = sorted(set(np.linspace(0, len(pool) - 1, min(rows, len(pool))).round().astype(int))) if pool else []
+    for batch, i in (pool[k] for k in picks):  # evenly over every text, first to last
         n = int(batch.attention_mask[i].sum())  # right-padded
         chosen.append(ProbeBatch(batch.input_ids[i : i + 1, :n], batch.attention_mask[i : i + 1, :n],
                                  batch.token_type_ids[i : i + 1, :n], f"{batch.label} row {i}", batch.probe_set))
