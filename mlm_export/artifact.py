@@ -126,6 +126,18 @@ def absent_graphs(directory: Path, manifest: Manifest) -> tuple[str, ...]:
     return tuple(name for name in manifest.graphs if name in absent)
 
 
+def left_out(full: Manifest, present: Manifest) -> tuple[str, ...]:
+    """The graphs of `full` that `present` (its present_graphs) does not hold: () for a full artifact."""
+    return tuple(name for name in full.graphs if name not in present.graphs)
+
+
+def refuse_left_out(directory: Path, full: Manifest, present: Manifest, variant: object) -> None:
+    """A variant asked for by name that slimming left out is an error that says so, not 'unknown variant'."""
+    if isinstance(variant, str) and variant in left_out(full, present):
+        raise ArtifactError(f"variant {variant!r} was left out of the slim artifact {directory} (slim.json); it "
+                            f"has {', '.join(sorted(present.graphs))}. Load the full artifact for {variant}")
+
+
 def present_graphs(directory: Path, manifest: Manifest) -> Manifest:
     """`manifest` narrowed to the graphs (and files) this directory holds: all of them, unless it is a
     slim copy. What the predictor, Triton, Ray and sign work from; `info` and `verify` show the rest."""

@@ -383,7 +383,7 @@ def triton_command(directory: Path, repo: Path, variant: str | None, name: str |
 @common_options
 def info_command(directory: Path, as_json: bool) -> None:
     """Show what an artifact holds: source, and per graph its size, fusion and parity."""
-    from .artifact import present_graphs
+    from .artifact import left_out, present_graphs
     from .manifest import read_manifest
     from .runtime.predictor import preferred_variant
     from .runtime.providers import requested_providers
@@ -391,7 +391,7 @@ def info_command(directory: Path, as_json: bool) -> None:
 
     manifest = read_manifest(directory)
     present = present_graphs(directory, manifest)  # a slim copy: the graphs it holds
-    absent = tuple(name for name in manifest.graphs if name not in present.graphs)
+    absent = left_out(manifest, present)
     provider = requested_providers("auto")[0]
     default = preferred_variant(present, provider)
     signed = signature_fingerprint(directory)

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifact import present_graphs, verified_path
+from .artifact import present_graphs, refuse_left_out, verified_path
 from .errors import ArtifactError, InputError, StorageError
 from .interrupts import deferred_signals
 from .manifest import GraphEntry, Manifest, TensorSpec, read_manifest
@@ -208,9 +208,7 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
         device = device.lower()
     full = read_manifest(artifact, public_key=public_key)
     manifest = present_graphs(artifact, full)  # a slim copy: the graphs it holds
-    if isinstance(variant, str) and variant in full.graphs and variant not in manifest.graphs:
-        raise ArtifactError(f"variant {variant!r} was left out of the slim artifact {artifact} (slim.json); it has "
-                            f"{', '.join(manifest.graphs)}. Use the full artifact for {variant}")
+    refuse_left_out(artifact, full, manifest, variant)
     variant = select_variant(manifest, variant)
     graph = manifest.graphs[variant]
     name = check_model_name(default_model_name(manifest.name) if name is None else name)

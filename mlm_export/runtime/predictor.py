@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
-from ..artifact import checked_bytes, checked_file, present_graphs, verified_path
+from ..artifact import checked_bytes, checked_file, present_graphs, refuse_left_out, verified_path
 from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import GraphEntry, Manifest, read_manifest
 from .feeds import CONTROL_INPUTS, control_feeds
@@ -105,10 +105,7 @@ class OnnxMaskFiller:
         full = read_manifest(directory, public_key=public_key)
         manifest = present_graphs(directory, full)  # a slim copy holds only some graphs
         variants = manifest.fill_mask_graphs
-        if variant in full.graphs and variant not in manifest.graphs:
-            raise ArtifactError(f"variant {variant!r} was left out of the slim artifact {directory} (slim.json); "
-                                f"it has {', '.join(sorted(manifest.graphs))}. Load the full artifact for "
-                                f"{variant}")
+        refuse_left_out(directory, full, manifest, variant)
         if not variants:
             raise ArtifactError(f"{directory} has no fill-mask graph")
         if variant is not None and variant not in variants:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..artifact import check_all_files, present_graphs
+from ..artifact import check_all_files, left_out, present_graphs
 from ..errors import ArtifactError, SourceError
 from ..manifest import MANIFEST, path_inside, read_manifest
 from ..progress import stage
@@ -53,7 +53,7 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     directory = Path(directory)
     manifest = read_manifest(directory, public_key=public_key)
     present = present_graphs(directory, manifest)  # a slim copy: the graphs and files it holds
-    absent = tuple(name for name in manifest.graphs if name not in present.graphs)
+    absent = left_out(manifest, present)
     check_all_files(directory, present)
     root = directory.resolve()
     if source is None:
