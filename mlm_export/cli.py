@@ -449,10 +449,12 @@ def info_command(directory: Path, as_json: bool) -> None:
         for name, t in ((name, g.tolerance) for name, g in manifest.graphs.items())))
     int8 = manifest.graphs.get("int8")
     if int8 and int8.recipe:
-        tried = ", ".join(f"{t['recipe']} {'pass' if t['passed'] else 'fail'} (top1 {t['top1_agreement']:.2%}, "
+        tried = ", ".join(f"{t['recipe']}{' + int8-blockwise decoder' if t.get('head') == 'int8-blockwise' else ''} "
+                          f"{'pass' if t['passed'] else 'fail'} (top1 {t['top1_agreement']:.2%}, "
                           f"overlap {t['topk_overlap']:.2%})" for t in int8.recipes_tried)
         how = f"; tried {tried}" if tried else " (chosen by hand)"
-        lines.append(f"  quantization recipe for int8: {int8.recipe}{how}")
+        head = f", {int8.head} MLM decoder" if int8.head else ""
+        lines.append(f"  quantization recipe for int8: {int8.recipe}{head}{how}")
     click.echo("\n".join(lines), file=_out().stream)
 
 

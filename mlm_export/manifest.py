@@ -141,6 +141,7 @@ class GraphEntry:
     recipe: str | None = None    # int8 only
     recipes_tried: tuple[dict, ...] = ()
     data_file: str | None = None  # the graph's weights, when they are kept in ONNX external data
+    head: str | None = None      # int8 only: the MLM decoder, "float" or "int8-blockwise"
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -161,6 +162,8 @@ class GraphEntry:
         if self.recipe is not None:
             data["recipe"] = self.recipe
             data["recipes_tried"] = list(self.recipes_tried)
+        if self.head is not None:
+            data["head"] = self.head
         return data
 
     @classmethod
@@ -170,7 +173,7 @@ class GraphEntry:
                    tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
                    Tolerance.from_dict(data["tolerance"]), data.get("fusion"), data.get("parity"),
                    data.get("weight_bytes"), data.get("recipe"), tuple(data.get("recipes_tried") or ()),
-                   data.get("data_file"))
+                   data.get("data_file"), data.get("head"))
 
 
 @dataclass(frozen=True)

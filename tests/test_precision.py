@@ -13,12 +13,21 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import fewer_realistic_probes
-from mlm_export import OnnxMaskFiller, ProviderError
+from mlm_export import ExportError, OnnxMaskFiller, ProviderError
 from mlm_export.artifact import sha256_file
 from mlm_export.manifest import read_manifest
 from mlm_export.cli import main
 from mlm_export.config import ExportConfig
-from mlm_export.build.precision import INT8_RECIPE_NAMES, INT8_RECIPES, Int8Recipe, matmul_roles, to_int8
+from mlm_export.build.precision import (
+    INT8_RECIPE_NAMES,
+    INT8_RECIPES,
+    Int8Recipe,
+    HEAD_BLOCKWISE_MIN_WEIGHTS,
+    blockwise_head,
+    decoder_weights,
+    matmul_roles,
+    to_int8,
+)
 from mlm_export.runtime.predictor import preferred_variant
 
 
@@ -155,19 +164,105 @@ def test_matmul_roles_follow_the_bert_layer(tiny_variants: Path) -> None:
 
 def _check_cascade(entry: dict) -> None:
     """auto keeps the first recipe, in speed order, that passed; every one before it failed (a recipe that
-    would build the same graph as another here is skipped)."""
-    tried = entry["recipes_tried"]
+    would build the same graph as another here is skipped). Then, for a vocabulary-wide decoder only, that
+    recipe once more with the decoder block-wise, kept if it passed too."""
+    tried = [t for t in entry["recipes_tried"] if t["head"] == "float"]
     order = [INT8_RECIPE_NAMES.index(t["recipe"]) for t in tried]
     assert tried[0]["recipe"] == "dynamic" and order == sorted(set(order))
     assert all(not t["passed"] for t in tried[:-1])
     assert entry["recipe"] == tried[-1]["recipe"] and tried[-1]["passed"]
+    head = entry["recipes_tried"][len(tried):]
+    assert len(head) <= 1 and all(t["recipe"] == entry["recipe"] and t["head"] == "int8-blockwise" for t in head)
+    kept = head[0] if head and head[0]["passed"] else tried[-1]
+    assert entry["head"] == kept["head"]
     # the recipe was judged with the model in memory; verify re-judged it on a fresh load
-    assert tried[-1]["top1_agreement"] == entry["parity"]["top1_agreement"]
-    assert tried[-1]["topk_overlap"] == entry["parity"]["topk_overlap"]
+    assert kept["top1_agreement"] == entry["parity"]["top1_agreement"]
+    assert kept["topk_overlap"] == entry["parity"]["topk_overlap"]
 
 
 def test_auto_recipe_is_recorded(tiny_variants: Path) -> None:
     _check_cascade(_manifest(tiny_variants)["graphs"]["int8"])
+
+
+def test_a_small_decoder_stays_float_without_a_trial(tiny_variants: Path) -> None:
+    entry = _manifest(tiny_variants)["graphs"]["int8"]
+    vocab = _manifest(tiny_variants)["model"]["vocab_size"]
+    assert 0 < decoder_weights(tiny_variants / "fill_mask.int8.onnx", vocab) < HEAD_BLOCKWISE_MIN_WEIGHTS
+    assert entry["head"] == "float" and {t["head"] for t in entry["recipes_tried"]} == {"float"}
+    assert _ops(tiny_variants / "fill_mask.int8.onnx").count("Gemm") == 2
+
+
+def _decoder_logits(path: Path, artifact: Path) -> np.ndarray:
+    """The top-10 logits of the graph at `path` for the artifact's tiny probe texts."""
+    from mlm_export.runtime.feeds import control_feeds
+    from mlm_export.runtime.providers import create_session
+
+    from tokenizers import Tokenizer
+
+    session = create_session(str(path), "cpu")
+    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+    encoded = tokenizer.encode_batch(["the [MASK] sat on the mat", "a [MASK] and a [MASK] ."])
+    width = max(len(e.ids) for e in encoded)
+    ids = np.array([e.ids + [0] * (width - len(e.ids)) for e in encoded], dtype=np.int64)
+    mask = np.array([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encoded], dtype=np.int64)
+    names = [i.name for i in session.get_inputs()]
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return session.run(["logits"], {k: v for k, v in feeds.items() if k in names} | control_feeds(names, 10))[0]
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_blockwise_head_quantizes_only_the_decoder(tiny_variants: Path, tmp_path: Path, tied: bool) -> None:
+    vocab = _manifest(tiny_variants)["model"]["vocab_size"]
+    src = tmp_path / "float-head.onnx"
+    model = onnx.load(str(tiny_variants / "fill_mask.int8.onnx"))
+    decoder = next(n for n in model.graph.node if n.op_type == "Gemm" and "decoder" in n.name)
+    table = decoder.input[1]
+    if not tied:  # a model whose decoder has its own copy of the table (tie_word_embeddings=False)
+        copy = onnx.TensorProto()
+        copy.CopyFrom(next(t for t in model.graph.initializer if t.name == table))
+        copy.name = decoder.input[1] = "untied_decoder_weight"
+        model.graph.initializer.append(copy)
+    onnx.save(model, str(src))
+    dst = tmp_path / "int8-head.onnx"
+    blockwise_head(src, dst, vocab)
+    graph = onnx.load(str(dst)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulNBits") == 1 and ops.count("Gemm") == 1  # the head's transform stays float
+    nbits = next(n for n in graph.node if n.op_type == "MatMulNBits")
+    assert list(nbits.output) == list(decoder.output) and nbits.input[5] == decoder.input[2]  # bias kept
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits.attribute}
+    assert attrs["N"] == vocab and attrs["bits"] == 8 and attrs["block_size"] == 32
+    names = {t.name for t in graph.initializer}
+    assert table in names  # the input embedding still reads the float table
+    assert ("untied_decoder_weight" in names) is False  # an untied float decoder is dropped, not kept twice
+    assert decoder_weights(dst, vocab) == 0  # nothing vocabulary-wide left in float
+    before, after = _decoder_logits(src, tiny_variants), _decoder_logits(dst, tiny_variants)
+    assert np.abs(after - before).max() <= 0.02 * np.abs(before).max()
+
+
+def test_no_vocabulary_wide_gemm_is_an_export_error(tiny_variants: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no vocabulary-wide Gemm"):
+        blockwise_head(tiny_variants / "fill_mask.int8.onnx", tmp_path / "x.onnx", vocab_size=7)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_wide_decoder_is_tried_block_wise_and_kept_only_if_it_passes(tiny_dir: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny vocabulary is below the size worth a trial; lowered, the export makes one and records it."""
+    monkeypatch.setattr("mlm_export.build.pipeline.HEAD_BLOCKWISE_MIN_WEIGHTS", 1)
+    out = tmp_path / "wide"
+    result = CliRunner().invoke(main, ["export", str(tiny_dir), "--out", str(out), "--int8", "-q"])
+    assert result.exit_code == 0, result.output
+    entry = _manifest(out)["graphs"]["int8"]
+    _check_cascade(entry)
+    assert entry["recipes_tried"][-1]["head"] == "int8-blockwise"
+    blockwise = entry["head"] == "int8-blockwise"
+    assert _ops(out / "fill_mask.int8.onnx").count("Gemm") == (1 if blockwise else 2)
+    vocab = _manifest(out)["model"]["vocab_size"]
+    assert (decoder_weights(out / "fill_mask.int8.onnx", vocab) == 0) == blockwise
+    assert not list(out.glob("*.head.onnx*"))  # the trial graph is never left beside the artifact
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert f"quantization recipe for int8: {entry['recipe']}, {entry['head']} MLM decoder; tried" in info.stdout
 
 
 def test_a_recipe_can_be_forced_from_the_cli(tiny_dir: Path, tmp_path: Path) -> None:
@@ -179,7 +274,7 @@ def test_a_recipe_can_be_forced_from_the_cli(tiny_dir: Path, tmp_path: Path) -> 
     assert entry["recipe"] == "blockwise" and entry["recipes_tried"] == []  # forced: no cascade
     assert "MatMulInteger" not in _ops(out / entry["file"]) and "MatMulNBits" in _ops(out / entry["file"])
     info = CliRunner().invoke(main, ["info", str(out)])
-    assert "quantization recipe for int8: blockwise (chosen by hand)" in info.stdout
+    assert "quantization recipe for int8: blockwise, float MLM decoder (chosen by hand)" in info.stdout
 
 
 def test_unknown_recipe_is_refused(tiny_dir: Path, tmp_path: Path) -> None:

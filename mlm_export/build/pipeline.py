@@ -31,9 +31,21 @@ from ..verify import (
     choose_probe_set,
 )
 from .fuse import FusionReport, fuse
-from .graph_file import data_path
+from .graph_file import data_path, load_graph, save_graph, uses_external_data
 from .model import load_model, model_facts
-from .precision import INT8_RECIPES, distinct_recipe, find_int8_recipe, fused_op_counts, to_fp16, to_int8
+from .precision import (
+    HEAD_BLOCKWISE,
+    HEAD_BLOCKWISE_MIN_WEIGHTS,
+    HEAD_FLOAT,
+    INT8_RECIPES,
+    blockwise_head,
+    decoder_weights,
+    distinct_recipe,
+    find_int8_recipe,
+    fused_op_counts,
+    to_fp16,
+    to_int8,
+)
 from .source import ResolvedSource, parse_source, require_export_extra, resolve_spec
 from .tokenizer import LoadedTokenizer, load_tokenizer
 from .trace import export_fill_mask, export_logits, graph_io
@@ -228,30 +240,49 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
                                                                             "allow_unfused", "mode")})
     judged: dict[str, GraphParity] = {}
     calibration = harness.calibration_rows()
+    tried: list[dict] = []
+    passed: bool | None = None  # unknown for a named recipe until the final check
     if config.int8_recipe != "auto":
-        to_int8(tmp / fp32.file, path, find_int8_recipe(config.int8_recipe), calibration)
-        entry = replace(entry, recipe=config.int8_recipe)
+        recipe = find_int8_recipe(config.int8_recipe)
+        to_int8(tmp / fp32.file, path, recipe, calibration)
     else:
-        tried = []
-        for candidate in INT8_RECIPES:
-            if not distinct_recipe(tmp / fp32.file, candidate):
-                log.info("int8 recipe %s: the same graph as another recipe here -> skipped", candidate.name)
+        for recipe in INT8_RECIPES:
+            if not distinct_recipe(tmp / fp32.file, recipe):
+                log.info("int8 recipe %s: the same graph as another recipe here -> skipped", recipe.name)
                 continue
-            to_int8(tmp / fp32.file, path, candidate, calibration)
-            parity = harness.check(path, "int8", entry, "cpu")
-            gated = parity.gated.to_dict()
-            tried.append({"recipe": candidate.name, "passed": parity.passed,
-                          "top1_agreement": gated["top1_agreement"], "topk_overlap": gated["topk_overlap"]})
-            log.info("int8 recipe %s: top-1 %.2f%%, top-%d overlap %.2f%% -> %s", candidate.name,
-                     100 * gated["top1_agreement"], parity.tolerance.top_k, 100 * gated["topk_overlap"],
-                     "kept" if parity.passed else "rejected")
-            if parity.passed:
+            to_int8(tmp / fp32.file, path, recipe, calibration)
+            parity = judged["int8"] = harness.check(path, "int8", entry, "cpu")
+            tried.append(_trial(recipe.name, HEAD_FLOAT, parity))
+            passed = parity.passed
+            if passed:
                 break
         # none passing leaves the most accurate recipe in place; the final check then fails the export
-        entry = replace(entry, recipe=tried[-1]["recipe"], recipes_tried=tuple(tried))
-        judged["int8"] = parity
+    head = HEAD_FLOAT
+    if passed is not False and decoder_weights(path, manifest.model.vocab_size) >= HEAD_BLOCKWISE_MIN_WEIGHTS:
+        trial = path.with_name(path.stem + ".head.onnx")
+        try:
+            blockwise_head(path, trial, manifest.model.vocab_size)
+            parity = harness.check(trial, "int8", entry, "cpu")
+            tried.append(_trial(recipe.name, HEAD_BLOCKWISE, parity))
+            if parity.passed:
+                head, judged["int8"] = HEAD_BLOCKWISE, parity
+                save_graph(load_graph(trial), path, uses_external_data(trial))
+        finally:
+            trial.unlink(missing_ok=True)
+            data_path(trial).unlink(missing_ok=True)
+    entry = replace(entry, recipe=recipe.name, head=head, recipes_tried=tuple(tried))
     stored = manifest.graphs["fp32"].weight_bytes or 0
     return _with_variant(manifest, "int8", entry, path, fusion, stored, config), judged
+
+
+def _trial(recipe: str, head: str, parity: GraphParity) -> dict:
+    """One gated int8 attempt, as the manifest's `recipes_tried` lists it (and the log says it)."""
+    gated = parity.gated.to_dict()
+    log.info("int8 recipe %s, %s decoder: top-1 %.2f%%, top-%d overlap %.2f%% -> %s", recipe, head,
+             100 * gated["top1_agreement"], parity.tolerance.top_k, 100 * gated["topk_overlap"],
+             "kept" if parity.passed else "rejected")
+    return {"recipe": recipe, "head": head, "passed": parity.passed,
+            "top1_agreement": gated["top1_agreement"], "topk_overlap": gated["topk_overlap"]}
 
 
 def initializer_bytes(path: Path) -> int:

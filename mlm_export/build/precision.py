@@ -15,8 +15,10 @@ the int8 gate on the artifact's realistic probes (the README's precision section
   of 32 (MatMulNBits, accuracy_level 4). About 1.35x slower than `dynamic` on bert-base.
 - `blockwise`: Attention dynamic per tensor, every other MatMul block-wise. The slowest and the
   most accurate on logits; the previous default.
-The MLM head (two Gemm nodes) and the embedding Gather stay float in every recipe: int8 there is
-where fill-mask accuracy dies. Every int8 graph also has its SkipLayerNormalization nodes split
+The MLM head (two Gemm nodes) and the embedding Gather stay float in every recipe: dynamic int8
+there, one activation scale per tensor, is where fill-mask accuracy dies. Once a recipe is chosen,
+a vocabulary-wide decoder is tried 8-bit block-wise (`blockwise_head`) and kept only if the gate
+still passes: at one mask its float weights are most of the bytes a call reads. Every int8 graph also has its SkipLayerNormalization nodes split
 into Add + LayerNormalization, which ONNX Runtime's CPU provider runs faster.
 """
 
@@ -28,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .._quiet import quiet_onnxruntime_tools
 from ..errors import ConfigError, ExportError
@@ -42,6 +46,10 @@ log = logging.getLogger("mlm_export")
 FP16_KEEP_FLOAT = ["TopK", "ReduceLogSumExp", "Sub", "Exp", "LayerNormalization", "Min", "NonZero"]
 INT8_BLOCK_SIZE = 32  # blocks of 64 and 128 were faster but fell below 99.5% top-1
 GELU_OPS = ("BiasGelu", "Gelu", "FastGelu")
+# A decoder below this many weights reads fast enough in float that one more gate run is not worth it
+# (bert-base: 23.4M, 3.7 ms of a 30 ms call at 1x128 on this repository's CPU).
+HEAD_BLOCKWISE_MIN_WEIGHTS = 1 << 20
+HEAD_FLOAT, HEAD_BLOCKWISE = "float", "int8-blockwise"
 MATMUL_ROLES = ("attention_output", "ffn1", "ffn2", "other")
 
 
@@ -119,7 +127,7 @@ def to_int8(src: Path, dst: Path, recipe: Int8Recipe, calibration: Sequence[Any]
     `calibration`: single-row ProbeBatch objects, for a recipe that picks its block-wise layers by their
     activations (`blockwise_layers`).
     """
-    with stage(f"quantizing {src.name} to int8, recipe {recipe.name} (MLM head stays float)"):
+    with stage(f"quantizing {src.name} to int8, recipe {recipe.name} (MLM head float)"):
         staged = dst.with_name(dst.stem + ".staged.onnx")
         external = uses_external_data(src)
         try:
@@ -274,3 +282,100 @@ def _restore_head(model: Any, names: list[str]) -> None:
     imports = [o for o in model.opset_import if o.domain != _HIDDEN_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(imports)
+
+
+def decoder_weights(path: Path, vocab_size: int) -> int:
+    """Weights of the MLM decoder (the Gemm whose output is vocabulary-wide); 0 without one."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph  # the sizes are in the dims
+    found = _decoder(graph, vocab_size)
+    return 0 if found is None else int(np.prod(found[1].dims))
+
+
+def blockwise_head(src: Path, dst: Path, vocab_size: int) -> None:
+    """Write `src` to `dst` with the MLM decoder as an 8-bit block-wise MatMulNBits.
+
+    Weights get one scale per block of 32 and, at accuracy level 4, so do the activations: unlike
+    per-tensor dynamic int8, that keeps the vocabulary's ranking (the gate decides whether it
+    does). A tied embedding keeps its float table for the input Gather.
+    """
+    from onnx import helper, numpy_helper
+
+    with stage(f"8-bit block-wise MLM decoder -> {dst.name}"):
+        try:
+            model = load_graph(src)
+            found = _decoder(model.graph, vocab_size)
+            if found is None:
+                raise ExportError(f"{src.name} has no vocabulary-wide Gemm to quantize")
+            node, weight = found
+            matrix = numpy_helper.to_array(weight)  # [vocab, hidden] under transB, else [hidden, vocab]
+            packed = _nbits_matmul(np.ascontiguousarray(matrix.T if _attribute(node, "transB", 0) else matrix))
+            inputs = [node.input[0]]
+            for name, tensor in zip(("weight", "scales"), packed[1:]):
+                tensor.name = f"{node.name}/{name}_q8"
+                model.graph.initializer.append(tensor)
+                inputs.append(tensor.name)
+            bias = node.input[2] if len(node.input) > 2 else ""
+            replacement = helper.make_node(
+                "MatMulNBits", inputs + ["", "", bias], list(node.output), name=f"{node.name}/nbits",
+                domain="com.microsoft", **packed[0])
+            nodes = [replacement if n is node else n for n in model.graph.node]
+            del model.graph.node[:]
+            model.graph.node.extend(nodes)
+            if not any(weight.name in n.input for n in nodes):  # untied: the float matrix has no reader left
+                model.graph.initializer.remove(weight)
+            declare_contrib_opset(model)
+            save_graph(model, dst, uses_external_data(src))
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"8-bit block-wise decoder for {src.name} failed: {exc}") from exc
+
+
+def _decoder(graph: Any, vocab_size: int) -> tuple[Any, Any] | None:
+    """The MLM decoder, the graph's last projection, if it is a plain Gemm (alpha = beta = 1, no
+    transA) with a float [vocab, hidden] (transB) or [hidden, vocab] weight; with that weight. None
+    otherwise, an already block-wise decoder included (the head's transform before it can be just as
+    wide where the vocabulary is as small as the hidden size)."""
+    from onnx import TensorProto
+
+    weights = {t.name: t for t in graph.initializer}
+    node = next((n for n in reversed(graph.node) if n.op_type in ("Gemm", "MatMul", "MatMulNBits")), None)
+    weight = weights.get(node.input[1]) if node is not None and node.op_type == "Gemm" else None
+    if (weight is None or weight.data_type != TensorProto.FLOAT or len(weight.dims) != 2
+            or _attribute(node, "alpha", 1.0) != 1.0 or _attribute(node, "beta", 1.0) != 1.0
+            or _attribute(node, "transA", 0)):
+        return None
+    rows = weight.dims[0] if _attribute(node, "transB", 0) else weight.dims[1]
+    return (node, weight) if rows == vocab_size else None
+
+
+def _attribute(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _nbits_matmul(matrix: Any) -> tuple[dict, Any, Any]:
+    """MatMulNBits attributes, packed weight and scales for a float [K, N] matrix, made by ONNX
+    Runtime's own quantizer on a one-node graph (its layout is the kernel's business)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    k, n = matrix.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="decoder")], "decoder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        [numpy_helper.from_array(matrix, "w")])
+    quantizer = MatMulNBitsQuantizer(helper.make_model(graph), bits=8, block_size=INT8_BLOCK_SIZE,
+                                     is_symmetric=True, accuracy_level=4, op_types_to_quantize=("MatMul",))
+    with quiet_onnxruntime_tools():
+        quantizer.process()
+    (node,) = quantizer.model.model.graph.node
+    if node.op_type != "MatMulNBits" or len(node.input) != 3:
+        raise ExportError(f"ONNX Runtime's quantizer made {node.op_type} with inputs {list(node.input)}")
+    tensors = {t.name: t for t in quantizer.model.model.graph.initializer}
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return attributes, tensors[node.input[1]], tensors[node.input[2]]
