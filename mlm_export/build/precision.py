@@ -18,8 +18,9 @@ the int8 gate on the artifact's realistic probes (the README's precision section
 The MLM head (two Gemm nodes) and the embedding Gather stay float in every recipe: dynamic int8
 there, one activation scale per tensor, is where fill-mask accuracy dies. Once a recipe is chosen,
 a vocabulary-wide decoder is tried 8-bit block-wise (`blockwise_head`) and kept only if the gate
-still passes: at one mask its float weights are most of the bytes a call reads. Every int8 graph also has its SkipLayerNormalization nodes split
-into Add + LayerNormalization, which ONNX Runtime's CPU provider runs faster.
+still passes: at one mask its float weights are most of the bytes a call reads. Every int8 graph also
+has its SkipLayerNormalization nodes split into Add + LayerNormalization, which ONNX Runtime's CPU
+provider runs faster.
 """
 
 from __future__ import annotations
