@@ -12,7 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from conftest import fewer_realistic_probes
+from conftest import SPECIALS, WORDS, fewer_realistic_probes
 from mlm_export import ExportError, OnnxMaskFiller, ProviderError
 from mlm_export.artifact import sha256_file
 from mlm_export.manifest import read_manifest
@@ -71,7 +71,7 @@ def test_fp16_keeps_float32_io_and_a_float32_tail(tiny_variants: Path) -> None:
 @pytest.mark.parametrize("recipe", INT8_RECIPES, ids=INT8_RECIPE_NAMES)
 def test_int8_recipes_quantize_encoder_but_not_head(tiny_variants: Path, tmp_path: Path, recipe: Int8Recipe) -> None:
     path = tmp_path / "int8.onnx"
-    to_int8(tiny_variants / "fill_mask.fp32.onnx", path, recipe)
+    to_int8(tiny_variants / "fill_mask.fp32.onnx", path, recipe, _calibration_rows(len(SPECIALS + WORDS)))
     ops = _ops(path)
     layers = _manifest(tiny_variants)["model"]["num_layers"]
     per_role = min(recipe.blockwise_layers, layers) if recipe.blockwise_layers else layers
@@ -88,6 +88,17 @@ def test_int8_recipes_quantize_encoder_but_not_head(tiny_variants: Path, tmp_pat
     assert decoder.input[1].endswith("embeddings.word_embeddings.weight")  # the embedding matrix itself
     assert not [t.name for t in model.graph.initializer if "Transposed" in t.name]
     _assert_layer_norms_stay_split(path, tmp_path, layers)
+
+
+def _calibration_rows(vocab_size: int) -> list:
+    """Six single-row probe batches of random ordinary tokens between [CLS] and [SEP]."""
+    from mlm_export.verify.probes import ProbeBatch
+
+    rows = []
+    for seed in range(6):
+        ids = np.array([[2] + list(np.random.default_rng(seed).integers(5, vocab_size, 10)) + [3]])
+        rows.append(ProbeBatch(ids, np.ones_like(ids), np.zeros_like(ids), f"row {seed}", "test"))
+    return rows
 
 
 def _assert_layer_norms_stay_split(path: Path, tmp_path: Path, layers: int) -> None:
@@ -109,10 +120,9 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
     import torch
     from transformers import BertForMaskedLM
 
-    from conftest import SPECIALS, WORDS, _save_tiny_bert
+    from conftest import _save_tiny_bert
     from mlm_export import export_model
     from mlm_export.build.precision import distinct_recipe, find_int8_recipe
-    from mlm_export.verify.probes import ProbeBatch
 
     vocab = SPECIALS + WORDS
     source = _save_tiny_bert(tmp_path / "four", vocab, len(vocab), seed=3, layers=4)
@@ -127,10 +137,7 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
     fp32 = artifact / "fill_mask.fp32.onnx"
     recipe = find_int8_recipe("dynamic-ffn2-blockwise-top2")
     assert distinct_recipe(fp32, recipe)  # 4 FFN2s, 2 picked: not the same graph as dynamic-ffn2-blockwise
-    rows = []
-    for seed in range(6):
-        ids = np.array([[2] + list(np.random.default_rng(seed).integers(5, len(vocab), 10)) + [3]])
-        rows.append(ProbeBatch(ids, np.ones_like(ids), np.zeros_like(ids), f"row {seed}", "test"))
+    rows = _calibration_rows(len(vocab))
     to_int8(fp32, tmp_path / "int8.onnx", recipe, rows)
     nbits = [n.name for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert sorted(name.split("layer.")[1].split("/")[0] for name in nbits) == ["1", "3"]
@@ -146,6 +153,10 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
     nbits = [n.name for n in onnx.load(str(external / "int8.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert sorted(name.split("layer.")[1].split("/")[0] for name in nbits) == ["1", "3"]
     assert {p.name for p in set(external.iterdir()) - before} == {"int8.onnx", "int8.onnx.data"}
+    # top1: only the heaviest of the two, the channel at GELU(30)
+    to_int8(fp32, tmp_path / "top1.onnx", find_int8_recipe("dynamic-ffn2-blockwise-top1"), rows)
+    nbits = [n.name for n in onnx.load(str(tmp_path / "top1.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert [name.split("layer.")[1].split("/")[0] for name in nbits] == ["1"]
 
 
 def test_top2_is_skipped_where_it_would_equal_ffn2_blockwise(tiny_variants: Path) -> None:
@@ -153,6 +164,7 @@ def test_top2_is_skipped_where_it_would_equal_ffn2_blockwise(tiny_variants: Path
 
     two_layers = tiny_variants / "fill_mask.fp32.onnx"
     assert [r.name for r in INT8_RECIPES if not distinct_recipe(two_layers, r)] == ["dynamic-ffn2-blockwise-top2"]
+    assert distinct_recipe(two_layers, next(r for r in INT8_RECIPES if r.blockwise_layers == 1))  # 1 of 2
 
 
 def test_matmul_roles_follow_the_bert_layer(tiny_variants: Path) -> None:
