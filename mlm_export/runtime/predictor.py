@@ -74,6 +74,7 @@ class OnnxMaskFiller:
         self.max_length: int = manifest.model.max_length
         self.vocab_size: int = manifest.model.vocab_size
         self._specials = frozenset(tok.every_special_id)
+        self._token_strs: dict[int, str] = {}
         missing = [name for name in _OUTPUTS if name not in self.graph.output_names]
         unknown = [name for name in self.graph.input_names if name not in _FEEDS]
         if missing or unknown:
@@ -346,8 +347,15 @@ class OnnxMaskFiller:
         per_row: list[list] = [[] for _ in rows]
         masks = [row.count(self.mask_token_id) for row in rows]
         for b, p, row_scores, row_ids in zip(batch_index, position, scores, token_ids):
-            per_row[b].append([self._candidate(rows[b], int(p), float(s), int(t), with_sequence, masks[b] > 1)
-                               for s, t in zip(row_scores, row_ids)])
+            found = []
+            several = masks[b] > 1
+            for s, t in zip(row_scores.tolist(), row_ids.tolist()):
+                candidate: Candidate = {"score": s, "token": t, "token_str": self._token_str(t)}
+                if with_sequence:  # decode_batch was slower here: its thread pool, for a few short texts
+                    candidate["sequence"] = self.tokenizer.decode(self._filled(rows[b], int(p), t, several),
+                                                                  skip_special_tokens=not several)
+                found.append(candidate)
+            per_row[b].append(found)
         return [found[0] if len(found) == 1 else found for found in per_row]  # one mask: its list alone
 
     def run_graph(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -371,18 +379,19 @@ class OnnxMaskFiller:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def _candidate(self, row: list[int], position: int, score: float, token: int, with_sequence: bool,
-                   several: bool) -> Candidate:
-        candidate: Candidate = {"score": score, "token": token,
-                                "token_str": self.tokenizer.decode([token], skip_special_tokens=False)}
-        if with_sequence:
-            # as the pipeline decodes: padding ids out (a predicted pad too); then one mask, without special
-            # tokens (an unknown character's UNK, a predicted special too); several, with the others, so
-            # that the other masks stay visible (CLS and SEP as well)
-            filled = [token if i == position else t for i, t in enumerate(row)]
-            filled = [t for t in filled if t != self.pad_token_id and (several or t not in self._specials)]
-            candidate["sequence"] = self.tokenizer.decode(filled, skip_special_tokens=not several)
-        return candidate
+    def _token_str(self, token: int) -> str:
+        """A token decoded alone, as the pipeline's token_str; remembered, since top-k ids repeat."""
+        text = self._token_strs.get(token)
+        if text is None:
+            text = self._token_strs[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text
+
+    def _filled(self, row: list[int], position: int, token: int, several: bool) -> list[int]:
+        """The ids the pipeline decodes into `sequence`: padding out (a predicted pad too); with one mask,
+        special tokens out as well (an unknown character's UNK, a predicted special too); with several,
+        the other masks stay visible (CLS and SEP as well, as decode keeps them)."""
+        filled = [token if i == position else t for i, t in enumerate(row)]
+        return [t for t in filled if t != self.pad_token_id and (several or t not in self._specials)]
 
 
 def _open(directory: Path, manifest: Manifest, graph: GraphEntry, providers: Any, threads: int | None) -> Any:
