@@ -187,9 +187,9 @@ def _check_cascade(entry: dict) -> None:
     assert len(head) <= 1 and all(t["recipe"] == entry["recipe"] and t["head"] == "int8-blockwise" for t in head)
     kept = head[0] if head and head[0]["passed"] else tried[-1]
     assert entry["head"] == kept["head"]
-    # the recipe was judged with the model in memory; verify re-judged it on a fresh load
-    assert kept["top1_agreement"] == entry["parity"]["top1_agreement"]
-    assert kept["topk_overlap"] == entry["parity"]["topk_overlap"]
+    # the stored figures are the kept graph's (its logits differ from the other trial's)
+    for key in ("top1_agreement", "topk_overlap", "max_abs_logit"):
+        assert kept[key] == entry["parity"][key]
 
 
 def test_auto_recipe_is_recorded(tiny_variants: Path) -> None:
@@ -258,23 +258,76 @@ def test_no_vocabulary_wide_gemm_is_an_export_error(tiny_variants: Path, tmp_pat
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_a_wide_decoder_is_tried_block_wise_and_kept_only_if_it_passes(tiny_dir: Path, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tiny vocabulary is below the size worth a trial; lowered, the export makes one and records it."""
+def _wide(tiny_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **options: object) -> dict:
+    """An --int8 export of the tiny model with its decoder counted as vocabulary-wide (the real threshold
+    is bert-base-sized), and the int8 entry of its manifest."""
     monkeypatch.setattr("mlm_export.build.pipeline.HEAD_BLOCKWISE_MIN_WEIGHTS", 1)
-    out = tmp_path / "wide"
-    result = CliRunner().invoke(main, ["export", str(tiny_dir), "--out", str(out), "--int8", "-q"])
-    assert result.exit_code == 0, result.output
+    from mlm_export import export_model
+
+    export_model(ExportConfig(str(tiny_dir), out=out, int8=True, **options))  # type: ignore[arg-type]
     entry = _manifest(out)["graphs"]["int8"]
     _check_cascade(entry)
-    assert entry["recipes_tried"][-1]["head"] == "int8-blockwise"
-    blockwise = entry["head"] == "int8-blockwise"
-    assert _ops(out / "fill_mask.int8.onnx").count("Gemm") == (1 if blockwise else 2)
-    vocab = _manifest(out)["model"]["vocab_size"]
-    assert (decoder_weights(out / "fill_mask.int8.onnx", vocab) == 0) == blockwise
     assert not list(out.glob("*.head.onnx*"))  # the trial graph is never left beside the artifact
+    return entry
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-data"])
+def test_a_wide_decoder_is_tried_block_wise_and_kept_when_it_passes(tiny_dir: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    external: bool) -> None:
+    out = tmp_path / "wide"
+    entry = _wide(tiny_dir, out, monkeypatch, external_data_above=0 if external else 2**62)
+    assert entry["head"] == "int8-blockwise" and entry["recipes_tried"][-1]["head"] == "int8-blockwise"
+    ops = _ops(out / "fill_mask.int8.onnx")
+    assert ops.count("Gemm") == 1 and "MatMulNBits" in ops
+    assert decoder_weights(out / "fill_mask.int8.onnx", _manifest(out)["model"]["vocab_size"]) == 0
+    assert entry.get("data_file") == ("fill_mask.int8.onnx.data" if external else None)
+    answers = OnnxMaskFiller.from_pretrained(out, variant="int8")(["the [MASK] sat on the mat ."], top_k=3)
+    assert len(answers) == 3 and all(0 < c["score"] <= 1 for c in answers)
     info = CliRunner().invoke(main, ["info", str(out)])
-    assert f"quantization recipe for int8: {entry['recipe']}, {entry['head']} MLM decoder; tried" in info.stdout
+    assert "quantization recipe for int8: dynamic, int8-blockwise MLM decoder; tried dynamic pass" in info.stdout
+
+
+def test_a_wide_decoder_that_fails_the_gate_stays_float(tiny_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial's decoder scales and bias negated: it ranks the vocabulary upside down, the gate rejects
+    it, and the float graph that passed is what the artifact keeps, with that graph's figures."""
+    def broken(src: Path, dst: Path, vocab_size: int) -> None:
+        blockwise_head(src, dst, vocab_size)
+        model = onnx.load(str(dst))
+        nbits = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
+        for t in model.graph.initializer:
+            if t.name == nbits.input[2]:  # the scales: the decoder's products change sign
+                t.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(t), t.name))
+            if t.name == nbits.input[5]:  # the bias, shared with nothing else here
+                negated = onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(t), "negated_bias")
+        model.graph.initializer.append(negated)
+        nbits.input[5] = "negated_bias"
+        onnx.save(model, str(dst))
+
+    monkeypatch.setattr("mlm_export.build.pipeline.blockwise_head", broken)
+    out = tmp_path / "rejected"
+    entry = _wide(tiny_dir, out, monkeypatch)
+    trial = entry["recipes_tried"][-1]
+    assert trial["head"] == "int8-blockwise" and not trial["passed"] and entry["head"] == "float"
+    ops = _ops(out / "fill_mask.int8.onnx")
+    assert ops.count("Gemm") == 2 and "MatMulNBits" not in ops
+    assert entry["parity"]["max_abs_logit"] == entry["recipes_tried"][-2]["max_abs_logit"] != trial["max_abs_logit"]
+
+
+def test_a_decoder_trial_that_errs_keeps_the_float_decoder(tiny_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    def failing(src: Path, dst: Path, vocab_size: int) -> None:
+        dst.write_bytes(b"half-written")
+        raise ExportError("8-bit block-wise decoder failed: no kernel")
+
+    monkeypatch.setattr("mlm_export.build.pipeline.blockwise_head", failing)
+    out = tmp_path / "erred"
+    with caplog.at_level("WARNING", logger="mlm_export"):
+        entry = _wide(tiny_dir, out, monkeypatch)
+    assert entry["head"] == "float" and {t["head"] for t in entry["recipes_tried"]} == {"float"}
+    assert "its block-wise trial failed (8-bit block-wise decoder failed: no kernel)" in caplog.text
 
 
 def test_a_recipe_can_be_forced_from_the_cli(tiny_dir: Path, tmp_path: Path) -> None:

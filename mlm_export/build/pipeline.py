@@ -227,9 +227,10 @@ def _data_file(graph: Path) -> str | None:
 
 def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
           tmp: Path) -> tuple[Manifest, dict[str, GraphParity]]:
-    """Quantize with the named recipe, or with the fastest one that passes the int8 gate.
+    """Quantize with the named recipe, or with the fastest one that passes the int8 gate, then try that
+    one with a block-wise MLM decoder (`_try_blockwise_head`).
 
-    The gate is the one verify applies, on the same probes and fresh reference; the kept recipe's
+    The gate is the one verify applies, on the same probes and fresh reference; the kept graph's
     figures are returned so they are not computed twice.
     """
     fp32 = manifest.graphs["fp32"]
@@ -240,39 +241,61 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
                                                                             "allow_unfused", "mode")})
     judged: dict[str, GraphParity] = {}
     calibration = harness.calibration_rows()
-    tried: list[dict] = []
-    passed: bool | None = None  # unknown for a named recipe until the final check
-    if config.int8_recipe != "auto":
-        recipe = find_int8_recipe(config.int8_recipe)
-        to_int8(tmp / fp32.file, path, recipe, calibration)
-    else:
-        for recipe in INT8_RECIPES:
-            if not distinct_recipe(tmp / fp32.file, recipe):
-                log.info("int8 recipe %s: the same graph as another recipe here -> skipped", recipe.name)
-                continue
-            to_int8(tmp / fp32.file, path, recipe, calibration)
-            parity = judged["int8"] = harness.check(path, "int8", entry, "cpu")
-            tried.append(_trial(recipe.name, HEAD_FLOAT, parity))
-            passed = parity.passed
-            if passed:
-                break
-        # none passing leaves the most accurate recipe in place; the final check then fails the export
-    head = HEAD_FLOAT
-    if passed is not False and decoder_weights(path, manifest.model.vocab_size) >= HEAD_BLOCKWISE_MIN_WEIGHTS:
-        trial = path.with_name(path.stem + ".head.onnx")
-        try:
-            blockwise_head(path, trial, manifest.model.vocab_size)
-            parity = harness.check(trial, "int8", entry, "cpu")
-            tried.append(_trial(recipe.name, HEAD_BLOCKWISE, parity))
-            if parity.passed:
-                head, judged["int8"] = HEAD_BLOCKWISE, parity
-                save_graph(load_graph(trial), path, uses_external_data(trial))
-        finally:
-            trial.unlink(missing_ok=True)
-            data_path(trial).unlink(missing_ok=True)
-    entry = replace(entry, recipe=recipe.name, head=head, recipes_tried=tuple(tried))
     stored = manifest.graphs["fp32"].weight_bytes or 0
+    if config.int8_recipe != "auto":  # exactly the recipe asked for, decoder float; the final check gates it
+        to_int8(tmp / fp32.file, path, find_int8_recipe(config.int8_recipe), calibration)
+        entry = replace(entry, recipe=config.int8_recipe, head=HEAD_FLOAT)
+        return _with_variant(manifest, "int8", entry, path, fusion, stored, config), judged
+    tried: list[dict] = []
+    built = INT8_RECIPES[0].name  # dynamic: never skipped
+    for recipe in INT8_RECIPES:
+        if not distinct_recipe(tmp / fp32.file, recipe):
+            log.info("int8 recipe %s: the same graph as another recipe here -> skipped", recipe.name)
+            continue
+        to_int8(tmp / fp32.file, path, recipe, calibration)
+        built = recipe.name
+        judged["int8"] = harness.check(path, "int8", entry, "cpu")
+        tried.append(_trial(built, HEAD_FLOAT, judged["int8"]))
+        if judged["int8"].passed:
+            break
+    # none passing leaves the most accurate recipe in place; the final check then fails the export
+    head = HEAD_FLOAT
+    if judged["int8"].passed:
+        head = _try_blockwise_head(path, harness, entry, stored, tried, judged, manifest.model.vocab_size)
+    entry = replace(entry, recipe=built, head=head, recipes_tried=tuple(tried))
     return _with_variant(manifest, "int8", entry, path, fusion, stored, config), judged
+
+
+def _try_blockwise_head(path: Path, harness: ParityHarness, entry: GraphEntry, stored: int, tried: list[dict],
+                        judged: dict[str, GraphParity], vocab_size: int) -> str:
+    """The gated int8 graph at `path` once more with its decoder block-wise; kept only if it passes and
+    stores no more weight bytes than fp32 (a tied table stays float for the input embedding, so a
+    decoder far larger than the encoder could). Anything short of that leaves the float decoder."""
+    weights = decoder_weights(path, vocab_size)
+    if weights < HEAD_BLOCKWISE_MIN_WEIGHTS:
+        log.info("int8: the MLM decoder (%d weights) stays float: below %d, not worth a trial",
+                 weights, HEAD_BLOCKWISE_MIN_WEIGHTS)
+        return HEAD_FLOAT
+    trial = path.with_name(path.stem + ".head.onnx")
+    try:
+        blockwise_head(path, trial, vocab_size)
+        if initializer_bytes(trial) > stored:
+            log.warning("int8: the MLM decoder stays float: block-wise beside the tied float table, the "
+                        "graph would store more weight bytes than fp32")
+            return HEAD_FLOAT
+        parity = harness.check(trial, "int8", entry, "cpu")
+        tried.append(_trial(tried[-1]["recipe"], HEAD_BLOCKWISE, parity))
+        if not parity.passed:
+            return HEAD_FLOAT
+        save_graph(load_graph(trial), path, uses_external_data(trial))
+        judged["int8"] = parity
+        return HEAD_BLOCKWISE
+    except Exception as exc:  # an optional speed-up: the float decoder already passed the gate
+        log.warning("int8: the MLM decoder stays float: its block-wise trial failed (%s)", exc)
+        return HEAD_FLOAT
+    finally:
+        trial.unlink(missing_ok=True)
+        data_path(trial).unlink(missing_ok=True)
 
 
 def _trial(recipe: str, head: str, parity: GraphParity) -> dict:
@@ -280,9 +303,10 @@ def _trial(recipe: str, head: str, parity: GraphParity) -> dict:
     gated = parity.gated.to_dict()
     log.info("int8 recipe %s, %s decoder: top-1 %.2f%%, top-%d overlap %.2f%% -> %s", recipe, head,
              100 * gated["top1_agreement"], parity.tolerance.top_k, 100 * gated["topk_overlap"],
-             "kept" if parity.passed else "rejected")
+             "passed" if parity.passed else "rejected")
     return {"recipe": recipe, "head": head, "passed": parity.passed,
-            "top1_agreement": gated["top1_agreement"], "topk_overlap": gated["topk_overlap"]}
+            "top1_agreement": gated["top1_agreement"], "topk_overlap": gated["topk_overlap"],
+            "max_abs_logit": gated["max_abs_logit"]}
 
 
 def initializer_bytes(path: Path) -> int:

@@ -338,9 +338,10 @@ def blockwise_head(src: Path, dst: Path, vocab_size: int) -> None:
 
 def _decoder(graph: Any, vocab_size: int) -> tuple[Any, Any] | None:
     """The MLM decoder, the graph's last projection, if it is a plain Gemm (alpha = beta = 1, no
-    transA) with a float [vocab, hidden] (transB) or [hidden, vocab] weight; with that weight. None
-    otherwise, an already block-wise decoder included (the head's transform before it can be just as
-    wide where the vocabulary is as small as the hidden size)."""
+    transA) with a float [vocab, hidden] (transB) or [hidden, vocab] weight and no bias or a [vocab]
+    one (what MatMulNBits takes); with that weight. None otherwise, an already block-wise decoder
+    included (the head's transform before it can be just as wide where the vocabulary is as small
+    as the hidden size)."""
     from onnx import TensorProto
 
     weights = {t.name: t for t in graph.initializer}
@@ -351,6 +352,9 @@ def _decoder(graph: Any, vocab_size: int) -> tuple[Any, Any] | None:
             or _attribute(node, "transA", 0)):
         return None
     rows = weight.dims[0] if _attribute(node, "transB", 0) else weight.dims[1]
+    bias = weights.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if len(node.input) > 2 and node.input[2] and (bias is None or list(bias.dims) != [vocab_size]):
+        return None
     return (node, weight) if rows == vocab_size else None
 
 
