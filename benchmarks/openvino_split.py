@@ -37,13 +37,15 @@ class SplitSession:
     """The encoder (up to the masked rows' hidden states) and the head as two OpenVINO models, behind the
     session interface the parity harness uses."""
 
-    def __init__(self, encoder: Path, head: Path, cut: str, threads: int, head_precision: str = "f32") -> None:
+    def __init__(self, encoder: Path, head: Path, cut: str, threads: int, encoder_precision: str = "bf16",
+                 head_precision: str = "f32") -> None:
         import openvino as ov
 
         core = ov.Core()
         self.cut = cut
         self.encoder = core.compile_model(core.read_model(str(encoder)), "CPU", {
-            "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+            "INFERENCE_PRECISION_HINT": encoder_precision, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads})
         self.head = core.compile_model(core.read_model(str(head)), "CPU", {
             "INFERENCE_PRECISION_HINT": head_precision, "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads})
