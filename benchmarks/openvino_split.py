@@ -23,71 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import wait_idle  # benchmarks/harness.py, beside this script
+from harness import OUTPUTS, SplitSession, split_graph, wait_idle  # benchmarks/harness.py, beside this script
 from latency import feeds  # benchmarks/latency.py, beside this script
 from mlm_export.manifest import read_manifest
 from mlm_export.runtime.providers import create_session
-
-ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-HEAD_CONTROLS = ("target_ids", "exclude_special", "top_k")
-OUTPUTS = ("mask_batch_index", "mask_position", "scores", "token_ids", "logits", "target_log_probs")
-
-
-class SplitSession:
-    """The encoder (up to the masked rows' hidden states) and the head as two OpenVINO models, behind the
-    session interface the parity harness uses."""
-
-    def __init__(self, encoder: Path, head: Path, cut: str, threads: int, encoder_precision: str = "bf16",
-                 head_precision: str = "f32") -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        self.cut = cut
-        self.encoder = core.compile_model(core.read_model(str(encoder)), "CPU", {
-            "INFERENCE_PRECISION_HINT": encoder_precision, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": threads})
-        self.head = core.compile_model(core.read_model(str(head)), "CPU", {
-            "INFERENCE_PRECISION_HINT": head_precision, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": threads})
-        self.encoder_request, self.head_request = self.encoder.create_infer_request(), self.head.create_infer_request()
-        self.encoder_inputs = [p.get_any_name() for p in self.encoder.inputs]
-
-    def get_providers(self) -> list[str]:
-        return ["OpenVINO (bf16 encoder, f32 head)"]
-
-    def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        found = {p.get_any_name(): np.array(v) for p, v in
-                 self.encoder_request.infer({k: feed[k] for k in self.encoder_inputs}).items()}
-        head_feed = {self.cut: found[self.cut]} | {k: feed[k] for k in HEAD_CONTROLS}
-        found |= {p.get_any_name(): np.array(v) for p, v in self.head_request.infer(head_feed).items()}
-        return [found[name] for name in (names or OUTPUTS)]
-
-
-def split_graph(artifact: Path, work: Path) -> tuple[Path, Path, Path, str]:
-    """The unfused fill-mask graph of the artifact's source model, and its encoder and head parts."""
-    import onnx
-    from onnx.utils import extract_model
-
-    from mlm_export.build.model import load_model
-    from mlm_export.build.source import SourceSpec, resolve_spec
-    from mlm_export.build.trace import export_fill_mask
-
-    manifest = read_manifest(artifact)
-    source = resolve_spec(SourceSpec(manifest.source.kind, manifest.source.location, manifest.source.revision))
-    whole = work / "fill_mask.unfused.onnx"
-    export_fill_mask(load_model(source), source.family, whole, manifest.opset, manifest.tokenizer.mask_token_id,
-                     tuple(manifest.tokenizer.every_special_id))
-    graph = onnx.load(str(whole), load_external_data=False).graph
-    first_gemm = next((n for n in graph.node if n.op_type == "Gemm"), None)
-    if first_gemm is None:
-        raise SystemExit("no Gemm in the unfused fill-mask graph: this family's head is cut elsewhere")
-    cut = first_gemm.input[0]
-    names = [i.name for i in graph.input]
-    encoder, head = work / "encoder.onnx", work / "head.onnx"
-    extract_model(str(whole), str(encoder), [n for n in names if n in ENCODER_INPUTS],
-                  ["mask_batch_index", "mask_position", cut])
-    extract_model(str(whole), str(head), [cut, *HEAD_CONTROLS], list(OUTPUTS[2:]))
-    return whole, encoder, head, cut
 
 
 def gate(artifact: Path, sessions: dict[str, Any]) -> dict[str, dict]:
