@@ -14,7 +14,8 @@ from mlm_export.cli import main
 
 SMALL = (Workload("1x8", 1, 8, 1, rounds=1), Workload("4x16", 4, 16, 2, rounds=1),
          Workload("mixed", 3, 24, 1, rounds=1, mixed=True))
-SYSTEMS = ("transformers-fp32", "openvino-bf16", "mlm-export-fp32", "mlm-export-int8", "ort-session-int8")
+SYSTEMS = ("transformers-fp32", "openvino-bf16", "mlm-export-fp32", "mlm-export-int8", "ort-session-int8",
+           "mlm-export-openvino-split")
 
 
 @pytest.fixture(scope="module")
