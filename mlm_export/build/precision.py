@@ -311,7 +311,7 @@ def blockwise_head(src: Path, dst: Path, vocab_size: int) -> None:
             found = _decoder(model.graph, vocab_size)
             if found is None:
                 raise ExportError(f"{src.name} has no vocabulary-wide Gemm to quantize")
-            node, weight = found
+            node, weight, bias = found
             matrix = numpy_helper.to_array(weight)  # [vocab, hidden] under transB, else [hidden, vocab]
             packed = _nbits_matmul(np.ascontiguousarray(matrix.T if _attribute(node, "transB", 0) else matrix))
             inputs = [node.input[0]]
@@ -319,7 +319,6 @@ def blockwise_head(src: Path, dst: Path, vocab_size: int) -> None:
                 tensor.name = f"{node.name}/{name}_q8"
                 model.graph.initializer.append(tensor)
                 inputs.append(tensor.name)
-            bias = node.input[2] if len(node.input) > 2 else ""
             replacement = helper.make_node(
                 "MatMulNBits", inputs + ["", "", bias], list(node.output), name=f"{node.name}/nbits",
                 domain="com.microsoft", **packed[0])
@@ -336,26 +335,26 @@ def blockwise_head(src: Path, dst: Path, vocab_size: int) -> None:
             raise ExportError(f"8-bit block-wise decoder for {src.name} failed: {exc}") from exc
 
 
-def _decoder(graph: Any, vocab_size: int) -> tuple[Any, Any] | None:
+def _decoder(graph: Any, vocab_size: int) -> tuple[Any, Any, str] | None:
     """The MLM decoder, the graph's last projection, if it is a plain Gemm (alpha = beta = 1, no
     transA) with a float [vocab, hidden] (transB) or [hidden, vocab] weight and no bias or a [vocab]
-    one (what MatMulNBits takes); with that weight. None otherwise, an already block-wise decoder
-    included (the head's transform before it can be just as wide where the vocabulary is as small
-    as the hidden size)."""
+    one (what MatMulNBits takes); with that weight and the bias's name ("" for none). None otherwise,
+    an already block-wise decoder included (the head's transform before it can be just as wide where
+    the vocabulary is as small as the hidden size)."""
     from onnx import TensorProto
 
     weights = {t.name: t for t in graph.initializer}
     node = next((n for n in reversed(graph.node) if n.op_type in ("Gemm", "MatMul", "MatMulNBits")), None)
     weight = weights.get(node.input[1]) if node is not None and node.op_type == "Gemm" else None
-    if (weight is None or weight.data_type != TensorProto.FLOAT or len(weight.dims) != 2
+    if (node is None or weight is None or weight.data_type != TensorProto.FLOAT or len(weight.dims) != 2
             or _attribute(node, "alpha", 1.0) != 1.0 or _attribute(node, "beta", 1.0) != 1.0
             or _attribute(node, "transA", 0)):
         return None
     rows = weight.dims[0] if _attribute(node, "transB", 0) else weight.dims[1]
-    bias = weights.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if len(node.input) > 2 and node.input[2] and (bias is None or list(bias.dims) != [vocab_size]):
+    bias = node.input[2] if len(node.input) > 2 else ""
+    if rows != vocab_size or (bias and list(getattr(weights.get(bias), "dims", ())) != [vocab_size]):
         return None
-    return (node, weight) if rows == vocab_size else None
+    return node, weight, bias
 
 
 def _attribute(node: Any, name: str, default: Any) -> Any:
