@@ -60,8 +60,9 @@ def main() -> None:
     manifest = read_manifest(args.artifact)
     variants = [n for n, g in manifest.graphs.items() if g.form == "fill-mask"
                 and not (args.providers == "cuda" and n == "int8")]
-    fillers = {v: OnnxMaskFiller.from_pretrained(args.artifact, variant=v, providers=args.providers,
-                                                 threads=args.threads) for v in variants}
+    fillers = {v: OnnxMaskFiller.from_pretrained(args.artifact, variant=v, threads=args.threads,
+                                                 providers="openvino" if v == "bf16" else args.providers)
+               for v in variants}
     # the predictor's own path (IO binding on CUDA) for the variants, bare sessions for the recipes
     runners = {v: functools.partial(f.run_graph, ["scores", "token_ids"]) for v, f in fillers.items()}
     sizes = {v: manifest.files[manifest.graphs[v].file].size for v in variants}

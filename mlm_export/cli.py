@@ -217,6 +217,9 @@ def main() -> None:
 @click.option("--int8-recipe", type=click.Choice(("auto",) + INT8_RECIPE_NAMES), default="auto",
               show_default=True,
               help="int8 quantization recipe (implies --int8); auto keeps the fastest that passes the gate.")
+@click.option("--bf16", is_flag=True,
+              help="Add a bf16 variant for OpenVINO (predict --providers openvino): encoder in bf16, MLM head in "
+                   "float32. Needs the openvino extra and a CPU with AVX-512 BF16 or AMX.")
 @click.option("--allow-unfused", is_flag=True,
               help="Export even if attention did not fuse in every layer (recorded in the manifest).")
 @click.option("--probe-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -224,8 +227,8 @@ def main() -> None:
 @common_options
 @quiet_option
 def export_command(model: str, out: Path | None, force: bool, revision: str | None, opset: int,
-                   fp16: bool, int8: bool, int8_recipe: str, allow_unfused: bool, probe_file: Path | None,
-                   as_json: bool, quiet: bool) -> None:
+                   fp16: bool, int8: bool, int8_recipe: str, bf16: bool, allow_unfused: bool,
+                   probe_file: Path | None, as_json: bool, quiet: bool) -> None:
     """Export MODEL, fuse it, verify every graph against PyTorch, and write the artifact."""
     from .build.pipeline import export_model
     from .config import ExportConfig
@@ -233,7 +236,7 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 
     config = ExportConfig(model=model, out=out, revision=revision, force=force,
                           allow_unfused=allow_unfused, opset=opset, fp16=fp16,
-                          int8=int8 or int8_recipe != "auto", int8_recipe=int8_recipe,
+                          int8=int8 or int8_recipe != "auto", int8_recipe=int8_recipe, bf16=bf16,
                           probe_texts=tuple(read_probe_file(probe_file)) if probe_file else ())
     result = export_model(config)
     _out().result("export", {"path": str(result.path), "manifest": result.manifest.to_dict()},
@@ -245,7 +248,8 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 @click.option("--source", help="Model to compare against, if not the one recorded in the manifest.")
 @click.option("--probe-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Realistic probe texts, one per line (UTF-8), used instead of the packaged set.")
-@click.option("--providers", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--providers", default="cpu", show_default=True,
+              help="cpu, cuda or auto (int8 is judged on the CPU, bf16 on OpenVINO, whatever this says).")
 @click.option("--key", type=key_file, help="Public key: require a valid signature of the manifest.")
 @common_options
 @quiet_option
@@ -268,7 +272,8 @@ def verify_command(directory: Path, source: str | None, probe_file: Path | None,
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--top-k", "-k", type=click.IntRange(1, None), default=5, show_default=True)
 @click.option("--variant", help="Graph variant (e.g. fp32); default: best for the provider.")
-@click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--providers", default="auto", show_default=True,
+              help="auto, cpu, cuda, or openvino (runs the bf16 variant).")
 @click.option("--threads", type=click.IntRange(1, max_threads()),
               help="ONNX Runtime intra-op threads (1 to 4 x the CPUs this process may use).")
 @click.option("--no-sequence", is_flag=True, help="Leave out each candidate's filled-in sequence.")
@@ -310,7 +315,8 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
               help="Softmax over the vocabulary without its special tokens (AntiBERTy's convention).")
 @click.option("--per-token", is_flag=True, help="Add each scored token's log-probability.")
 @click.option("--variant", help="Graph variant (e.g. int8); default: best for the provider.")
-@click.option("--providers", default="auto", show_default=True, help="auto, cpu or cuda (local engine).")
+@click.option("--providers", default="auto", show_default=True,
+              help="auto, cpu, cuda, or openvino (the bf16 variant; local engine).")
 @click.option("--threads", type=click.IntRange(1, max_threads()),
               help="ONNX Runtime intra-op threads (per actor with --engine ray).")
 @click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True,
@@ -445,8 +451,13 @@ def info_command(directory: Path, as_json: bool) -> None:
         f"{name} " + ", ".join(filter(None, [
             (f"max|Δlogit|<={t.max_abs_logit:g}" + (f" or {t.max_rel_logit:g}x max|logit|" if t.max_rel_logit else ""))
             if t.max_abs_logit is not None else "",
-            f"top1>={t.min_top1_agreement:.1%}", f"top{t.top_k}-overlap>={t.min_topk_overlap:.0%}"]))
+            f"top1>={t.min_top1_agreement:.1%}", f"top{t.top_k}-overlap>={t.min_topk_overlap:.0%}",
+            f"max|Δprob|<={t.max_abs_prob:g}" if t.max_abs_prob is not None else ""]))
         for name, t in ((name, g.tolerance) for name, g in manifest.graphs.items())))
+    bf16 = manifest.graphs.get("bf16")
+    if bf16 and bf16.head_input:
+        lines.append(f"  bf16 runs on OpenVINO (--providers openvino): the encoder in bf16, the MLM head in float32 "
+                     f"from {bf16.head_input}")
     int8 = manifest.graphs.get("int8")
     if int8 and int8.recipe:
         tried = ", ".join(f"{t['recipe']}{' + int8-blockwise decoder' if t.get('head') == 'int8-blockwise' else ''} "

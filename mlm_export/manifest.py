@@ -39,6 +39,9 @@ class Tolerance:
     # float32 rounding grows with the logits' scale (and with depth): the allowed difference is
     # max(max_abs_logit, max_rel_logit x the largest |logit| PyTorch gave at the probes)
     max_rel_logit: float | None = None
+    # reduced precisions: the largest |Δ probability| at the graph's top-k, a bound far above what rounding
+    # moves (AntiBERTy int8: 0.05) that a mis-normalized softmax (0.98) does not pass
+    max_abs_prob: float | None = None
     min_top1_agreement: float = 1.0
     min_topk_overlap: float = 1.0
     top_k: int = 5
@@ -130,7 +133,7 @@ class TokenizerInfo:
 class GraphEntry:
     file: str
     form: str       # "logits" | "fill-mask"
-    precision: str  # "fp32" | "fp16" | "int8"
+    precision: str  # "fp32" | "fp16" | "int8" | "bf16"
     family: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -142,6 +145,7 @@ class GraphEntry:
     recipes_tried: tuple[dict, ...] = ()
     data_file: str | None = None  # the graph's weights, when they are kept in ONNX external data
     head: str | None = None      # int8 only: the MLM decoder, "float" or "int8-blockwise"
+    head_input: str | None = None  # bf16 only: the tensor where the float32 head begins (runtime.openvino)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -164,6 +168,8 @@ class GraphEntry:
             data["recipes_tried"] = list(self.recipes_tried)
         if self.head is not None:
             data["head"] = self.head
+        if self.head_input is not None:
+            data["head_input"] = self.head_input
         return data
 
     @classmethod
@@ -173,7 +179,7 @@ class GraphEntry:
                    tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
                    Tolerance.from_dict(data["tolerance"]), data.get("fusion"), data.get("parity"),
                    data.get("weight_bytes"), data.get("recipe"), tuple(data.get("recipes_tried") or ()),
-                   data.get("data_file"), data.get("head"))
+                   data.get("data_file"), data.get("head"), data.get("head_input"))
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,14 @@ def select_variant(manifest: Manifest, variant: str | None) -> str:
 
 
 def instance_kind(graph: GraphEntry, variant: str, device: str) -> str:
-    """Triton's instance kind for `device`; int8 is refused on GPU, where its int8 ops run on the CPU."""
+    """Triton's instance kind for `device`; int8 is refused on GPU, where its int8 ops run on the CPU, and
+    bf16 everywhere, since only OpenVINO runs it as built."""
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if graph.precision == "bf16":
+        raise InputError(f"variant {variant!r} is bf16, which is OpenVINO's (encoder in bf16, head in float32): "
+                         "Triton's onnxruntime backend would run it whole in float32, unfused and slower than "
+                         "fp32. Serve variant int8 or fp32, or use OnnxMaskFiller(providers='openvino')")
     if device == "gpu" and (graph.precision == "int8" or variant == "int8"):
         raise InputError(f"variant {variant!r} is int8, which is for CPU instances: ONNX Runtime's CUDA "
                          "provider runs its int8 ops on the CPU, copying every tensor back and forth. "

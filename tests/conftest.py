@@ -168,8 +168,11 @@ def english_artifact(english_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def antiberty_export(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from mlm_export import ExportConfig, export_model
 
+    from mlm_export.runtime.openvino import cpu_has_bf16
+
+    # bf16 where the CPU computes in it (the export refuses elsewhere: tests/test_openvino.py)
     return export_model(ExportConfig("antiberty", out=tmp_path_factory.mktemp("artifacts") / "antiberty",
-                                     fp16=True, int8=True))
+                                     fp16=True, int8=True, bf16=cpu_has_bf16()))
 
 
 @pytest.fixture(scope="session")

@@ -396,16 +396,42 @@ def test_io_binding_path_gives_the_same_answers(tiny_variants: Path) -> None:
     assert bound(texts, top_k=3) == plain(texts, top_k=3)
 
 
+def test_mis_normalized_probabilities_fail_a_reduced_precision_gate(tiny_variants: Path, tmp_path: Path) -> None:
+    """Top-k ids and logits can be right while every probability is wrong (a softmax normalized over the
+    wrong axis): the reduced-precision gates bound |Δ probability| too, and verify exits 3."""
+    artifact = Path(shutil.copytree(tiny_variants, tmp_path / "tiny"))
+    graph_path = artifact / "fill_mask.int8.onnx"
+    model = onnx.load(str(graph_path))
+    scores = next(o for o in model.graph.output if o.name == "scores")
+    for node in model.graph.node:  # the producer of `scores` now writes half of it
+        node.output[:] = ["scores_whole" if name == "scores" else name for name in node.output]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"))
+    model.graph.node.append(onnx.helper.make_node("Mul", ["scores_whole", "half"], [scores.name]))
+    onnx.save(model, str(graph_path))
+    manifest = _manifest(artifact)
+    manifest["graphs"] = {"int8": manifest["graphs"]["int8"]}
+    manifest["files"][graph_path.name] = {"sha256": sha256_file(graph_path), "size": graph_path.stat().st_size}
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["verify", str(artifact), "--json", "-q"])
+    assert result.exit_code == 3, result.output
+    report = json.loads(result.stdout)["error"]["report"]["graphs"]["int8"]
+    assert report["top1_agreement"] == 1.0  # the ranking is untouched
+    assert any("Δ probability" in f for f in report["failures"]), report["failures"]
+
+
 # --- the real trained head: gates that mean something ---------------------------------------
 
 def test_antiberty_variants_pass_their_gates_on_antibodies(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+    from mlm_export.runtime.openvino import cpu_has_bf16
+
     manifest = antiberty_export.manifest.to_dict()
     assert manifest["probe_set"] == "antibody"
-    for name in ("fp16", "int8"):
+    for name in ("fp16", "int8") + (("bf16",) if cpu_has_bf16() else ()):
         parity = manifest["graphs"][name]["parity"]
         assert parity["passed"], parity["failures"]
         assert parity["gated_on"] == "antibody" and parity["masked_positions"] >= 300
         assert parity["top1_agreement"] >= 0.995 and parity["topk_overlap"] >= 0.99
+        assert parity["max_abs_prob"] <= 0.25
     _check_cascade(manifest["graphs"]["int8"])
     files = manifest["files"]
     assert files["fill_mask.int8.onnx"]["size"] <= 0.30 * files["fill_mask.fp32.onnx"]["size"]

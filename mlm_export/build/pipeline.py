@@ -17,9 +17,10 @@ from typing import Any
 
 from ..artifact import file_entries
 from ..config import LOGITS_TOLERANCE, TOLERANCES, ExportConfig
-from ..errors import ExportError, ParityError
+from ..errors import ExportError, ParityError, ProviderError
 from ..manifest import GraphEntry, Manifest, ModelInfo, SourceInfo, TokenizerInfo, write_manifest
 from ..progress import stage
+from ..runtime.openvino import cpu_has_bf16
 from ..staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
 from ..verify import (
     ARTIFACT_PROBES,
@@ -29,6 +30,7 @@ from ..verify import (
     ProbeSpec,
     VerifyReport,
     choose_probe_set,
+    runtime_of,
 )
 from .fuse import FusionReport, fuse
 from .graph_file import data_path, load_graph, save_graph, uses_external_data
@@ -48,6 +50,7 @@ from .precision import (
 )
 from .source import ResolvedSource, parse_source, require_export_extra, resolve_spec
 from .tokenizer import LoadedTokenizer, load_tokenizer
+from .portable import check_openvino_reads, write_portable
 from .trace import export_fill_mask, export_logits, graph_io
 
 log = logging.getLogger("mlm_export")
@@ -81,6 +84,8 @@ def export_model(config: ExportConfig) -> ExportResult:
     runs before the model is loaded; an interruption or failure at any stage leaves nothing behind.
     """
     require_export_extra()
+    if config.bf16:
+        require_bf16_runtime()
     spec = parse_source(config.model, config.revision)
     out = Path(config.out) if config.out else Path("models") / spec.default_name
     local = [Path(spec.location)] if spec.kind == "local" else []
@@ -105,16 +110,29 @@ def export_model(config: ExportConfig) -> ExportResult:
         judged: dict[str, GraphParity] = {}  # the int8 search already judged the graph it kept
         if config.int8:
             manifest, judged = _int8(manifest, harness, config, tmp)
+        if config.bf16:
+            bf16 = manifest.graphs["bf16"]
+            with stage(f"checking that OpenVINO reads {bf16.file} as ONNX Runtime does (float32)"):
+                check_openvino_reads(tmp / bf16.file, bf16.head_input or "", bf16.input_names,
+                                     [b for b in harness.batches if b.probe_set == "shapes"][:3])
         manifest = replace(manifest, files=file_entries(tmp))
         report = VerifyReport(str(tmp), [])
         for name, entry in manifest.graphs.items():
-            report.graphs.append(judged.get(name) or harness.check(tmp / entry.file, name, entry, "cpu"))
+            report.graphs.append(judged.get(name) or harness.check(tmp / entry.file, name, entry, runtime_of(entry)))
             manifest = manifest.with_graph(name, parity=report.graphs[-1].to_dict())
         if not report.passed:
             raise ParityError("parity check failed; nothing was written\n" + report.summary(), report)
         write_manifest(tmp, manifest)
     log.info("wrote %s", out)
     return ExportResult(out, manifest, replace(report, artifact=str(out)))
+
+
+def require_bf16_runtime() -> None:
+    """--bf16 is judged on OpenVINO in bf16: refuse before any slow work where that cannot happen."""
+    if not cpu_has_bf16():
+        raise ProviderError("--bf16 needs a CPU that computes in bf16 (AVX-512 BF16 or AMX), so that its gate "
+                            "judges what it will run; OpenVINO finds neither here. Export the bf16 variant on "
+                            "such a CPU, or leave out --bf16")
 
 
 def _release_memory() -> None:
@@ -132,9 +150,9 @@ def disk_needed(source: ResolvedSource, config: ExportConfig) -> int:
 
     The logits form and the fused fp32 graph (P each), and the fused graph's unfused input (P) are
     on disk together, with 0.3 P of slack; fp16 adds 0.5 P; int8 adds its graph and the quantizer's
-    full-size intermediate (1.5 P).
+    full-size intermediate (1.5 P); bf16 keeps the unfused graph (P).
     """
-    factor = 3.3 + (0.5 if config.fp16 else 0.0) + (1.5 if config.int8 else 0.0)
+    factor = 3.3 + (0.5 if config.fp16 else 0.0) + (1.5 if config.int8 else 0.0) + (1.0 if config.bf16 else 0.0)
     return int(source.float32_weight_bytes * factor) + 32 * 1024 * 1024
 
 
@@ -170,6 +188,8 @@ def _build(traced: _Traced, tokens: LoadedTokenizer, source: ResolvedSource, con
     fp32 = tmp / FILL_MASK_FILE.format(precision="fp32")
     fusion = fuse(raw, fp32, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
                   num_layers=cfg.num_hidden_layers, mode=family.attention, allow_unfused=config.allow_unfused)
+    bf16 = tmp / FILL_MASK_FILE.format(precision="bf16")
+    head_input = write_portable(raw, bf16) if config.bf16 else None  # OpenVINO's variant: standard ONNX ops
     shutil.rmtree(work)
     _release_memory()  # fusion's copies of the graph, before the fp16 conversion makes its own
 
@@ -205,6 +225,10 @@ def _build(traced: _Traced, tokens: LoadedTokenizer, source: ResolvedSource, con
             to_fp16(fp32, path)
         entry = GraphEntry(path.name, "fill-mask", precision, family.name, *fill_io, TOLERANCES[precision])
         manifest = _with_variant(manifest, precision, entry, path, fusion, stored, config)
+    if config.bf16:
+        entry = GraphEntry(bf16.name, "fill-mask", "bf16", family.name, fill_io[0], fill_io[1], TOLERANCES["bf16"],
+                           head_input=head_input)
+        manifest = _with_variant(manifest, "bf16", entry, bf16, fusion, stored, config)
     return manifest
 
 
@@ -212,11 +236,15 @@ def _with_variant(manifest: Manifest, precision: str, entry: GraphEntry, path: P
                   stored: int, config: ExportConfig) -> Manifest:
     """Add a fill-mask variant with its fused-op counts, after checking that no weight was duplicated."""
     weight_bytes = initializer_bytes(path)
-    if weight_bytes > stored:
+    # bf16 is the unfused graph, as traced: it keeps small constants that fusion folds, so it is held to
+    # the traced logits form's bound instead
+    limit = TIED_WEIGHT_SLACK * stored if precision == "bf16" else stored
+    if weight_bytes > limit:
         raise ExportError(f"{path.name} stores more weight bytes ({weight_bytes}) than the fp32 "
                           f"graph ({stored}): a tensor was duplicated during conversion")
     counts = FusionReport(fused_op_counts(path), fusion.expected_attention, config.allow_unfused, fusion.mode)
-    fused = (fusion if precision == "fp32" else counts).to_dict()
+    # bf16 is unfused on purpose (OpenVINO fuses it itself): no fusion counts to show
+    fused = None if precision == "bf16" else (fusion if precision == "fp32" else counts).to_dict()
     return replace(manifest, graphs=manifest.graphs | {precision: replace(
         entry, fusion=fused, weight_bytes=weight_bytes, data_file=_data_file(path))})
 

@@ -19,15 +19,17 @@ from ..artifact import checked_bytes, checked_file, present_graphs, refuse_left_
 from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import GraphEntry, Manifest, read_manifest
 from .feeds import CONTROL_INPUTS, control_feeds
+from .openvino import INSTALL_HINT, OPENVINO
 from .providers import CUDA, check_threads, create_session, requested_providers
 
 if TYPE_CHECKING:
     from .scoring import PLLScore
 
 # Best variant first, per provider. int8 is never picked for CUDA: its int8 ops fall back to the
-# CPU there, an order of magnitude slower.
+# CPU there, an order of magnitude slower. bf16 is OpenVINO's, and the only variant OpenVINO can read.
 _PREFERENCE = {"CPUExecutionProvider": ("int8", "fp32", "fp16"),
-               CUDA: ("fp16", "fp32")}
+               CUDA: ("fp16", "fp32"),
+               OPENVINO: ("bf16",)}
 _OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids"]
 _FEEDS = {"input_ids", "attention_mask", "token_type_ids", *CONTROL_INPUTS}  # what _run can build
 
@@ -67,6 +69,8 @@ class OnnxMaskFiller:
         # IO binding hands inputs to the device once and lets ONNX Runtime allocate the outputs;
         # on the CPU it gains nothing, so by default it is used on CUDA only.
         self.io_binding = self.provider == CUDA if io_binding is None else io_binding
+        if self.io_binding and self.provider == OPENVINO:
+            raise InputError("io_binding is ONNX Runtime's; OpenVINO (the bf16 variant) has none: leave it unset")
         tok = manifest.tokenizer
         self.mask_token: str = tok.mask_token
         self.mask_token_id: int = tok.mask_token_id
@@ -121,6 +125,11 @@ class OnnxMaskFiller:
         # The session and the tokenizer load the very bytes that were hashed: a file swapped on
         # disk between the check and the load cannot slip in.
         first = variant or _pick(variants, primary)
+        if (first == "bf16") != (primary == OPENVINO):
+            raise ProviderError(
+                f"the bf16 variant runs on OpenVINO: pass providers='openvino' ({INSTALL_HINT})" if first == "bf16"
+                else f"providers='openvino' runs the bf16 variant (the other graphs hold ONNX Runtime's own ops), "
+                     f"and {directory} has {', '.join(sorted(variants))}: export with --bf16")
         session = _open(directory, manifest, variants[first], providers, threads)
         landed = session.get_providers()[0]
         if variant is None and _pick(variants, landed) != first:
@@ -400,11 +409,11 @@ def _open(directory: Path, manifest: Manifest, graph: GraphEntry, providers: Any
     matched their sha256."""
     if graph.data_file is None:
         with verified_path(directory, manifest, graph.file) as path:
-            session = create_session(path, providers, threads)
+            session = create_session(path, providers, threads, graph.head_input)
     else:  # two files: hashed, loaded by path, and refused if either changed meanwhile
         paths = [checked_file(directory, manifest, graph.data_file), checked_file(directory, manifest, graph.file)]
         before = [_stamp(p) for p in paths]
-        session = create_session(str(paths[1]), providers, threads)
+        session = create_session(str(paths[1]), providers, threads, graph.head_input)
         if [_stamp(p) for p in paths] != before:
             raise IntegrityError(f"{directory / graph.file} or its data changed while it was being loaded; "
                                  "load it again")

@@ -1,6 +1,7 @@
 """Execution-provider resolution shared by the predictor and `verify`; torch-free.
 
-A CUDA request that ends on the CPU is an error, never a silent fallback.
+A CUDA request that ends on the CPU is an error, never a silent fallback. `"openvino"` is not an ONNX
+Runtime provider: it opens the graph with OpenVINO (`runtime.openvino`), for the bf16 variant.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from collections.abc import Sequence
 
 from ..errors import InputError, ProviderError
+from .openvino import OPENVINO, OpenVINOSession, openvino_module
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -100,7 +102,10 @@ def check_threads(threads: object) -> None:
 
 
 def requested_providers(spec: str | Sequence[str]) -> list[str]:
-    """Translate "auto" | "cpu" | "cuda" | explicit list into ONNX Runtime provider names."""
+    """Translate "auto" | "cpu" | "cuda" | "openvino" | explicit list into provider names."""
+    if isinstance(spec, str) and spec.lower() == "openvino":
+        openvino_module()  # installed, or a ProviderError that says how
+        return [OPENVINO]
     ort = _ort()
     available = ort.get_available_providers()
     if isinstance(spec, str):
@@ -118,11 +123,11 @@ def requested_providers(spec: str | Sequence[str]) -> list[str]:
                 warnings.warn("onnxruntime-gpu is installed but CUDA is unavailable; using the CPU."
                               + _clash_hint(), RuntimeWarning, stacklevel=3)
             return [CUDA, CPU] if CUDA in available else [CPU]
-        raise ProviderError(f"unknown providers value {spec!r}: use 'auto', 'cpu', 'cuda' or a list "
-                            "of ONNX Runtime provider names")
+        raise ProviderError(f"unknown providers value {spec!r}: use 'auto', 'cpu', 'cuda', 'openvino' or a "
+                            "list of ONNX Runtime provider names")
     if not isinstance(spec, Sequence) or not all(isinstance(p, str) for p in spec):
-        raise ProviderError(f"providers must be 'auto', 'cpu', 'cuda' or a list of ONNX Runtime provider "
-                            f"names, got {spec!r}")
+        raise ProviderError(f"providers must be 'auto', 'cpu', 'cuda', 'openvino' or a list of ONNX Runtime "
+                            f"provider names, got {spec!r}")
     providers = list(spec)
     unknown = [p for p in providers if p not in available]
     if not providers or unknown:
@@ -131,15 +136,19 @@ def requested_providers(spec: str | Sequence[str]) -> list[str]:
     return providers
 
 
-def create_session(model: str | bytes, spec: str | Sequence[str] = "auto", threads: int | None = None) -> Any:
+def create_session(model: str | bytes, spec: str | Sequence[str] = "auto", threads: int | None = None,
+                   head_input: str | None = None) -> Any:
     """An InferenceSession whose primary provider is the one asked for, or a ProviderError.
 
     `model` is a path, or the graph's bytes (the predictor passes the bytes it hash-checked).
+    `head_input` matters only to OpenVINO: where the float32 head begins (`OpenVINOSession`).
     """
     threads = default_threads() if threads is None else threads
     check_threads(threads)
-    ort = _ort()
     providers = requested_providers(spec)
+    if providers == [OPENVINO]:
+        return OpenVINOSession(model, head_input, threads)
+    ort = _ort()
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)

@@ -16,7 +16,7 @@ from ..artifact import check_all_files, left_out, present_graphs
 from ..errors import ArtifactError, SourceError
 from ..manifest import MANIFEST, path_inside, read_manifest
 from ..progress import stage
-from .parity import Agreement, GraphParity, ParityHarness, VerifyReport
+from .parity import Agreement, GraphParity, ParityHarness, VerifyReport, runtime_of
 from .probes import (
     ARTIFACT_PROBES,
     ARTIFACT_SET,
@@ -34,7 +34,7 @@ from .probes import (
 
 __all__ = ["ARTIFACT_PROBES", "ARTIFACT_SET", "PACKAGED_SETS", "Agreement", "GraphParity", "ParityHarness",
            "ProbeBatch", "ProbeSpec", "VerifyReport", "antibody_sequences", "build_probes", "choose_probe_set",
-           "packaged_texts", "read_probe_file", "text_probes", "verify_artifact"]
+           "packaged_texts", "read_probe_file", "runtime_of", "text_probes", "verify_artifact"]
 
 
 def verify_artifact(directory: Path | str, *, source: Any = None, providers: str = "cpu",
@@ -80,6 +80,5 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     graphs = []
     for name, entry in present.graphs.items():
         graphs.append(harness.check(path_inside(root, entry.file, f"graphs.{name}.file"), name, entry,
-                                    # int8 is a CPU variant: on CUDA its int8 ops fall back to the CPU
-                                    "cpu" if entry.precision == "int8" else providers))
+                                    runtime_of(entry, providers)))
     return VerifyReport(str(directory), graphs, absent)

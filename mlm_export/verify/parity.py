@@ -134,6 +134,8 @@ class GraphParity:
         # a log-softmax moves by at most twice the largest logit error: held where logits are gated
         if allowed is not None and g.max_abs_log_prob is not None and g.max_abs_log_prob > 2 * allowed:
             out.append(f"max |Δ log-probability| of the scoring output {g.max_abs_log_prob:.3g} > {2 * allowed:.3g}")
+        if tol.max_abs_prob is not None and g.max_abs_prob > tol.max_abs_prob:
+            out.append(f"max |Δ probability| {g.max_abs_prob:.3g} > {tol.max_abs_prob:.3g}")
         if g.rate(g.top1_tie_aware) < tol.min_top1_agreement:
             out.append(f"top-1 agreement {g.rate(g.top1_tie_aware):.4%} < {tol.min_top1_agreement:.2%}")
         if g.rate(g.overlap_tie_aware) < tol.min_topk_overlap:
@@ -203,6 +205,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def runtime_of(entry: GraphEntry, providers: str = "cpu") -> str:
+    """Where a variant is judged: int8 on ONNX Runtime's CPU provider (on CUDA its int8 ops fall back to
+    the CPU), bf16 on OpenVINO (what it is built for), the others on `providers`."""
+    return {"int8": "cpu", "bf16": "openvino"}.get(entry.precision, providers)
+
+
 class ParityHarness:
     """Probes and PyTorch's logits at their masks, computed once; then any number of graphs judged.
 
@@ -236,8 +244,9 @@ class ParityHarness:
 
     def check(self, path: Path | str, name: str, entry: GraphEntry, providers: str = "cpu") -> GraphParity:
         """One graph's parity with the references, judged against the tolerance in its entry."""
-        session = create_session(str(path), providers)
-        parity = GraphParity(name, entry.file, entry.form, entry.tolerance, provider=session.get_providers()[0])
+        session = create_session(str(path), providers, head_input=entry.head_input)
+        provider = getattr(session, "description", None) or session.get_providers()[0]  # OpenVINO's precisions
+        parity = GraphParity(name, entry.file, entry.form, entry.tolerance, provider=provider)
         judged = [(batch, reference) for batch, reference in zip(self.batches, self.references)
                   if entry.tolerance.scope != "shapes" or batch.probe_set == "shapes"]
         with stage(f"comparing {entry.file} on {len(judged)} probe batches", len(judged), "batch") as advance:

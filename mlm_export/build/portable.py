@@ -1,0 +1,114 @@
+"""The bf16 variant's graph: the unfused fill-mask graph in standard ONNX ops, made for OpenVINO.
+
+Three things make it OpenVINO's rather than ONNX Runtime's: where the MLM head begins (`head_input_of`:
+OpenVINO runs the encoder in bf16 and the head in float32), a rewrite of the reductions OpenVINO's
+ONNX reader gets wrong (`rewrite_for_openvino`: openvino 2026.4 reduces `ReduceLogSumExp` and
+`ReduceLogSum` of opset < 18 over every axis, ignoring `axes`, which mis-normalized every probability
+of a batch with several masks), and a check that OpenVINO in float32 reads the graph as ONNX Runtime
+does (`check_openvino_reads`), so that a misread op is an export error, not a gate failure blamed on
+bf16, or a wrong output the gate does not look at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExportError
+from ..runtime.feeds import control_feeds
+from ..runtime.openvino import OpenVINOSession
+from ..runtime.providers import create_session
+from .graph_file import load_graph, save_graph, uses_external_data
+
+_LOG_REDUCTIONS = ("ReduceLogSumExp", "ReduceLogSum")
+READ_RTOL, READ_ATOL = 1e-3, 1e-4  # float32 on two runtimes: summation order, not meaning
+
+
+def write_portable(raw: Path, path: Path) -> str:
+    """`raw` (the unfused fill-mask graph) as the bf16 variant at `path`; returns where its head begins."""
+    model = load_graph(raw)
+    rewrite_for_openvino(model)
+    _drop_unused_initializers(model.graph)
+    save_graph(model, path, uses_external_data(raw))
+    return head_input_of(model.graph, path.name)
+
+
+def head_input_of(graph: Any, name: str) -> str:
+    """The tensor where the MLM head begins: the masked rows' hidden states.
+
+    The fill-mask form feeds its head 2-D rows (`hidden[batch_index, position]`, build/trace.py), so the
+    head's first Linear is the graph's first Gemm (the encoder's 3-D Linears trace to MatMul + Add).
+    """
+    first = next((node for node in graph.node if node.op_type == "Gemm"), None)
+    if first is None:
+        raise ExportError(f"{name} has no Gemm, so where its MLM head begins is unknown: this family's head "
+                          "is not a Linear on the masked rows; export it without --bf16")
+    return first.input[0]
+
+
+def rewrite_for_openvino(model: Any) -> int:
+    """Replace each `ReduceLogSumExp` / `ReduceLogSum` that takes `axes` as an attribute with the same
+    reduction in ops OpenVINO reads correctly (max-shifted, as ONNX Runtime computes it); returns how many."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    rewritten = 0
+    for node in list(graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type not in _LOG_REDUCTIONS or "axes" not in attrs:
+            continue
+        axes, keep = list(attrs["axes"]), int(attrs.get("keepdims", 1))
+        x, y = node.input[0], node.output[0]
+        tag = node.name or y
+        axes_name = f"{tag}/axes"
+        graph.initializer.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), axes_name))
+        if node.op_type == "ReduceLogSum":
+            nodes = [helper.make_node("ReduceSum", [x, axes_name], [f"{tag}/sum"], keepdims=keep),
+                     helper.make_node("Log", [f"{tag}/sum"], [y])]
+        else:
+            nodes = [helper.make_node("ReduceMax", [x], [f"{tag}/max"], axes=axes, keepdims=1),
+                     helper.make_node("Sub", [x, f"{tag}/max"], [f"{tag}/shifted"]),
+                     helper.make_node("Exp", [f"{tag}/shifted"], [f"{tag}/exp"]),
+                     helper.make_node("ReduceSum", [f"{tag}/exp", axes_name], [f"{tag}/sum"], keepdims=keep),
+                     helper.make_node("Log", [f"{tag}/sum"], [f"{tag}/log"])]
+            if not keep:
+                nodes.append(helper.make_node("ReduceMax", [x], [f"{tag}/max_out"], axes=axes, keepdims=0))
+            nodes.append(helper.make_node("Add", [f"{tag}/log", f"{tag}/max_out" if not keep else f"{tag}/max"], [y]))
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new in enumerate(nodes):
+            new.name = f"{tag}/{new.op_type}_{offset}"
+            graph.node.insert(index + offset, new)
+        rewritten += 1
+    return rewritten
+
+
+def _drop_unused_initializers(graph: Any) -> None:
+    """The traced graph keeps a constant no node reads (ONNX Runtime warns on every load); fusion drops it
+    from the other variants."""
+    used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+
+
+def check_openvino_reads(path: Path, head_input: str, input_names: tuple[str, ...], batches: list[Any]) -> None:
+    """OpenVINO in float32 must give every output ONNX Runtime gives on the same graph and feeds."""
+    openvino = OpenVINOSession(str(path), head_input, threads=None, bf16=False)
+    reference = create_session(str(path), "cpu")
+    outputs = [port.name for port in reference.get_outputs()]
+    for batch in batches:
+        feeds = batch.feeds(n for n in input_names if n in ("input_ids", "attention_mask", "token_type_ids"))
+        feeds |= control_feeds(input_names, 5, target_ids=np.array([[0, 1, 2]]), exclude_special=True)
+        for name, got, want in zip(outputs, openvino.run(outputs, feeds), reference.run(outputs, feeds)):
+            same = (got.shape == want.shape and (np.array_equal(got, want) if want.dtype.kind in "biu"
+                    else np.allclose(got, want, rtol=READ_RTOL, atol=READ_ATOL, equal_nan=True)))
+            if not same:
+                diff = (f"shape {got.shape} vs {want.shape}" if got.shape != want.shape else
+                        f"max difference {np.max(np.abs(got.astype(np.float64) - want)):.3g}")
+                raise ExportError(f"OpenVINO reads {path.name} differently from ONNX Runtime, in float32 on "
+                                  f"{batch.label}: output {name!r}, {diff}. This OpenVINO misreads an op of "
+                                  "the graph; export without --bf16, or with another openvino version")
