@@ -275,7 +275,7 @@ def verify_command(directory: Path, source: str | None, probe_file: Path | None,
 @click.option("--providers", default="auto", show_default=True,
               help="auto, cpu, cuda, or openvino (runs the bf16 variant).")
 @click.option("--threads", type=click.IntRange(1, max_threads()),
-              help="ONNX Runtime intra-op threads (1 to 4 x the CPUs this process may use).")
+              help="Inference threads, ONNX Runtime intra-op or OpenVINO (1 to 4 x the CPUs this process may use).")
 @click.option("--no-sequence", is_flag=True, help="Leave out each candidate's filled-in sequence.")
 @click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
 @common_options
@@ -316,9 +316,9 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
 @click.option("--per-token", is_flag=True, help="Add each scored token's log-probability.")
 @click.option("--variant", help="Graph variant (e.g. int8); default: best for the provider.")
 @click.option("--providers", default="auto", show_default=True,
-              help="auto, cpu, cuda, or openvino (the bf16 variant; local engine).")
+              help="auto, cpu, cuda, or openvino (the bf16 variant); Ray's CPU workers take cpu or openvino.")
 @click.option("--threads", type=click.IntRange(1, max_threads()),
-              help="ONNX Runtime intra-op threads (per actor with --engine ray).")
+              help="Inference threads, ONNX Runtime intra-op or OpenVINO (per actor with --engine ray).")
 @click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True,
               help="Masked copies per graph run.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
@@ -491,7 +491,7 @@ def slim_command(directory: Path, keep: tuple[str, ...], out: Path, force: bool,
 @click.argument("name", required=False)
 @common_options
 def schema_command(name: str | None, as_json: bool) -> None:
-    """Print the JSON Schema NAME (e.g. export-v1, error-v1, manifest-v2), or list them all.
+    """Print the JSON Schema NAME (e.g. export-v2, error-v1, manifest-v3), or list them all.
 
     Every --json document names its schema in its "schema" field. A schema is JSON already: NAME
     prints the same with or without --json.

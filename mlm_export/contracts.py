@@ -1,12 +1,13 @@
 """The JSON documents mlm-export prints under `--json`: one versioned JSON Schema per document.
 
 Every document carries `"schema": "<name>"`, and `mlm_export/schemas/<name>.schema.json` (shipped
-in the wheel, printed by `mlm-export schema <name>`) describes it: `export-v1`, `verify-v1`,
-`predict-v1`, `score-v1` (+ `score-row-v1` for the rows), `slim-v1`, `triton-v1`, `info-v1`,
+in the wheel, printed by `mlm-export schema <name>`) describes it: `export-v2`, `verify-v1`,
+`predict-v1`, `score-v1` (+ `score-row-v1` for the rows), `slim-v1`, `triton-v1`, `info-v2`,
 `sign-v1`, `keygen-v1`, `bench-v1`, `schemas-v1` (the list `mlm-export schema` prints), and
-`error-v1` for a failure of any command. The artifact's manifest is `manifest-v2`. A schema lists every
-field of its version (`additionalProperties: false`; `info-v1` also carries the manifest's own fields,
-which manifest-v2 checks), so a field is added, renamed or removed only with a new version name.
+`error-v1` for a failure of any command. The artifact's manifest is `manifest-v3` (format 3; format 2,
+`manifest-v2`, is still read). A schema lists every field of its version (`additionalProperties: false`;
+`info-v2` also carries the manifest's own fields, which its manifest schema checks), so a field is
+added, renamed or removed only with a new version name.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import json
 from importlib import resources
 from typing import Any
 
-DOCUMENTS = {"export": "export-v1", "verify": "verify-v1", "predict": "predict-v1", "score": "score-v1",
-             "slim": "slim-v1", "triton": "triton-v1", "info": "info-v1", "sign": "sign-v1",
+DOCUMENTS = {"export": "export-v2", "verify": "verify-v1", "predict": "predict-v1", "score": "score-v1",
+             "slim": "slim-v1", "triton": "triton-v1", "info": "info-v2", "sign": "sign-v1",
              "keygen": "keygen-v1", "bench": "bench-v1", "schema": "schemas-v1", "error": "error-v1"}
 ROWS = {"score": "score-row-v1"}  # documents written one per line, which carry no schema field
-MANIFEST_SCHEMA = "manifest-v2"
+MANIFEST_SCHEMA = "manifest-v3"  # what export writes
+READ_MANIFEST_SCHEMAS = ("manifest-v2", "manifest-v3")  # what the reader accepts
 
 
 def schema_names() -> list[str]:
@@ -36,7 +38,7 @@ def stamp(document: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def load_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema called `name` (e.g. "export-v1"); KeyError for a name that does not exist."""
+    """The JSON Schema called `name` (e.g. "export-v2"); KeyError for a name that does not exist."""
     if name not in schema_names():
         raise KeyError(f"no schema {name!r}; there are {', '.join(schema_names())}")
     text = resources.files("mlm_export.schemas").joinpath(f"{name}.schema.json").read_text(encoding="utf-8")

@@ -26,8 +26,9 @@ from .errors import ArtifactError
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # written by `mlm-export sign`; not listed in the manifest it signs
 SLIM = "slim.json"  # written by `mlm-export slim`: the graphs a slim copy left out on purpose
-FORMAT_VERSION = 2
-SCHEMA = "manifest-v2.schema.json"
+FORMAT_VERSION = 3  # 3 added the bf16 variant (`head_input`) and the probability bound of the gates
+# the formats this version reads, each checked by its own schema: a format-2 artifact needs no re-export
+SCHEMAS = {2: "manifest-v2.schema.json", 3: "manifest-v3.schema.json"}
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # real manifests are a few KB; refuse to parse a giant file
 
 
@@ -48,7 +49,10 @@ class Tolerance:
     scope: str = "all"  # "all" probes, the "realistic" texts when the artifact has some, or the synthetic "shapes"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.max_abs_prob is None:  # absent in format 2, whose schema has no such key
+            del data["max_abs_prob"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Tolerance:
@@ -239,10 +243,10 @@ class Manifest:
 
 
 @cache
-def _validator() -> Any:
+def _validator(version: int) -> Any:
     import jsonschema
 
-    schema = json.loads(resources.files("mlm_export.schemas").joinpath(SCHEMA).read_text(encoding="utf-8"))
+    schema = json.loads(resources.files("mlm_export.schemas").joinpath(SCHEMAS[version]).read_text(encoding="utf-8"))
     base = jsonschema.Draft202012Validator
     # JSON Schema counts 1e20 and 3.0 as integers; numpy and range() do not, so neither do we
     strict = base.TYPE_CHECKER.redefine("integer", lambda _c, v: isinstance(v, int) and not isinstance(v, bool))
@@ -317,12 +321,12 @@ def parse_manifest(data: bytes, origin: Path | str) -> dict:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ArtifactError(f"{origin} has format_version {version}, newer than the {FORMAT_VERSION} this "
                             "mlm-export reads: upgrade mlm-export")
-    if version != FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version not in SCHEMAS:
         raise ArtifactError(f"{origin} has format_version {version!r}; this mlm-export reads "
-                            f"{FORMAT_VERSION}. Re-export with this version.")
+                            f"{' and '.join(map(str, sorted(SCHEMAS)))}. Re-export with this version.")
     import jsonschema
 
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(manifest))
+    error = jsonschema.exceptions.best_match(_validator(version).iter_errors(manifest))
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ArtifactError(f"{origin} is malformed at {key}: {error.message}; re-export the artifact")
@@ -361,6 +365,9 @@ def _check_consistency(manifest: Manifest, origin: Path) -> None:
                                 f"is {manifest.family!r}; re-export the artifact")
         if "input_ids" not in entry.input_names or "attention_mask" not in entry.input_names:
             raise ArtifactError(f"{origin}: graphs.{graph}.inputs lack input_ids or attention_mask")
+        if entry.precision == "bf16" and not entry.head_input:  # else OpenVINO would run the head in bf16 too
+            raise ArtifactError(f"{origin}: graphs.{graph} has no head_input, where its float32 MLM head "
+                                "begins; re-export the artifact")
         if entry.form == "fill-mask" and "top_k" not in entry.input_names:
             raise ArtifactError(f"{origin}: graphs.{graph}.inputs lack top_k, which every fill-mask graph takes")
 

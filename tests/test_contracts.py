@@ -13,7 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from mlm_export.cli import main
-from mlm_export.contracts import DOCUMENTS, MANIFEST_SCHEMA, ROWS, load_schema, schema_names, validate
+from mlm_export.contracts import (
+    DOCUMENTS,
+    MANIFEST_SCHEMA,
+    READ_MANIFEST_SCHEMAS,
+    ROWS,
+    load_schema,
+    schema_names,
+    validate,
+)
 
 
 def _json(args: list[str], code: int = 0) -> dict:
@@ -35,7 +43,8 @@ def test_every_shipped_schema_is_valid_and_named_after_its_file(name: str) -> No
 
 
 def test_every_document_and_row_has_a_schema() -> None:
-    assert set(DOCUMENTS.values()) | set(ROWS.values()) | {MANIFEST_SCHEMA} == set(schema_names())
+    assert set(DOCUMENTS.values()) | set(ROWS.values()) | set(READ_MANIFEST_SCHEMAS) == set(schema_names())
+    assert MANIFEST_SCHEMA in READ_MANIFEST_SCHEMAS
 
 
 def test_the_validator_rejects_a_missing_or_an_undocumented_field(tiny_artifact: Path) -> None:
@@ -57,7 +66,7 @@ def test_predict_one_mask_and_several(tiny_artifact: Path) -> None:
 
 def test_info_is_the_manifest_plus_what_this_machine_would_load(tiny_artifact: Path) -> None:
     document = _json(["info", str(tiny_artifact)])
-    assert document["schema"] == "info-v1" and document["format_version"] == 2
+    assert document["schema"] == "info-v2" and document["format_version"] == 3
     validate({k: v for k, v in document.items() if k not in ("schema", "default_variant", "signature")},
              MANIFEST_SCHEMA)
     broken = dict(document)

@@ -183,7 +183,7 @@ def test_manifest_records_source_versions_and_hashes(tiny_artifact: Path, tiny_d
     from mlm_export.artifact import sha256_file
 
     manifest = json.loads((tiny_artifact / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["opset"] >= 17
+    assert manifest["format_version"] == 3 and manifest["opset"] >= 17
     assert manifest["source"]["kind"] == "local" and manifest["source"]["location"] == str(tiny_dir)
     assert len(manifest["source"]["weights_sha256"]) == 64
     for lib in ("torch", "transformers", "onnx", "onnxruntime"):

@@ -123,14 +123,15 @@ def test_a_missing_key_is_an_artifact_error_naming_it(tiny_copy: Path, key: tupl
     (lambda m: m["graphs"]["fp32"].update(form="embeddings"), "graphs.fp32.form"),
     (lambda m: m["graphs"]["fp32"].update(precision="int4"), "graphs.fp32.precision"),
     (lambda m: m["files"]["model.onnx"].update(sha256="not-a-hash"), "files.model.onnx.sha256"),
-    (lambda m: m.update(format_version=3), "format_version 3"),
-    (lambda m: m.update(format_version=1), "format_version 1; this mlm-export reads 2. Re-export"),
+    (lambda m: m.update(format_version=4), "format_version 4"),
+    (lambda m: m.update(format_version=1), "format_version 1; this mlm-export reads 2 and 3. Re-export"),
+    (lambda m: m.update(format_version=[3]), "format_version \\[3\\]; this mlm-export reads"),
     (lambda m: m.update(family="gpt2"), "family"),
     (lambda m: m["graphs"]["fp32"].update(family="roberta"), "graphs.fp32.family is .roberta."),
     (lambda m: m["graphs"]["fp32"].update(inputs=[{"name": "x", "dtype": "int64", "shape": ["batch"]}]),
      "lack input_ids"),
     (lambda m: m.update(graphs={}), "graphs"),
-    (lambda m: m.update(format_version=7), "newer than the 2 this mlm-export reads: upgrade"),
+    (lambda m: m.update(format_version=7), "newer than the 3 this mlm-export reads: upgrade"),
     (lambda m: m["graphs"]["fp32"].update(inputs=m["graphs"]["logits"]["inputs"]), "lack top_k"),
     (lambda m: m["graphs"]["fp32"].update(data_file="tokenizer.json"), "graphs.fp32.data_file is 'tokenizer.json'"),
     (lambda m: m["files"].pop("fill_mask.fp32.onnx"),
@@ -200,10 +201,11 @@ def test_the_schema_knows_every_family_and_nothing_else() -> None:
     from importlib import resources
 
     from mlm_export.families import FAMILIES
-    from mlm_export.manifest import SCHEMA
+    from mlm_export.manifest import SCHEMAS
 
-    schema = json.loads(resources.files("mlm_export.schemas").joinpath(SCHEMA).read_text())
-    assert set(schema["$defs"]["family"]["enum"]) == set(FAMILIES)
+    for name in SCHEMAS.values():
+        schema = json.loads(resources.files("mlm_export.schemas").joinpath(name).read_text())
+        assert set(schema["$defs"]["family"]["enum"]) == set(FAMILIES), name
 
 
 def test_a_manifest_survives_its_json_round_trip(tiny_artifact: Path) -> None:
@@ -212,3 +214,30 @@ def test_a_manifest_survives_its_json_round_trip(tiny_artifact: Path) -> None:
     manifest = read_manifest(tiny_artifact)
     again = Manifest.from_dict(parse_manifest(json.dumps(manifest.to_dict()).encode(), "round trip"))
     assert again == manifest
+
+
+def test_a_format_2_artifact_is_still_read_and_served(tiny_copy: Path) -> None:
+    """Format 3 only added fields (bf16's head_input, the gates' probability bound): an artifact written
+    by the previous release loads without a re-export, and is held to its own schema."""
+    from mlm_export import OnnxMaskFiller
+
+    manifest = json.loads((tiny_copy / "manifest.json").read_text())
+    assert manifest["format_version"] == 3
+    manifest["format_version"] = 2
+    for graph in manifest["graphs"].values():
+        graph["tolerance"].pop("max_abs_prob", None)
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(tiny_copy).format_version == 2
+    assert OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu")("the [MASK] sat .")[0]["token_str"]
+    manifest["graphs"]["fp32"]["tolerance"]["max_abs_prob"] = 0.25  # a format-3 key in a format-2 manifest
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="malformed at graphs.fp32.tolerance"):
+        read_manifest(tiny_copy)
+
+
+def test_a_bf16_graph_must_say_where_its_head_begins(tiny_copy: Path) -> None:
+    manifest = json.loads((tiny_copy / "manifest.json").read_text())
+    manifest["graphs"]["bf16"] = dict(manifest["graphs"]["fp32"], precision="bf16")  # no head_input
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="graphs.bf16 has no head_input"):
+        read_manifest(tiny_copy)

@@ -45,11 +45,11 @@ class PLLActor:
     """A Ray Data callable class: opens the artifact once, then scores batches of `{"text": ...}`."""
 
     def __init__(self, artifact: str, variant: str | None, threads: int | None, options: ScoreOptions,
-                 public_key: str | None = None) -> None:
+                 public_key: str | None = None, providers: str = "cpu") -> None:
         from ..runtime.predictor import OnnxMaskFiller
         from ..runtime.scoring import Scorer
 
-        filler = OnnxMaskFiller.from_pretrained(artifact, variant=variant, providers="cpu", threads=threads,
+        filler = OnnxMaskFiller.from_pretrained(artifact, variant=variant, providers=providers, threads=threads,
                                                 public_key=public_key)
         self.scorer = Scorer(filler)
         self.options = options
@@ -79,17 +79,22 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     """Start (or join) Ray, and stream the scored rows back in input order."""
     from ..artifact import present_graphs
     from ..manifest import read_manifest
-    from ..runtime.predictor import preferred_variant
+    from ..runtime.openvino import OPENVINO
+    from ..runtime.predictor import check_runtime, preferred_variant
 
     ray = _ray()
     # fail here, not in every actor; a slim artifact serves the graphs it holds
     manifest = present_graphs(job.artifact, read_manifest(job.artifact, public_key=job.public_key))
-    variant = job.variant or preferred_variant(manifest, "CPUExecutionProvider")
+    # CPU workers: ONNX Runtime's CPU provider, or OpenVINO where asked for (the bf16 variant)
+    providers = "openvino" if str(job.providers).lower() == "openvino" else "cpu"
+    provider = OPENVINO if providers == "openvino" else "CPUExecutionProvider"
+    variant = job.variant or preferred_variant(manifest, provider)
     if variant is None:
         raise InputError(f"{job.artifact} has no fill-mask graph to score with")
     if variant not in manifest.fill_mask_graphs:
         raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "
                          f"{', '.join(sorted(manifest.fill_mask_graphs))}")
+    check_runtime(job.artifact, manifest.fill_mask_graphs, variant, provider)
     if not ray.is_initialized():
         address = job.ray_address or os.environ.get("RAY_ADDRESS") or None
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -110,7 +115,7 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
         # up to `workers` actors, as CPUs allow: a fixed size the cluster cannot place would wait forever
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         fn_constructor_kwargs={"artifact": str(Path(job.artifact).resolve()), "variant": variant,
-                               "threads": threads, "options": job.options,
+                               "threads": threads, "options": job.options, "providers": providers,
                                "public_key": None if job.public_key is None else str(Path(job.public_key).resolve())})
     return variant, _rows(scored, max(1, blocks[0].num_rows))
 

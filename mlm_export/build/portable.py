@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ExportError
 from ..runtime.feeds import control_feeds
 from ..runtime.openvino import OpenVINOSession
-from ..runtime.providers import create_session
+from ..runtime.providers import create_session, default_threads
 from .graph_file import load_graph, save_graph, uses_external_data
 
 _LOG_REDUCTIONS = ("ReduceLogSumExp", "ReduceLogSum")
@@ -96,19 +96,39 @@ def _drop_unused_initializers(graph: Any) -> None:
 
 
 def check_openvino_reads(path: Path, head_input: str, input_names: tuple[str, ...], batches: list[Any]) -> None:
-    """OpenVINO in float32 must give every output ONNX Runtime gives on the same graph and feeds."""
-    openvino = OpenVINOSession(str(path), head_input, threads=None, bf16=False)
+    """OpenVINO in float32 must give every output ONNX Runtime gives on the same graph and feeds: the masks
+    exactly, the float outputs to float32 rounding, and the same top-k ids except where two candidates'
+    logits tie within that rounding (random-token probes of a wide vocabulary have near-ties)."""
+    openvino = OpenVINOSession(str(path), head_input, threads=default_threads(), bf16=False)
     reference = create_session(str(path), "cpu")
     outputs = [port.name for port in reference.get_outputs()]
     for batch in batches:
         feeds = batch.feeds(n for n in input_names if n in ("input_ids", "attention_mask", "token_type_ids"))
         feeds |= control_feeds(input_names, 5, target_ids=np.array([[0, 1, 2]]), exclude_special=True)
-        for name, got, want in zip(outputs, openvino.run(outputs, feeds), reference.run(outputs, feeds)):
-            same = (got.shape == want.shape and (np.array_equal(got, want) if want.dtype.kind in "biu"
-                    else np.allclose(got, want, rtol=READ_RTOL, atol=READ_ATOL, equal_nan=True)))
-            if not same:
-                diff = (f"shape {got.shape} vs {want.shape}" if got.shape != want.shape else
-                        f"max difference {np.max(np.abs(got.astype(np.float64) - want)):.3g}")
+        got = dict(zip(outputs, openvino.run(outputs, feeds)))
+        want = dict(zip(outputs, reference.run(outputs, feeds)))
+        for name in outputs:
+            problem = _difference(name, got[name], want[name], want.get("logits"))
+            if problem:
                 raise ExportError(f"OpenVINO reads {path.name} differently from ONNX Runtime, in float32 on "
-                                  f"{batch.label}: output {name!r}, {diff}. This OpenVINO misreads an op of "
+                                  f"{batch.label}: output {name!r}, {problem}. This OpenVINO misreads an op of "
                                   "the graph; export without --bf16, or with another openvino version")
+
+
+def _difference(name: str, got: np.ndarray, want: np.ndarray, want_logits: np.ndarray | None) -> str | None:
+    """Why `got` is not `want`, or None when it is (see `check_openvino_reads`)."""
+    if got.shape != want.shape:
+        return f"shape {got.shape} vs {want.shape}"
+    if want.dtype.kind in "fc":
+        if np.allclose(got, want, rtol=READ_RTOL, atol=READ_ATOL, equal_nan=True):
+            return None
+        return f"max difference {np.nanmax(np.abs(got.astype(np.float64) - want)):.3g}"
+    differs = got != want
+    if name == "token_ids" and want_logits is not None and want_logits.shape == want.shape:
+        tied = np.abs(np.diff(want_logits, axis=1)) <= READ_ATOL + READ_RTOL * np.abs(want_logits[:, 1:])
+        near = np.zeros_like(differs)
+        near[:, :-1] |= tied
+        near[:, 1:] |= tied
+        near[:, -1] = True  # a tie with the first candidate left out; the logits check holds its value
+        differs &= ~near
+    return f"{int(differs.sum())} of {differs.size} values differ" if differs.any() else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,11 +39,11 @@ def cpu_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+@dataclass(frozen=True)
 class _Port:
     """What `session.get_inputs()` / `get_outputs()` items offer: a name."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    name: str
 
 
 class OpenVINOSession:
@@ -108,8 +109,9 @@ class OpenVINOSession:
         values = dict(feeds)
         for request, names in zip(requests, self._part_inputs):
             results = request.infer({name: values[name] for name in names})
-            # copies: a request's buffers are reused by its next call on this thread
-            values |= {port.get_any_name(): np.array(value, copy=True) for port, value in results.items()}
+            for port, value in results.items():  # under every name a tensor has: the head reads `head_input`
+                copy = np.array(value, copy=True)  # a request's buffers are reused by its next call
+                values |= dict.fromkeys(port.get_names(), copy)
         return [values[name] for name in (self._outputs if output_names is None else output_names)]
 
 

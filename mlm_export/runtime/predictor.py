@@ -1,7 +1,8 @@
 """Runtime: `OnnxMaskFiller`, a fill-mask predictor over an mlm-export artifact.
 
-Only `tokenizers`, `numpy` and `onnxruntime` are imported here, never torch or transformers, so
-production apps install `mlm-export[cpu]` or `[gpu]` and nothing heavier.
+Only `tokenizers`, `numpy` and `onnxruntime` (or `openvino`, for the bf16 variant) are imported here,
+never torch or transformers, so production apps install `mlm-export[cpu]`, `[gpu]` or `[openvino]`
+and nothing heavier.
 """
 
 from __future__ import annotations
@@ -125,11 +126,7 @@ class OnnxMaskFiller:
         # The session and the tokenizer load the very bytes that were hashed: a file swapped on
         # disk between the check and the load cannot slip in.
         first = variant or _pick(variants, primary)
-        if (first == "bf16") != (primary == OPENVINO):
-            raise ProviderError(
-                f"the bf16 variant runs on OpenVINO: pass providers='openvino' ({INSTALL_HINT})" if first == "bf16"
-                else f"providers='openvino' runs the bf16 variant (the other graphs hold ONNX Runtime's own ops), "
-                     f"and {directory} has {', '.join(sorted(variants))}: export with --bf16")
+        check_runtime(directory, variants, first, primary)
         session = _open(directory, manifest, variants[first], providers, threads)
         landed = session.get_providers()[0]
         if variant is None and _pick(variants, landed) != first:
@@ -451,8 +448,25 @@ def _as_text_list(inputs: object) -> list:
     raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
 
 
-def _pick(variants: dict, provider: str) -> str:
+def _pick(variants: dict[str, GraphEntry], provider: str) -> str:
     for name in _PREFERENCE.get(provider, ("fp32",)):
         if name in variants:
             return name
-    return sorted(variants)[0]
+    # no preferred one (a slim copy): any graph this runtime can read, bf16 only for OpenVINO
+    readable = sorted(name for name, g in variants.items() if (g.precision == "bf16") == (provider == OPENVINO))
+    return (readable or sorted(variants))[0]
+
+
+def check_runtime(directory: Path | str, variants: dict[str, GraphEntry], name: str, provider: str) -> None:
+    """The bf16 variant runs only on OpenVINO, and OpenVINO runs only it (the other graphs hold ONNX
+    Runtime's own ops): any other pairing is a ProviderError that says what to pass instead."""
+    bf16 = variants[name].precision == "bf16"
+    if bf16 and provider != OPENVINO:
+        raise ProviderError(f"variant {name!r} is bf16, which runs on OpenVINO: pass providers='openvino' "
+                            f"(--providers openvino; {INSTALL_HINT})")
+    if not bf16 and provider == OPENVINO:
+        others = sorted(n for n, g in variants.items() if g.precision == "bf16")
+        fix = (f"use variant={others[0]!r} (or None) with it, or providers='cpu' for {name}" if others
+               else "export with --bf16 for a variant it runs, or use providers='cpu'")
+        raise ProviderError(f"providers='openvino' runs only the bf16 variant, not {name!r} (its graph holds ONNX "
+                            f"Runtime's own ops), and {directory} has {', '.join(sorted(variants))}: {fix}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import check_all_files, left_out, present_graphs
-from ..errors import ArtifactError, SourceError
+from ..errors import ArtifactError, InputError, SourceError
 from ..manifest import MANIFEST, path_inside, read_manifest
 from ..progress import stage
 from .parity import Agreement, GraphParity, ParityHarness, VerifyReport, runtime_of
@@ -50,6 +50,9 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     from ..build.source import ResolvedSource, SourceSpec, require_export_extra, resolve, resolve_spec
 
     require_export_extra()
+    if isinstance(providers, str) and providers.lower() == "openvino":
+        raise InputError("verify judges the bf16 variant on OpenVINO by itself; providers says where the others "
+                         "run: cpu, cuda or auto")
     directory = Path(directory)
     manifest = read_manifest(directory, public_key=public_key)
     present = present_graphs(directory, manifest)  # a slim copy: the graphs and files it holds

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ProviderError
 from ..manifest import GraphEntry, Manifest, Tolerance
 from ..progress import stage
 from ..runtime.feeds import CONTROL_INPUTS, control_feeds
+from ..runtime.openvino import cpu_has_bf16
 from ..runtime.providers import create_session
 from .probes import ProbeBatch, build_probes, calibration_rows
 
@@ -244,6 +246,10 @@ class ParityHarness:
 
     def check(self, path: Path | str, name: str, entry: GraphEntry, providers: str = "cpu") -> GraphParity:
         """One graph's parity with the references, judged against the tolerance in its entry."""
+        if entry.precision == "bf16" and not cpu_has_bf16():
+            raise ProviderError(f"{name} is judged in bf16, and this CPU computes in neither AVX-512 BF16 nor AMX: "
+                                "OpenVINO would run it in float32 and pass a gate it never ran. Verify it on "
+                                "such a CPU, or verify a copy without it (mlm-export slim --keep ...)")
         session = create_session(str(path), providers, head_input=entry.head_input)
         provider = getattr(session, "description", None) or session.get_providers()[0]  # OpenVINO's precisions
         parity = GraphParity(name, entry.file, entry.form, entry.tolerance, provider=provider)
