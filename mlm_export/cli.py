@@ -391,14 +391,13 @@ def info_command(directory: Path, as_json: bool) -> None:
     """Show what an artifact holds: source, and per graph its size, fusion and parity."""
     from .artifact import left_out, present_graphs
     from .manifest import read_manifest
-    from .runtime.predictor import preferred_variant
-    from .runtime.providers import requested_providers
+    from .runtime.predictor import auto_provider, preferred_variant
     from .signing import signature_fingerprint
 
     manifest = read_manifest(directory)
     present = present_graphs(directory, manifest)  # a slim copy: the graphs it holds
     absent = left_out(manifest, present)
-    provider = requested_providers("auto")[0]
+    provider = auto_provider(present.fill_mask_graphs)
     default = preferred_variant(present, provider)
     signed = signature_fingerprint(directory)
     if as_json:

@@ -263,3 +263,15 @@ def test_ray_scoring_pairs_bf16_with_openvino_before_starting_ray(tiny_bf16: Pat
     result = CliRunner().invoke(main, ["score", str(tiny_bf16), str(texts), "--engine", "ray", "--variant", "bf16",
                                        "-q"])
     assert result.exit_code == 1 and "runs on OpenVINO" in result.output and "--providers openvino" in result.output
+
+
+def test_auto_runs_bf16_on_openvino_where_the_artifact_and_the_cpu_have_it(tiny_bf16: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    auto = OnnxMaskFiller.from_pretrained(tiny_bf16, threads=1)
+    assert (auto.variant, auto.provider) == ("bf16", "OpenVINO")
+    asked = OnnxMaskFiller.from_pretrained(tiny_bf16, variant="int8", threads=1)  # another variant: its runtime
+    assert (asked.variant, asked.provider) == ("int8", "CPUExecutionProvider")
+    info = json.loads(CliRunner().invoke(main, ["info", str(tiny_bf16), "--json"]).stdout)
+    assert info["default_variant"] == {"provider": "OpenVINO", "variant": "bf16"}
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed: the best ONNX Runtime variant
+    assert OnnxMaskFiller.from_pretrained(tiny_bf16, threads=1).variant == "int8"

@@ -467,4 +467,7 @@ def test_info_shows_every_variant_passing(antiberty_export) -> None:  # type: ig
             if line.strip() and line.split()[0] in ("logits", "fp32", "fp16", "int8")}
     assert set(rows) == {"logits", "fp32", "fp16", "int8"}
     assert all(row.rstrip().endswith("pass") for row in rows.values())
-    assert "8/8" in rows["int8"] and "default variant here: int8" in result.stdout
+    from mlm_export.runtime.openvino import cpu_has_bf16
+
+    default = "bf16" if cpu_has_bf16() else "int8"  # auto runs bf16 on OpenVINO where the CPU has bf16
+    assert "8/8" in rows["int8"] and f"default variant here: {default}" in result.stdout

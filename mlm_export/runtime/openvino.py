@@ -10,6 +10,7 @@ BF16 nor AMX) the encoder runs in float32 as well, with a warning.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import warnings
 from collections.abc import Iterable
@@ -31,6 +32,10 @@ def openvino_module() -> Any:
     except ImportError as exc:
         raise ProviderError(f"the bf16 variant runs on OpenVINO, which is not installed: {INSTALL_HINT}") from exc
     return openvino
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def cpu_has_bf16() -> bool:
