@@ -1,15 +1,16 @@
-"""Pseudo-log-likelihood: mlm-export's fp32 and int8 against `AntiBERTyRunner.pseudo_log_likelihood`.
+"""Pseudo-log-likelihood: mlm-export's fp32, int8 and bf16 against `AntiBERTyRunner.pseudo_log_likelihood`.
 
     python benchmarks/pll.py [ARTIFACT] [--threads 2] [--repeats 1] [--chains 4] [--out pll.json]
 
-ARTIFACT is an AntiBERTy export with fp32 and int8 (default: exported to a temporary folder with
-`mlm-export antiberty --int8`). The sequences are real chains from the packaged antibody probes and
-36 point mutants of one of them (6 positions x 6 residues), scored with AntiBERTy's convention
-(mean over residues, softmax without special tokens). Reported:
-- fp32 and int8 max |PLL - runner|;
-- Spearman's rho of int8 against fp32 on the 36 mutants (the ranking a designer uses);
+ARTIFACT is an AntiBERTy export with fp32 and int8, and bf16 where it has one (run on OpenVINO;
+default: exported to a temporary folder with `mlm-export antiberty --int8`). The sequences are real
+chains from the packaged antibody probes and 36 point mutants of one of them (6 positions x 6
+residues), scored with AntiBERTy's convention (mean over residues, softmax without special tokens).
+Reported:
+- each variant's max |PLL - runner|;
+- Spearman's rho of int8 (and bf16) against fp32 on the 36 mutants (the ranking a designer uses);
 - throughput in sequences per second, each system timed over the same sequences after a one-sequence
-  warm-up, interleaved (runner, fp32, int8, runner, ...), median of the repeats, ratios to the runner.
+  warm-up, interleaved (runner, fp32, int8, bf16, runner, ...), median of the repeats, ratios to the runner.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ def main() -> None:
     sequences = chains[: args.chains] + variants
     texts = [" ".join(s) for s in sequences]
     runner = AntiBERTyRunner()
-    ours = {v: OnnxMaskFiller.from_pretrained(artifact, variant=v, providers="cpu", threads=args.threads)
-            for v in ("fp32", "int8")}
+    present = OnnxMaskFiller.from_pretrained(artifact, variant="fp32", providers="cpu").manifest.fill_mask_graphs
+    ours = {v: OnnxMaskFiller.from_pretrained(artifact, variant=v, threads=args.threads,
+                                              providers="openvino" if v == "bf16" else "cpu")
+            for v in ("fp32", "int8", "bf16") if v in present}
 
     def run_runner() -> list[float]:
         return runner.pseudo_log_likelihood(sequences).tolist()
@@ -80,14 +83,14 @@ def main() -> None:
     def run_ours(variant: str) -> list[float]:
         return [s.pll for s in ours[variant].score(texts, reduction="mean", exclude_special=True)]
 
-    systems = {"runner": run_runner, "fp32": lambda: run_ours("fp32"), "int8": lambda: run_ours("int8")}
-    warm = {"runner": lambda: runner.pseudo_log_likelihood(sequences[:1]),
-            "fp32": lambda: ours["fp32"].score(texts[:1]), "int8": lambda: ours["int8"].score(texts[:1])}
+    systems = {"runner": run_runner} | {v: (lambda v=v: run_ours(v)) for v in ours}
+    warm = {"runner": lambda: runner.pseudo_log_likelihood(sequences[:1])} | {
+        v: (lambda v=v: ours[v].score(texts[:1])) for v in ours}
     for fn in warm.values():
         fn()
     scores: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(args.repeats):  # interleaved: runner, fp32, int8, runner, ...
+    for _ in range(args.repeats):  # interleaved: runner, fp32, int8, bf16, runner, ...
         for name, fn in systems.items():
             wait_idle([os.getpid()])
             start = time.perf_counter()
@@ -101,7 +104,8 @@ def main() -> None:
         "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": args.threads,
         "sequences": len(sequences), "mean_length": float(np.mean([len(s) for s in sequences])),
         "max_abs_diff_vs_runner": {v: float(np.abs(np.array(scores[v]) - reference).max()) for v in ours},
-        "spearman_int8_vs_fp32_mutants": spearman(scores["int8"][mutant_slice], scores["fp32"][mutant_slice]),
+        **{f"spearman_{v}_vs_fp32_mutants": spearman(scores[v][mutant_slice], scores["fp32"][mutant_slice])
+           for v in ours if v != "fp32"},
         "spearman_fp32_vs_runner_mutants": spearman(scores["fp32"][mutant_slice], scores["runner"][mutant_slice]),
         "median_seconds": median,
         "sequences_per_second": {n: len(sequences) / s for n, s in median.items()},

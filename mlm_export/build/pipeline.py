@@ -189,7 +189,10 @@ def _build(traced: _Traced, tokens: LoadedTokenizer, source: ResolvedSource, con
     fusion = fuse(raw, fp32, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
                   num_layers=cfg.num_hidden_layers, mode=family.attention, allow_unfused=config.allow_unfused)
     bf16 = tmp / FILL_MASK_FILE.format(precision="bf16")
-    head_input = write_portable(raw, bf16) if config.bf16 else None  # OpenVINO's variant: standard ONNX ops
+    head_input = None
+    if config.bf16:  # OpenVINO's variant, in standard ONNX ops: loaded once fusion's copies are freed
+        _release_memory()
+        head_input = write_portable(raw, bf16)
     shutil.rmtree(work)
     _release_memory()  # fusion's copies of the graph, before the fp16 conversion makes its own
 
