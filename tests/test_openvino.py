@@ -128,8 +128,10 @@ def test_verify_judges_bf16_on_openvino_whatever_providers_says(tiny_bf16: Path)
 def test_a_head_input_that_is_not_in_the_graph_is_an_artifact_error(tiny_bf16: Path, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="re-export"):
         OpenVINOSession(str(tiny_bf16 / "fill_mask.bf16.onnx"), "no_such_tensor", 1)
-    with pytest.raises(ArtifactError, match="no 2-D tensor 'top_k'"):  # the head begins at the masked rows
+    with pytest.raises(ArtifactError, match="computes no 2-D tensor 'top_k'"):  # the head begins at the masked rows
         OpenVINOSession(str(tiny_bf16 / "fill_mask.bf16.onnx"), "top_k", 1)
+    with pytest.raises(ArtifactError, match="computes no 2-D tensor 'input_ids'"):  # a graph input is fed, not computed
+        OpenVINOSession(str(tiny_bf16 / "fill_mask.bf16.onnx"), "input_ids", 1)
 
 
 def test_triton_refuses_the_bf16_variant(tiny_bf16: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ BF16 nor AMX) the encoder runs in float32 as well, with a warning.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import threading
 import warnings
@@ -38,6 +39,7 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin computes in bf16 here (AVX-512 BF16 or AMX), not emulates f32."""
     ov = openvino_module()
@@ -125,9 +127,10 @@ def _cut(ov: Any, graph: Any, head_input: str) -> list[tuple[Any, str]]:
     source = next((out for op in graph.get_ordered_ops() for out in op.outputs() if head_input in out.get_names()),
                   None)
     rank = None if source is None else source.get_partial_shape().rank
-    if source is None or rank is None or not rank.is_static or rank.get_length() != 2:
-        raise ArtifactError(f"the graph has no 2-D tensor {head_input!r}, where its manifest says the MLM head "
-                            "begins: re-export the artifact")
+    if source is None or rank is None or not rank.is_static or rank.get_length() != 2 \
+            or source.get_node().get_type_name() == "Parameter":  # the head's rows are computed, never fed
+        raise ArtifactError(f"the graph computes no 2-D tensor {head_input!r}, where its manifest says the MLM "
+                            "head begins: re-export the artifact")
     from openvino import opset13
 
     start = opset13.parameter(source.get_partial_shape(), source.get_element_type(), name=head_input)
