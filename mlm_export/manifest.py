@@ -365,6 +365,9 @@ def _check_consistency(manifest: Manifest, origin: Path) -> None:
                                 f"is {manifest.family!r}; re-export the artifact")
         if "input_ids" not in entry.input_names or "attention_mask" not in entry.input_names:
             raise ArtifactError(f"{origin}: graphs.{graph}.inputs lack input_ids or attention_mask")
+        if entry.form == "fill-mask" and graph != entry.precision:  # a variant is named by its precision
+            raise ArtifactError(f"{origin}: graphs.{graph} has precision {entry.precision!r}; a fill-mask variant "
+                                "is named after its precision. Re-export the artifact")
         if entry.precision == "bf16" and not entry.head_input:  # else OpenVINO would run the head in bf16 too
             raise ArtifactError(f"{origin}: graphs.{graph} has no head_input, where its float32 MLM head "
                                 "begins; re-export the artifact")

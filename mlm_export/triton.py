@@ -120,7 +120,8 @@ def instance_kind(graph: GraphEntry, variant: str, device: str) -> str:
     if graph.precision == "bf16":
         raise InputError(f"variant {variant!r} is bf16, which is OpenVINO's (encoder in bf16, head in float32): "
                          "Triton's onnxruntime backend would run it whole in float32, unfused and slower than "
-                         "fp32. Serve variant int8 or fp32, or use OnnxMaskFiller(providers='openvino')")
+                         "fp32. Serve variant int8 or fp32 (from an artifact that has them), or use "
+                         "OnnxMaskFiller(providers='openvino')")
     if device == "gpu" and (graph.precision == "int8" or variant == "int8"):
         raise InputError(f"variant {variant!r} is int8, which is for CPU instances: ONNX Runtime's CUDA "
                          "provider runs its int8 ops on the CPU, copying every tensor back and forth. "

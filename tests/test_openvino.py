@@ -263,8 +263,22 @@ def test_ray_scoring_pairs_bf16_with_openvino_before_starting_ray(tiny_bf16: Pat
     texts = tmp_path / "texts.txt"
     texts.write_text("the cat sat on the mat .\n")
     result = CliRunner().invoke(main, ["score", str(tiny_bf16), str(texts), "--engine", "ray", "--variant", "bf16",
-                                       "-q"])
+                                       "--providers", "cpu", "-q"])
     assert result.exit_code == 1 and "runs on OpenVINO" in result.output and "--providers openvino" in result.output
+
+
+def test_ray_and_local_engines_both_score_with_bf16_under_auto(tiny_bf16: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat sat on the mat .\na big dog ran to the red tree .\n")
+    rows = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.jsonl"
+        result = CliRunner().invoke(main, ["score", str(tiny_bf16), str(texts), "--engine", engine, "--workers", "1",
+                                           "-o", str(out), "--json", "-q"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["variant"] == "bf16"
+        rows[engine] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["pll"] for r in rows["ray"]] == pytest.approx([r["pll"] for r in rows["local"]], abs=1e-5)
 
 
 def test_auto_runs_bf16_on_openvino_where_the_artifact_and_the_cpu_have_it(tiny_bf16: Path,
@@ -277,3 +291,45 @@ def test_auto_runs_bf16_on_openvino_where_the_artifact_and_the_cpu_have_it(tiny_
     assert info["default_variant"] == {"provider": "OpenVINO", "variant": "bf16"}
     monkeypatch.setitem(sys.modules, "openvino", None)  # not installed: the best ONNX Runtime variant
     assert OnnxMaskFiller.from_pretrained(tiny_bf16, threads=1).variant == "int8"
+
+
+def test_a_head_input_that_starts_no_linear_is_refused(tiny_bf16: Path) -> None:
+    """A hand-edited head_input at the decoder's output would run the decoder in bf16 under an f32 label."""
+    import onnx
+
+    graph = onnx.load(str(tiny_bf16 / "fill_mask.bf16.onnx")).graph
+    decoder_output = [n for n in graph.node if n.op_type == "Gemm"][-1].output[0]
+    with pytest.raises(ArtifactError, match="feeds no matrix product"):
+        OpenVINOSession(str(tiny_bf16 / "fill_mask.bf16.onnx"), decoder_output, 1)
+
+
+def test_a_broken_openvino_is_passed_over_by_auto_and_named_when_asked_for(tiny_bf16: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "openvino"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('libopenvino.so.2641: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "openvino", raising=False)
+    assert OnnxMaskFiller.from_pretrained(tiny_bf16, threads=1).variant == "int8"
+    with pytest.raises(ProviderError, match="cannot be imported .*cannot open shared object file"):
+        OnnxMaskFiller.from_pretrained(tiny_bf16, providers="openvino", threads=1)
+
+
+def test_ray_takes_auto_cpu_or_openvino_and_refuses_the_rest(tiny_bf16: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat sat on the mat .\n")
+    result = CliRunner().invoke(main, ["score", str(tiny_bf16), str(texts), "--engine", "ray", "--providers", "cuda",
+                                       "-q"])
+    assert result.exit_code == 1 and "providers must be auto, cpu or openvino" in result.output
+
+
+def test_a_variant_must_be_named_after_its_precision(tiny_bf16: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(tiny_bf16, tmp_path / "copy"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["graphs"]["int8"]["precision"] = "bf16"
+    manifest["graphs"]["int8"]["head_input"] = manifest["graphs"]["bf16"]["head_input"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="graphs.int8 has precision 'bf16'"):
+        read_manifest(copy)

@@ -80,14 +80,21 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     from ..artifact import present_graphs
     from ..manifest import read_manifest
     from ..runtime.openvino import OPENVINO
-    from ..runtime.predictor import check_runtime, preferred_variant
+    from ..runtime.predictor import auto_provider, check_runtime, preferred_variant
+    from ..runtime.providers import CPU
 
     ray = _ray()
     # fail here, not in every actor; a slim artifact serves the graphs it holds
     manifest = present_graphs(job.artifact, read_manifest(job.artifact, public_key=job.public_key))
-    # CPU workers: ONNX Runtime's CPU provider, or OpenVINO where asked for (the bf16 variant)
-    providers = "openvino" if str(job.providers).lower() == "openvino" else "cpu"
-    provider = OPENVINO if providers == "openvino" else "CPUExecutionProvider"
+    # CPU workers: ONNX Runtime's CPU provider, or OpenVINO (the bf16 variant); auto picks as the local
+    # engine does on a machine without a GPU
+    key = job.providers.lower() if isinstance(job.providers, str) else None
+    if key not in ("auto", "cpu", "openvino"):
+        raise InputError(f"the Ray engine's workers run on CPUs: providers must be auto, cpu or openvino, "
+                         f"got {job.providers!r}")
+    provider = {"cpu": CPU, "openvino": OPENVINO}.get(key) or auto_provider(manifest.fill_mask_graphs, CPU,
+                                                                            job.variant)
+    providers = "openvino" if provider == OPENVINO else "cpu"
     variant = job.variant or preferred_variant(manifest, provider)
     if variant is None:
         raise InputError(f"{job.artifact} has no fill-mask graph to score with")

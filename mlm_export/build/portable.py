@@ -86,9 +86,11 @@ def rewrite_for_openvino(model: Any) -> int:
 
 
 def _drop_unused_initializers(graph: Any) -> None:
-    """The traced graph keeps a constant no node reads (ONNX Runtime warns on every load); fusion drops it
-    from the other variants."""
+    """The traced graph keeps constants no node reads (ONNX Runtime warns about them on every load); fusion
+    drops them from the other variants."""
     used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Constant" and not set(n.output) & used]:
+        graph.node.remove(node)
     kept = [tensor for tensor in graph.initializer if tensor.name in used]
     if len(kept) != len(graph.initializer):
         del graph.initializer[:]

@@ -11,7 +11,6 @@ BF16 nor AMX) the encoder runs in float32 as well, with a warning.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import threading
 import warnings
 from collections.abc import Iterable
@@ -27,16 +26,23 @@ INSTALL_HINT = "pip install 'mlm-export[openvino]'"
 
 
 def openvino_module() -> Any:
-    """The `openvino` package, or a ProviderError that says how to install it."""
+    """The `openvino` package, or a ProviderError that says why it cannot be used and how to fix it."""
     try:
         import openvino
-    except ImportError as exc:
-        raise ProviderError(f"the bf16 variant runs on OpenVINO, which is not installed: {INSTALL_HINT}") from exc
+    except Exception as exc:  # not installed, or installed and broken (a missing shared library)
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "openvino"
+        why = "is not installed" if missing else f"cannot be imported ({type(exc).__name__}: {_first_line(exc)})"
+        raise ProviderError(f"the bf16 variant runs on OpenVINO, which {why}: {INSTALL_HINT}") from exc
     return openvino
 
 
-def openvino_installed() -> bool:
-    return importlib.util.find_spec("openvino") is not None
+def openvino_usable() -> bool:
+    """Whether `import openvino` works: `providers="auto"` passes over one that is absent or broken."""
+    try:
+        openvino_module()
+    except ProviderError:
+        return False
+    return True
 
 
 @functools.cache
@@ -88,10 +94,11 @@ class OpenVINOSession:
 
     @property
     def description(self) -> str:
-        """How the graph runs, for reports: the precision each part actually computes in."""
-        if len(self._parts) == 1:
-            return f"{OPENVINO} ({'bf16' if self.bf16 else 'f32'})"
-        return f"{OPENVINO} ({'bf16' if self.bf16 else 'f32'} encoder, f32 head)"
+        """How the graph runs, for reports: the precision each part's matrix products actually use."""
+        chosen = ["bf16" if "bf16" in found else "f32" for found in self.matmul_precisions()]
+        if len(chosen) == 1:
+            return f"{OPENVINO} ({chosen[0]})"
+        return f"{OPENVINO} ({chosen[0]} encoder, {chosen[1]} head)"
 
     def matmul_precisions(self) -> list[set[str]]:
         """Per part (encoder, head), the precisions OpenVINO's CPU plugin chose for its matrix products."""
@@ -136,6 +143,9 @@ def _cut(ov: Any, graph: Any, head_input: str) -> list[tuple[Any, str]]:
     start = opset13.parameter(source.get_partial_shape(), source.get_element_type(), name=head_input)
     start.output(0).set_names({head_input})
     consumers = list(source.get_target_inputs())
+    if not any(c.get_node().get_type_name() == "MatMul" for c in consumers):  # the head's first Linear
+        raise ArtifactError(f"{head_input!r}, where the manifest says the MLM head begins, feeds no matrix product: "
+                            "it is not the input of the head's first Linear. Re-export the artifact")
     results = list(graph.get_results())
     starts_head = {consumer.get_node().get_name() for consumer in consumers}
     head = [r for r in results if _reaches(r, starts_head)]
@@ -183,4 +193,6 @@ def _read_model(core: Any, model: str | bytes) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    """An exception's message on one line: OpenVINO's first line is often only where it was raised."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines)[:400] or type(exc).__name__

@@ -20,7 +20,7 @@ from ..artifact import checked_bytes, checked_file, present_graphs, refuse_left_
 from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import GraphEntry, Manifest, read_manifest
 from .feeds import CONTROL_INPUTS, control_feeds
-from .openvino import INSTALL_HINT, OPENVINO, cpu_has_bf16, openvino_installed
+from .openvino import INSTALL_HINT, OPENVINO, cpu_has_bf16, openvino_usable
 from .providers import CUDA, check_threads, create_session, requested_providers
 
 if TYPE_CHECKING:
@@ -467,7 +467,7 @@ def auto_provider(variants: dict[str, GraphEntry], primary: str | None = None, v
     Runtime's CPU provider. `primary` is `requested_providers("auto")[0]`, when already known."""
     primary = primary or requested_providers("auto")[0]
     wanted = [variants[variant]] if variant in variants else list(variants.values())
-    if primary != CUDA and any(g.precision == "bf16" for g in wanted) and openvino_installed() and cpu_has_bf16():
+    if primary != CUDA and any(g.precision == "bf16" for g in wanted) and openvino_usable() and cpu_has_bf16():
         return OPENVINO
     return primary
 

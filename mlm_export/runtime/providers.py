@@ -131,8 +131,9 @@ def requested_providers(spec: str | Sequence[str]) -> list[str]:
     providers = list(spec)
     unknown = [p for p in providers if p not in available]
     if not providers or unknown:
+        hint = " OpenVINO is not an ONNX Runtime provider: pass providers='openvino'." if OPENVINO in unknown else ""
         raise ProviderError(f"provider(s) {unknown or providers} not available in this onnxruntime "
-                            f"(available: {', '.join(available)})." + _clash_hint())
+                            f"(available: {', '.join(available)}).{hint}" + _clash_hint())
     return providers
 
 
