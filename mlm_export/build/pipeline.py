@@ -245,9 +245,12 @@ def _with_variant(manifest: Manifest, precision: str, entry: GraphEntry, path: P
     if weight_bytes > limit:
         raise ExportError(f"{path.name} stores more weight bytes ({weight_bytes}) than the fp32 "
                           f"graph ({stored}): a tensor was duplicated during conversion")
-    counts = FusionReport(fused_op_counts(path), fusion.expected_attention, config.allow_unfused, fusion.mode)
-    # bf16 is unfused on purpose (OpenVINO fuses it itself): no fusion counts to show
-    fused = None if precision == "bf16" else (fusion if precision == "fp32" else counts).to_dict()
+    fused = None  # bf16 is unfused on purpose (OpenVINO fuses it itself): no fusion counts to show
+    if precision == "fp32":
+        fused = fusion.to_dict()
+    elif precision != "bf16":  # counted in the graph itself: conversion must not have undone the fusion
+        fused = FusionReport(fused_op_counts(path), fusion.expected_attention, config.allow_unfused,
+                             fusion.mode).to_dict()
     return replace(manifest, graphs=manifest.graphs | {precision: replace(
         entry, fusion=fused, weight_bytes=weight_bytes, data_file=_data_file(path))})
 

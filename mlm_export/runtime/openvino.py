@@ -68,7 +68,7 @@ class OpenVINOSession:
         """`bf16=None` computes the encoder in bf16 where the CPU can; False keeps all of it in float32."""
         ov = openvino_module()
         core = ov.Core()
-        self.bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") if bf16 is None else bf16
+        self.bf16 = cpu_has_bf16() if bf16 is None else bf16
         if bf16 is None and not self.bf16:
             warnings.warn("this CPU has no bf16 (neither AVX-512 BF16 nor AMX): OpenVINO runs the bf16 "
                           "variant in float32, which is slower than the int8 or fp32 variant on ONNX Runtime",
