@@ -123,6 +123,22 @@ def test_predict_errors(runner: CliRunner, tiny_artifact: Path) -> None:
     assert bad_variant.exit_code == 1 and "variant 'int4'" in bad_variant.stderr
 
 
+@pytest.mark.parametrize("command", ["predict", "score", "verify"])
+def test_a_mistyped_provider_is_a_usage_error(runner: CliRunner, tiny_artifact: Path, tmp_path: Path,
+                                              command: str) -> None:
+    extra = {"predict": ["a [MASK]"], "score": [str(tmp_path / "in.txt")], "verify": []}[command]
+    (tmp_path / "in.txt").write_text("a b c\n")
+    result = runner.invoke(main, [command, str(tiny_artifact), *extra, "--providers", "cdua"])
+    assert result.exit_code == 2 and "'cdua' is not one of" in result.stderr
+    assert "'openvino'" in result.stderr  # the message lists what to pass instead
+
+
+def test_providers_on_the_command_line_ignore_case(runner: CliRunner, tiny_artifact: Path) -> None:
+    result = runner.invoke(main, ["predict", str(tiny_artifact), "a [MASK]", "--providers", "CPU", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["provider"] == "CPUExecutionProvider"
+
+
 def test_info_table_and_json(runner: CliRunner, tiny_artifact: Path) -> None:
     table = runner.invoke(main, ["info", str(tiny_artifact)])
     assert table.exit_code == 0
