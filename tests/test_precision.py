@@ -88,6 +88,7 @@ def test_int8_recipes_quantize_encoder_but_not_head(tiny_variants: Path, tmp_pat
     assert decoder.input[1].endswith("embeddings.word_embeddings.weight")  # the embedding matrix itself
     assert not [t.name for t in model.graph.initializer if "Transposed" in t.name]
     _assert_layer_norms_stay_split(path, tmp_path, layers)
+    _assert_gelu_bias_folds_into_the_int8_matmul(path, tmp_path, layers, recipe)
 
 
 def _calibration_rows(vocab_size: int) -> list:
@@ -112,6 +113,54 @@ def _assert_layer_norms_stay_split(path: Path, tmp_path: Path, layers: int) -> N
     optimized = _ops(tmp_path / "optimized.onnx")
     assert "SkipLayerNormalization" not in optimized
     assert optimized.count("LayerNormalization") == 2 * layers + 1  # two per layer, one in the head
+
+
+def _assert_gelu_bias_folds_into_the_int8_matmul(path: Path, tmp_path: Path, layers: int,
+                                                 recipe: Int8Recipe) -> None:
+    """BiasGelu is split into Add + Gelu so that ONNX Runtime folds the bias into the dynamic int8 FFN1
+    (DynamicQuantizeMatMul's fifth input); the outputs must not change."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    assert "BiasGelu" not in _ops(path)
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))  # written by _assert_layer_norms_stay_split
+    ops = [n.op_type for n in optimized.graph.node]
+    if "ffn1" not in recipe.blockwise:
+        assert "BiasGelu" not in ops and ops.count("Gelu") == layers + 1  # one per layer, one in the head
+        producers = {o: n for n in optimized.graph.node for o in n.output}
+        before_gelu = [producers[n.input[0]] for n in optimized.graph.node if n.op_type == "Gelu"]
+        with_bias = [n for n in before_gelu if n.op_type == "DynamicQuantizeMatMul" and len(n.input) > 4 and n.input[4]]
+        assert len(with_bias) == layers
+    # the same graph with BiasGelu put back gives the same answers
+    model = onnx.load(str(path))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    merged = []
+    for node in model.graph.node:
+        add = producers.get(node.input[0]) if node.op_type == "Gelu" else None
+        if add is not None and add.name.endswith("/add_bias"):
+            merged.remove(add)
+            node = helper.make_node("BiasGelu", list(add.input), list(node.output), domain="com.microsoft")
+        merged.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(merged)
+    assert [n.op_type for n in merged].count("BiasGelu") == layers
+    feeds = _feeds_for(path)
+    split = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["scores", "token_ids"], feeds)
+    fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["scores", "token_ids"], feeds)
+    np.testing.assert_allclose(split[0], fused[0], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(split[1], fused[1])
+
+
+def _feeds_for(path: Path) -> dict:
+    """Two rows of ordinary tokens with a mask each, for every input the graph declares."""
+    from mlm_export.runtime.feeds import control_feeds
+
+    ids = np.array([[2] + list(np.random.default_rng(7).integers(5, len(SPECIALS + WORDS), 12)) + [3]] * 2)
+    ids[0, 3] = ids[1, 7] = SPECIALS.index("[MASK]")
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {n: tokens[n] for n in names if n in tokens} | control_feeds(names, 5)
 
 
 def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_gelu(tmp_path: Path) -> None:

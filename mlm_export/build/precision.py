@@ -20,8 +20,8 @@ The MLM head (two Gemm nodes) and the embedding Gather stay float in every recip
 there, one activation scale per tensor, is where fill-mask accuracy dies. Once a recipe is chosen,
 a vocabulary-wide decoder is tried 8-bit block-wise (`blockwise_head`) and kept only if the gate
 still passes: at one mask its float weights are most of the bytes a call reads. Every int8 graph also
-has its SkipLayerNormalization nodes split into Add + LayerNormalization, which ONNX Runtime's CPU
-provider runs faster.
+has its SkipLayerNormalization nodes split into Add + LayerNormalization, and its BiasGelu nodes into
+Add + Gelu, both of which ONNX Runtime's CPU provider runs faster (the numbers are in each function).
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def to_int8(src: Path, dst: Path, recipe: Int8Recipe, calibration: Sequence[Any]
             model = load_graph(staged)
             _restore_head(model, head)
             unfuse_skip_layer_norm(model)
+            split_bias_gelu(model)
             share_identical_initializers(model)  # layers that share weights (ALBERT) quantize to equal copies
             save_graph(model, dst, external)
         except ExportError:
@@ -189,6 +190,33 @@ def unfuse_skip_layer_norm(model: Any) -> int:
         nodes.append(helper.make_node("LayerNormalization", [total, node.input[2], node.input[3]],
                                       [node.output[0]], name=f"{node.name}/layer_norm", axis=-1,
                                       epsilon=epsilon))
+        split += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return split
+
+
+def split_bias_gelu(model: Any) -> int:
+    """Split each BiasGelu(x, bias) into Add(x, bias) and Gelu. Returns how many were.
+
+    At session start ONNX Runtime folds that Add into the DynamicQuantizeMatMul before it, as the
+    bias it takes, and its Gelu kernel is about twice as fast as BiasGelu's. The outputs stay the
+    same to the bit (the same float additions in the same order). On this repository's CPU the int8
+    graph got 1.04x / 1.11x faster on bert-base at 1x128 / 32x128 and 1.03x / 1.09x on AntiBERTy. Where
+    nothing takes the bias (a block-wise FFN1), ONNX Runtime fuses the pair back into BiasGelu. A
+    test checks that the session's optimized graph keeps Gelu alone after a dynamic int8 MatMul.
+    """
+    from onnx import helper
+
+    nodes, split = [], 0
+    for node in model.graph.node:
+        if node.op_type != "BiasGelu" or node.domain != "com.microsoft":
+            nodes.append(node)
+            continue
+        biased = f"{node.name}/biased"
+        nodes.append(helper.make_node("Add", list(node.input[:2]), [biased], name=f"{node.name}/add_bias"))
+        nodes.append(helper.make_node("Gelu", [biased], list(node.output), name=f"{node.name}/gelu",
+                                      domain="com.microsoft"))
         split += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
