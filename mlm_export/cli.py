@@ -191,8 +191,10 @@ def common_options(command: Any) -> Any:
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
 key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 # the strings the library takes (its explicit lists of ONNX Runtime providers are for Python callers):
-# a typo is a usage error, exit 2, like any other bad option value
+# a typo is a usage error, exit 2, like any other bad option value. verify judges bf16 on OpenVINO
+# whatever it is given, so openvino is no choice there.
 providers_choice = click.Choice(["auto", "cpu", "cuda", "openvino"], case_sensitive=False)
+verify_providers_choice = click.Choice(["auto", "cpu", "cuda"], case_sensitive=False)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -251,7 +253,7 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
 @click.option("--source", help="Model to compare against, if not the one recorded in the manifest.")
 @click.option("--probe-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Realistic probe texts, one per line (UTF-8), used instead of the packaged set.")
-@click.option("--providers", type=providers_choice, default="cpu", show_default=True,
+@click.option("--providers", type=verify_providers_choice, default="cpu", show_default=True,
               help="cpu, cuda or auto (int8 is judged on the CPU, bf16 on OpenVINO, whatever this says).")
 @click.option("--key", type=key_file, help="Public key: require a valid signature of the manifest.")
 @common_options
@@ -319,7 +321,7 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
 @click.option("--per-token", is_flag=True, help="Add each scored token's log-probability.")
 @click.option("--variant", help="Graph variant (e.g. int8); default: best for the provider.")
 @click.option("--providers", type=providers_choice, default="auto", show_default=True,
-              help="auto, cpu, cuda, or openvino (the bf16 variant); Ray's CPU workers take cpu or openvino.")
+              help="auto, cpu, cuda, or openvino (the bf16 variant); Ray's CPU workers take auto, cpu or openvino.")
 @click.option("--threads", type=click.IntRange(1, max_threads()),
               help="Inference threads, ONNX Runtime intra-op or OpenVINO (per actor with --engine ray).")
 @click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True,

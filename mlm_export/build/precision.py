@@ -213,9 +213,10 @@ def split_bias_gelu(model: Any) -> int:
         if node.op_type != "BiasGelu" or node.domain != "com.microsoft":
             nodes.append(node)
             continue
-        biased = f"{node.name}/biased"
-        nodes.append(helper.make_node("Add", list(node.input[:2]), [biased], name=f"{node.name}/add_bias"))
-        nodes.append(helper.make_node("Gelu", [biased], list(node.output), name=f"{node.name}/gelu",
+        stem = node.output[0]  # unique in a valid graph, where node names need not be
+        biased = f"{stem}/biased"
+        nodes.append(helper.make_node("Add", list(node.input[:2]), [biased], name=f"{stem}/add_bias"))
+        nodes.append(helper.make_node("Gelu", [biased], list(node.output), name=f"{stem}/gelu",
                                       domain="com.microsoft"))
         split += 1
     del model.graph.node[:]
