@@ -255,8 +255,13 @@ def test_verify_refuses_to_pass_a_bf16_gate_it_cannot_run(tiny_bf16: Path, monke
     assert result.exit_code == 1, result.output
     error = json.loads(result.stdout)["error"]
     assert error["type"] == "ProviderError" and "AVX-512 BF16 nor AMX" in error["message"]
+    # openvino is no choice for verify: a usage error on the command line, an InputError from Python
     result = CliRunner().invoke(main, ["verify", str(tiny_bf16), "--providers", "openvino", "-q"])
-    assert result.exit_code == 1 and "judges the bf16 variant on OpenVINO by itself" in result.output
+    assert result.exit_code == 2 and "'openvino' is not one of 'auto', 'cpu', 'cuda'" in result.output
+    from mlm_export.verify import verify_artifact
+
+    with pytest.raises(InputError, match="judges the bf16 variant on OpenVINO by itself"):
+        verify_artifact(tiny_bf16, providers="openvino")
 
 
 def test_ray_scoring_pairs_bf16_with_openvino_before_starting_ray(tiny_bf16: Path, tmp_path: Path) -> None:
