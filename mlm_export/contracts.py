@@ -17,12 +17,15 @@ import json
 from importlib import resources
 from typing import Any
 
+from .manifest import FORMAT_VERSION, SCHEMAS
+
 DOCUMENTS = {"export": "export-v2", "verify": "verify-v1", "predict": "predict-v1", "score": "score-v1",
              "slim": "slim-v1", "triton": "triton-v1", "info": "info-v2", "sign": "sign-v1",
              "keygen": "keygen-v1", "bench": "bench-v1", "schema": "schemas-v1", "error": "error-v1"}
 ROWS = {"score": "score-row-v1"}  # documents written one per line, which carry no schema field
-MANIFEST_SCHEMA = "manifest-v3"  # what export writes
-READ_MANIFEST_SCHEMAS = ("manifest-v2", "manifest-v3")  # what the reader accepts
+# the manifest's schemas are manifest.py's, which picks one per format_version
+READ_MANIFEST_SCHEMAS = tuple(file.removesuffix(".schema.json") for file in SCHEMAS.values())  # what is read
+MANIFEST_SCHEMA = SCHEMAS[FORMAT_VERSION].removesuffix(".schema.json")  # what export writes
 
 
 def schema_names() -> list[str]:

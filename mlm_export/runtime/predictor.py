@@ -463,7 +463,7 @@ def _pick(variants: dict[str, GraphEntry], provider: str) -> str:
 def auto_provider(variants: dict[str, GraphEntry], primary: str | None = None, variant: str | None = None) -> str:
     """What `providers="auto"` runs: CUDA where ONNX Runtime sees a GPU; else OpenVINO where the artifact
     has a bf16 variant (and no other variant was asked for), openvino is installed and the CPU computes
-    in bf16, since that variant ran batches 1.6-2x faster than int8 (README, Benchmarks); else ONNX
+    in bf16, since that variant ran batches of 32 1.4-1.65x faster than int8 (README, Benchmarks); else ONNX
     Runtime's CPU provider. `primary` is `requested_providers("auto")[0]`, when already known."""
     primary = primary or requested_providers("auto")[0]
     wanted = [variants[variant]] if variant in variants else list(variants.values())
