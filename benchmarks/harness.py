@@ -104,8 +104,8 @@ class SystemResult:
 def prepare(model: str, work: Path, seed: int) -> Prepared:
     """Build or reuse every artifact the systems load; cached under `work`."""
     from mlm_export.config import ExportConfig
-    from mlm_export.build.source import resolve
-    from mlm_export.build.pipeline import export_model, library_versions
+    from mlm_export.exporter.source import resolve
+    from mlm_export.exporter.pipeline import export_model, library_versions
     from mlm_export.runtime.openvino import cpu_has_bf16
 
     root = work / _slug(model)
@@ -611,7 +611,7 @@ def chart(reports: list[dict], path: Path) -> Path | None:
 
 def run_benchmark(config: BenchConfig) -> dict:
     """Prepare each model, run every system on every workload, write JSON, markdown and a chart."""
-    from mlm_export.build.source import require_export_extra
+    from mlm_export.exporter.source import require_export_extra
 
     require_export_extra()
     config.out.mkdir(parents=True, exist_ok=True)

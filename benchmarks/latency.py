@@ -26,7 +26,7 @@ import numpy as np
 from mlm_export import OnnxMaskFiller
 from mlm_export.manifest import Manifest, read_manifest
 from harness import wait_idle  # benchmarks/harness.py, beside this script
-from mlm_export.build.precision import INT8_RECIPES, to_int8
+from mlm_export.passes.int8 import INT8_RECIPES, to_int8
 from mlm_export.runtime.feeds import control_feeds
 from mlm_export.runtime.providers import create_session
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (py.typed)
-    from .build.pipeline import export_model
+    from .exporter.pipeline import export_model
     from .config import ExportConfig
     from .runtime.predictor import OnnxMaskFiller
     from .signing import sign_artifact
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (py.typed)
 # Loaded on first use: `import mlm_export` (and so the CLI's start) stays cheap, and a Ctrl-C during
 # start-up lands in the CLI's handler rather than in an import of numpy.
 _LAZY = {"OnnxMaskFiller": ("runtime.predictor", "OnnxMaskFiller"),
-         "export_model": ("build.pipeline", "export_model"),
+         "export_model": ("exporter.pipeline", "export_model"),
          "verify_artifact": ("verify", "verify_artifact"),
          "sign_artifact": ("signing", "sign_artifact"),
          "ExportConfig": ("config", "ExportConfig")}

@@ -30,7 +30,7 @@ from .manifest import FORMAT_VERSION
 from .errors import MlmExportError, ParityError
 from .interrupts import signals_as_interrupts
 from .progress import live_bars
-from .build.precision import INT8_RECIPE_NAMES
+from .passes.int8 import INT8_RECIPE_NAMES
 from .runtime.providers import max_threads
 
 INTERRUPT_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -235,7 +235,7 @@ def export_command(model: str, out: Path | None, force: bool, revision: str | No
                    fp16: bool, int8: bool, int8_recipe: str, bf16: bool, allow_unfused: bool,
                    probe_file: Path | None, as_json: bool, quiet: bool) -> None:
     """Export MODEL, fuse it, verify every graph against PyTorch, and write the artifact."""
-    from .build.pipeline import export_model
+    from .exporter.pipeline import export_model
     from .config import ExportConfig
     from .verify import read_probe_file
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .manifest import Tolerance
-from .build.precision import find_int8_recipe
+from .passes.int8 import find_int8_recipe
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNormalization

@@ -189,14 +189,14 @@ def tiny_variants(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def antiberty_bert() -> object:
     from transformers import BertForMaskedLM
 
-    from mlm_export.build.source import resolve
+    from mlm_export.exporter.source import resolve
 
     return BertForMaskedLM.from_pretrained(resolve("antiberty").model_dir).eval()
 
 
 @pytest.fixture(scope="session")
 def antiberty_vocab() -> list[str]:
-    from mlm_export.build.source import resolve
+    from mlm_export.exporter.source import resolve
 
     vocab = resolve("antiberty").vocab_file
     assert vocab is not None

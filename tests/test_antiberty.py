@@ -42,7 +42,7 @@ def test_trained_head_recovers_conserved_cysteines(antiberty_export, residue_ind
 def test_predictor_matches_transformers_pipeline_on_antibodies(antiberty_export) -> None:  # type: ignore[no-untyped-def]
     from transformers import BertForMaskedLM, PreTrainedTokenizerFast, pipeline
 
-    from mlm_export.build.source import resolve
+    from mlm_export.exporter.source import resolve
 
     model = BertForMaskedLM.from_pretrained(resolve("antiberty").model_dir).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(antiberty_export.path)

@@ -15,8 +15,8 @@ from transformers import BertForMaskedLM
 from mlm_export.errors import FusionError
 from mlm_export.runtime.feeds import control_feeds
 from mlm_export.families import BERT
-from mlm_export.build.trace import export_fill_mask
-from mlm_export.build.fuse import fuse
+from mlm_export.exporter.trace import export_fill_mask
+from mlm_export.passes.fuse import fuse
 
 MASK, PAD, CLS, SEP = 4, 0, 2, 3
 

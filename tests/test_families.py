@@ -19,9 +19,9 @@ import torch
 import layouts
 from conftest import fewer_realistic_probes
 from mlm_export import ExportConfig, InputError, MissingHeadError, OnnxMaskFiller, SourceError, export_model
-from mlm_export.build.fuse import attention_branch_first
-from mlm_export.build.model import load_model
-from mlm_export.build.source import resolve
+from mlm_export.passes.fuse import attention_branch_first
+from mlm_export.exporter.model import load_model
+from mlm_export.exporter.source import resolve
 from mlm_export.families import FAMILIES, family_of
 from mlm_export.verify import antibody_sequences
 
@@ -42,7 +42,7 @@ def _hf_top1(model_dir: Path, texts: list[str], mask: str) -> list[int]:
     """Each family's own transformers model, fed the artifact's token ids: the answer to match."""
     from tokenizers import Tokenizer
 
-    from mlm_export.build.tokenizer import load_tokenizer
+    from mlm_export.exporter.tokenizer import load_tokenizer
 
     source = resolve(str(model_dir))
     model = load_model(source)
@@ -190,8 +190,8 @@ def test_the_albert_residual_fix_on_a_tiny_albert(tmp_path: Path) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
     from transformers import AlbertConfig, AlbertForMaskedLM
 
-    from mlm_export.build.fuse import fuse
-    from mlm_export.build.trace import export_fill_mask
+    from mlm_export.passes.fuse import fuse
+    from mlm_export.exporter.trace import export_fill_mask
     from mlm_export.families import ALBERT
 
     torch.manual_seed(5)

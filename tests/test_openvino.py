@@ -154,8 +154,8 @@ def test_without_openvino_every_way_in_says_how_to_install_it(tiny_dir: Path, tm
 
 def test_a_cpu_without_bf16_refuses_to_export_the_variant_before_loading(tiny_dir: Path, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mlm_export.build.pipeline.cpu_has_bf16", lambda: False)
-    monkeypatch.setattr("mlm_export.build.pipeline.parse_source",
+    monkeypatch.setattr("mlm_export.exporter.pipeline.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("mlm_export.exporter.pipeline.parse_source",
                         lambda *_a: pytest.fail("the source was read before the refusal"))
     with pytest.raises(ProviderError, match="AVX-512 BF16 or AMX"):
         export_model(ExportConfig(str(tiny_dir), out=tmp_path / "out", bf16=True))
@@ -176,7 +176,7 @@ def _log_sum_exp_model(keepdims: int, op: str = "ReduceLogSumExp") -> object:
 def test_log_reductions_are_rewritten_into_ops_openvino_reads(op: str, keepdims: int) -> None:
     import openvino as ov
 
-    from mlm_export.build.portable import rewrite_for_openvino
+    from mlm_export.passes.portable import rewrite_for_openvino
 
     keep = bool(keepdims)
     x = (np.arange(15, dtype=np.float32).reshape(3, 5) - 4) * 30  # exp() overflows float32 without the max shift
@@ -208,7 +208,7 @@ def test_the_export_check_catches_what_openvino_misreads(tiny_bf16: Path, tiny_d
     core = ov.Core()
     misreads = core.compile_model(core.read_model(model.SerializeToString()), "CPU")(
         np.zeros((2, 3), np.float32))[0].size != 2
-    monkeypatch.setattr("mlm_export.build.portable.rewrite_for_openvino", lambda _model: 0)
+    monkeypatch.setattr("mlm_export.passes.portable.rewrite_for_openvino", lambda _model: 0)
     config = ExportConfig(str(tiny_dir), out=tmp_path / "out", bf16=True)
     if misreads:
         with pytest.raises(ExportError, match="OpenVINO reads fill_mask.bf16.onnx differently"):

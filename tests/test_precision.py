@@ -18,7 +18,7 @@ from mlm_export.artifact import sha256_file
 from mlm_export.manifest import read_manifest
 from mlm_export.cli import main
 from mlm_export.config import ExportConfig
-from mlm_export.build.precision import (
+from mlm_export.passes.int8 import (
     INT8_RECIPE_NAMES,
     INT8_RECIPES,
     Int8Recipe,
@@ -175,7 +175,7 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
 
     from conftest import _save_tiny_bert
     from mlm_export import export_model
-    from mlm_export.build.precision import distinct_recipe, find_int8_recipe
+    from mlm_export.passes.int8 import distinct_recipe, find_int8_recipe
 
     vocab = SPECIALS + WORDS
     source = _save_tiny_bert(tmp_path / "four", vocab, len(vocab), seed=3, layers=4)
@@ -196,7 +196,7 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
     assert sorted(name.split("layer.")[1].split("/")[0] for name in nbits) == ["1", "3"]
     assert _ops(tmp_path / "int8.onnx").count("MatMulInteger") == 3 * 4 - 2  # the other MatMuls: dynamic
     # weights in external data (models over 2 GB): the same choice, and no scratch file left behind
-    from mlm_export.build.graph_file import load_graph, save_graph
+    from mlm_export.passes.graph_file import load_graph, save_graph
 
     external = tmp_path / "external"
     external.mkdir()
@@ -213,7 +213,7 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
 
 
 def test_top2_is_skipped_where_it_would_equal_ffn2_blockwise(tiny_variants: Path) -> None:
-    from mlm_export.build.precision import distinct_recipe
+    from mlm_export.passes.int8 import distinct_recipe
 
     two_layers = tiny_variants / "fill_mask.fp32.onnx"
     assert [r.name for r in INT8_RECIPES if not distinct_recipe(two_layers, r)] == ["dynamic-ffn2-blockwise-top2"]
@@ -314,7 +314,7 @@ def test_no_vocabulary_wide_gemm_is_an_export_error(tiny_variants: Path, tmp_pat
 def _wide(tiny_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **options: object) -> dict:
     """An --int8 export of the tiny model with its decoder counted as vocabulary-wide (the real threshold
     is bert-base-sized), and the int8 entry of its manifest."""
-    monkeypatch.setattr("mlm_export.build.pipeline.HEAD_BLOCKWISE_MIN_WEIGHTS", 1)
+    monkeypatch.setattr("mlm_export.exporter.pipeline.HEAD_BLOCKWISE_MIN_WEIGHTS", 1)
     from mlm_export import export_model
 
     export_model(ExportConfig(str(tiny_dir), out=out, int8=True, **options))  # type: ignore[arg-type]
@@ -358,7 +358,7 @@ def test_a_wide_decoder_that_fails_the_gate_stays_float(tiny_dir: Path, tmp_path
         nbits.input[5] = "negated_bias"
         onnx.save(model, str(dst))
 
-    monkeypatch.setattr("mlm_export.build.pipeline.blockwise_head", broken)
+    monkeypatch.setattr("mlm_export.exporter.pipeline.blockwise_head", broken)
     out = tmp_path / "rejected"
     entry = _wide(tiny_dir, out, monkeypatch)
     trial = entry["recipes_tried"][-1]
@@ -375,7 +375,7 @@ def test_a_decoder_trial_that_errs_keeps_the_float_decoder(tiny_dir: Path, tmp_p
         dst.write_bytes(b"half-written")
         raise ExportError("8-bit block-wise decoder failed: no kernel")
 
-    monkeypatch.setattr("mlm_export.build.pipeline.blockwise_head", failing)
+    monkeypatch.setattr("mlm_export.exporter.pipeline.blockwise_head", failing)
     out = tmp_path / "erred"
     with caplog.at_level("WARNING", logger="mlm_export"):
         entry = _wide(tiny_dir, out, monkeypatch)

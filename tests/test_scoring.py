@@ -34,7 +34,7 @@ def _torch_pll(model, tokenizer, text: str, exclude_special: bool) -> list[float
 def antiberty_torch(antiberty_export):  # type: ignore[no-untyped-def]
     from transformers import BertForMaskedLM, PreTrainedTokenizerFast
 
-    from mlm_export.build.source import resolve
+    from mlm_export.exporter.source import resolve
 
     model = BertForMaskedLM.from_pretrained(resolve("antiberty").model_dir).eval()
     return model, PreTrainedTokenizerFast.from_pretrained(antiberty_export.path)

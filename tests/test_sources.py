@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from mlm_export import ExportConfig, MissingHeadError, SourceError, export_model
-from mlm_export.build.model import load_model
-from mlm_export.build.source import resolve
-from mlm_export.build.tokenizer import load_tokenizer
+from mlm_export.exporter.model import load_model
+from mlm_export.exporter.source import resolve
+from mlm_export.exporter.tokenizer import load_tokenizer
 
 
 def test_encoder_only_checkpoint_is_refused_naming_the_head(minilm_dir: Path, tmp_path: Path) -> None:

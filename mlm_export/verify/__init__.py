@@ -46,8 +46,8 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
     """
     from tokenizers import Tokenizer
 
-    from ..build.model import load_model, model_facts
-    from ..build.source import ResolvedSource, SourceSpec, require_export_extra, resolve, resolve_spec
+    from ..exporter.model import load_model, model_facts
+    from ..exporter.source import ResolvedSource, SourceSpec, require_export_extra, resolve, resolve_spec
 
     require_export_extra()
     if isinstance(providers, str) and providers.lower() == "openvino":

@@ -1,6 +1,4 @@
-"""Precision stage: fp16 (for CUDA) and int8 (for CPU) variants derived from the fused fp32 graph.
-
-fp16 keeps the softmax/top-k tail and LayerNorm in float32; everything else runs in half.
+"""int8 pass (for ONNX Runtime's CPU provider): the fused fp32 graph in, a dynamically quantized one out.
 
 int8 comes in recipes, fastest first; export tries them in order and keeps the first that passes
 the int8 gate on the artifact's realistic probes (the README's precision section has the measurements):
@@ -27,7 +25,6 @@ Add + Gelu, both of which ONNX Runtime's CPU provider runs faster (the numbers a
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +41,6 @@ from .graph_file import data_path, load_graph, save_graph, uses_external_data
 
 log = logging.getLogger("mlm_export")
 
-# The softmax tail of the fill-mask form and LayerNorm statistics overflow or lose rank order in half.
-FP16_KEEP_FLOAT = ["TopK", "ReduceLogSumExp", "Sub", "Exp", "LayerNormalization", "Min", "NonZero"]
 INT8_BLOCK_SIZE = 32  # blocks of 64 and 128 were faster but fell below 99.5% top-1
 GELU_OPS = ("BiasGelu", "Gelu", "FastGelu")
 # A decoder below this many weights reads fast enough in float that one more gate run is not worth it
@@ -81,34 +76,6 @@ def find_int8_recipe(name: str) -> Int8Recipe:
         if recipe.name == name:
             return recipe
     raise ConfigError(f"unknown int8 recipe {name!r}; choose one of {', '.join(INT8_RECIPE_NAMES)}")
-
-
-def fused_op_counts(path: Path) -> dict[str, int]:
-    """Counts of ONNX Runtime's contrib (fused/quantized) ops, as recorded in the manifest."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return dict(sorted(Counter(node.op_type for node in graph.node
-                               if node.domain == "com.microsoft"
-                               or node.op_type in ("LayerNormalization", "Gelu")).items()))
-
-
-def to_fp16(src: Path, dst: Path) -> None:
-    """Half-precision weights and compute, float32 inputs/outputs (keep_io_types)."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    with stage(f"converting {src.name} to fp16"):
-        try:
-            model = OnnxModel(load_graph(src))
-            with quiet_onnxruntime_tools():
-                model.convert_float_to_float16(keep_io_types=True,
-                                               op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT)
-            share_identical_initializers(model.model)
-            declare_contrib_opset(model.model)
-            save_graph(model.model, dst, uses_external_data(src))
-        except Exception as exc:
-            raise ExportError(f"fp16 conversion of {src.name} failed: {exc}") from exc
 
 
 def distinct_recipe(path: Path, recipe: Int8Recipe) -> bool:

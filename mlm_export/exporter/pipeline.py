@@ -32,10 +32,10 @@ from ..verify import (
     choose_probe_set,
     runtime_of,
 )
-from .fuse import FusionReport, fuse
-from .graph_file import data_path, load_graph, save_graph, uses_external_data
-from .model import load_model, model_facts
-from .precision import (
+from ..passes.fp16 import to_fp16
+from ..passes.fuse import FusionReport, fuse, fused_op_counts
+from ..passes.graph_file import data_path, load_graph, save_graph, uses_external_data
+from ..passes.int8 import (
     HEAD_BLOCKWISE,
     HEAD_BLOCKWISE_MIN_WEIGHTS,
     HEAD_FLOAT,
@@ -44,13 +44,12 @@ from .precision import (
     decoder_weights,
     distinct_recipe,
     find_int8_recipe,
-    fused_op_counts,
-    to_fp16,
     to_int8,
 )
+from ..passes.portable import check_openvino_reads, write_portable
+from .model import load_model, model_facts
 from .source import ResolvedSource, parse_source, require_export_extra, resolve_spec
 from .tokenizer import LoadedTokenizer, load_tokenizer
-from .portable import check_openvino_reads, write_portable
 from .trace import export_fill_mask, export_logits, graph_io
 
 log = logging.getLogger("mlm_export")

@@ -17,6 +17,8 @@ Attention, so ALBERT's twelve layers, which share one set of weights, would stor
 
 from __future__ import annotations
 
+from collections import Counter
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +163,13 @@ def declare_contrib_opset(model: Any) -> None:
     if uses and not any(o.domain == "com.microsoft" for o in model.opset_import):
         opset = model.opset_import.add()
         opset.domain, opset.version = "com.microsoft", 1
+
+
+def fused_op_counts(path: Path) -> dict[str, int]:
+    """Counts of ONNX Runtime's contrib (fused/quantized) ops, as recorded in the manifest."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return dict(sorted(Counter(node.op_type for node in graph.node
+                               if node.domain == "com.microsoft"
+                               or node.op_type in ("LayerNormalization", "Gelu")).items()))
