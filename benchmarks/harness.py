@@ -103,9 +103,9 @@ class SystemResult:
 
 def prepare(model: str, work: Path, seed: int) -> Prepared:
     """Build or reuse every artifact the systems load; cached under `work`."""
-    from mlm_export.config import ExportConfig
+    from mlm_export import ExportConfig, export_model
+    from mlm_export.exporter.pipeline import library_versions
     from mlm_export.exporter.source import resolve
-    from mlm_export.exporter.pipeline import export_model, library_versions
     from mlm_export.runtime.openvino import cpu_has_bf16
 
     root = work / _slug(model)
@@ -217,28 +217,48 @@ def make_texts(prepared: Prepared, workload: Workload, seed: int) -> list[str]:
 
 def _build(system: str, prepared: Prepared, threads: int) -> tuple[Callable[[list[str]], list[int]], float | None]:
     """A callable from texts to each mask's top-1 token id, and the on-disk size of the model."""
-    from mlm_export.runtime.predictor import OnnxMaskFiller
+    from mlm_export import OnnxMaskFiller
 
     if system.startswith("mlm-export-"):
         variant = system.rsplit("-", 1)[1]
         filler = OnnxMaskFiller.from_pretrained(prepared.artifact, variant=variant, threads=threads,
                                                 providers="openvino" if variant == "bf16" else "cpu")
-        size = filler.manifest.files[filler.graph.file].size
+        manifest = read_manifest(prepared.artifact)
+        size = manifest.files[manifest.graphs[variant].file].size
         return lambda texts: _top1(filler(texts, top_k=5), len(texts)), size / 1e6
     if system == "ort-session-int8":
-        filler = OnnxMaskFiller.from_pretrained(prepared.artifact, variant="int8", providers="cpu",
-                                                threads=threads)
-        cache: dict[tuple[str, ...], dict] = {}
-
-        def bare(texts: list[str]) -> list[int]:
-            key = tuple(texts)
-            if key not in cache:  # tokenizing and padding happen once, outside the timing
-                cache[key] = _feeds(filler, texts)
-                return []
-            return filler.session.run(["token_ids"], cache[key])[0][:, 0].tolist()
-
-        return bare, None
+        return _bare_graph(prepared.artifact, "int8", threads), None
     return _build_peer(system, prepared, threads)
+
+
+def _bare_graph(artifact: Path, variant: str, threads: int) -> Callable[[list[str]], list[int]]:
+    """The variant's graph file in a plain `onnxruntime.InferenceSession` (the predictor's session options:
+    `threads` intra-op threads, one inter-op), run on pre-tokenized, pre-padded rows: the floor that the
+    predictor's Python overhead is measured against."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    manifest = read_manifest(artifact)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(artifact / manifest.graphs[variant].file), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    tokenizer = Tokenizer.from_file(str(artifact / manifest.tokenizer.file))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    cache: dict[tuple[str, ...], dict] = {}
+
+    def bare(texts: list[str]) -> list[int]:
+        key = tuple(texts)
+        if key not in cache:  # tokenizing and padding happen once, outside the timing
+            rows = [e.ids for e in tokenizer.encode_batch(texts)]
+            cache[key] = graph_feeds(names, rows, manifest.tokenizer.pad_token_id)
+            return []
+        return session.run(["token_ids"], cache[key])[0][:, 0].tolist()
+
+    return bare
 
 
 def _build_peer(system: str, prepared: Prepared, threads: int) -> tuple[Callable[[list[str]], list[int]], float | None]:
@@ -319,20 +339,14 @@ def _build_openvino(prepared: Prepared, tokenizer: Any, threads: int) -> tuple[C
     return run, path.stat().st_size / 1e6
 
 
-def _feeds(filler: Any, texts: list[str]) -> dict:
-    import numpy as np
+def graph_feeds(names: list[str], rows: Any, pad_token_id: int, top_k: int = 5) -> dict:
+    """The feeds of a fill-mask graph that declares inputs `names`, for token rows (lists of ids, or a 2-D
+    array) right-padded with `pad_token_id`: the library's own feed builders, for the bare-graph timings
+    here and in latency.py."""
+    from mlm_export.runtime.graph import control_feeds, right_padded, token_feeds
 
-    rows = [e.ids for e in filler.tokenizer.encode_batch(texts)]
-    width = max(map(len, rows))
-    ids = np.full((len(rows), width), filler.pad_token_id, dtype=np.int64)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-    from mlm_export.runtime.feeds import control_feeds
-
-    available = {"input_ids": ids, "attention_mask": (ids != filler.pad_token_id).astype(np.int64),
-                 "token_type_ids": np.zeros_like(ids)}
-    names = filler.graph.input_names
-    return {name: available[name] for name in names if name in available} | control_feeds(names, 5)
+    input_ids, attention_mask = right_padded(rows, pad_token_id)
+    return token_feeds(names, input_ids, attention_mask) | control_feeds(names, top_k)
 
 
 def _masks(result: Any) -> list[list[dict]]:

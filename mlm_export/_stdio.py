@@ -19,7 +19,7 @@ from typing import TextIO
 
 def _fd(stream: object) -> int | None:
     try:
-        return stream.fileno()  # type: ignore[attr-defined]
+        return int(stream.fileno())  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None  # a test runner's buffer, or a closed stream
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .manifest import Tolerance
-from .passes.int8 import find_int8_recipe
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNormalization
@@ -57,6 +56,8 @@ class ExportConfig:
         if any(len(t.splitlines()) != 1 for t in self.probe_texts):
             raise ConfigError("each probe text must be one line: the artifact stores them one per line")
         if self.int8_recipe != "auto":
+            from .passes.int8 import find_int8_recipe  # numpy and onnx tools: not at the CLI's start
+
             find_int8_recipe(self.int8_recipe)  # raises on an unknown name
 
 

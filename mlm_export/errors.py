@@ -24,6 +24,10 @@ in third-party code, so that the partial export is removed on the way out.
 from __future__ import annotations
 
 import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .verify.parity import VerifyReport
 
 
 class MlmExportError(Exception):
@@ -59,9 +63,9 @@ class ParityError(MlmExportError):
 
     exit_code = 3
 
-    def __init__(self, message: str, report: object = None) -> None:
+    def __init__(self, message: str, report: VerifyReport | None = None) -> None:
         super().__init__(message)
-        self.report = report
+        self.report: VerifyReport | None = report
 
 
 class ArtifactError(MlmExportError):

@@ -1,20 +1,23 @@
 """The artifact contract: a typed manifest, and a reader that validates it and confines every file
 it names to the artifact directory.
 
-Torch-free. The reader is the one gate between a manifest on disk and the code that trusts it: a
-missing or ill-typed key, an unknown form, precision or family, a format from another version, or a
-file name that could reach outside the directory (absolute, `..`, a symlink out) is an
-`ArtifactError` that names the key, never a `KeyError` later or a read of some other file.
+Pure data, torch-free, no crypto (signatures: `artifact.signature`). The reader is the one gate
+between a manifest on disk and the code that trusts it: a missing or ill-typed key, an unknown form
+or precision, a format from another version, or a file name that could reach outside the directory
+(absolute, `..`, a symlink out) is an `ArtifactError` that names the key, never a `KeyError` later
+or a read of some other file.
 
 Each graph declares its inputs and outputs (names, dtypes, axes): the predictor feeds exactly those
-and reads outputs by name, so it never needs to know a model family.
+and reads outputs by name, so it never needs to know a model family. The family is a name (format 4):
+a family this version has no code for is read and served; only export and verify look it up.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from importlib import resources
@@ -26,9 +29,13 @@ from .errors import ArtifactError
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # written by `mlm-export sign`; not listed in the manifest it signs
 SLIM = "slim.json"  # written by `mlm-export slim`: the graphs a slim copy left out on purpose
-FORMAT_VERSION = 3  # 3 added the bf16 variant (`head_input`) and the probability bound of the gates
-# the formats this version reads, each checked by its own schema: a format-2 artifact needs no re-export
-SCHEMAS = {2: "manifest-v2.schema.json", 3: "manifest-v3.schema.json"}
+# 3 added the bf16 variant (`head_input`) and the probability bound of the gates; 4 stores the family as a
+# name (FAMILY_NAME) where 2 and 3 held it to the families of their day, so adding one edits no schema
+FORMAT_VERSION = 4
+# the formats this version reads, each checked by its own schema: an older artifact needs no re-export
+SCHEMAS = {2: "manifest-v2.schema.json", 3: "manifest-v3.schema.json", 4: "manifest-v4.schema.json"}
+# what a family's name may be (manifest-v4's `family` pattern, without the anchors JSON Schema needs)
+FAMILY_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # real manifests are a few KB; refuse to parse a giant file
 
 
@@ -48,14 +55,14 @@ class Tolerance:
     top_k: int = 5
     scope: str = "all"  # "all" probes, the "realistic" texts when the artifact has some, or the synthetic "shapes"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if self.max_abs_prob is None:  # absent in format 2, whose schema has no such key
             del data["max_abs_prob"]
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Tolerance:
+    def from_dict(cls, data: Mapping[str, Any]) -> Tolerance:
         return cls(**data)
 
 
@@ -67,11 +74,11 @@ class TensorSpec:
     dtype: str  # "int64" | "float32" | "bool"
     shape: tuple[str | int, ...]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> TensorSpec:
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
         return cls(data["name"], data["dtype"], tuple(data["shape"]))
 
 
@@ -133,6 +140,118 @@ class TokenizerInfo:
         return self.scheme == "characters"
 
 
+class _Record(Mapping[str, Any]):
+    """A typed report record that also reads as the JSON object it is stored as (`record["passed"]`), so
+    code written against the manifest's JSON keeps working. Subclasses are frozen dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self.to_dict() == dict(other)
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
+
+@dataclass(frozen=True, eq=False)
+class FusionRecord(_Record):
+    """What ONNX Runtime's fusions did to a graph: the fused-op counts, and attention against the layers."""
+
+    counts: dict[str, int]
+    attention: int
+    expected_attention: int
+    mode: str  # "required" (one Attention per layer, or the export fails) | "none" (the family fuses none)
+    complete: bool | None = None
+    allow_unfused: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"counts": dict(self.counts), "attention": self.attention}
+        data |= {key: getattr(self, key) for key in ("mode", "expected_attention", "complete", "allow_unfused")
+                 if getattr(self, key) is not None}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FusionRecord:
+        return cls(dict(data["counts"]), data["attention"], data["expected_attention"], data["mode"],
+                   data.get("complete"), data.get("allow_unfused"))
+
+
+@dataclass(frozen=True, eq=False)
+class ParityRecord(_Record):
+    """A graph's agreement with PyTorch at the probes, judged against its tolerance (`GraphParity.to_dict()`).
+
+    The gate's headline figures are typed; `figures` keeps every other key as written (per probe set,
+    tie-aware agreement, the tolerance applied), so a report round-trips unchanged."""
+
+    passed: bool
+    masked_positions: int
+    max_abs_logit: float | None
+    top1_agreement: float
+    topk_overlap: float
+    topk_set_equal: float
+    gated_on: str | None = None
+    provider: str | None = None
+    failures: tuple[str, ...] = ()
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    _TYPED = ("passed", "masked_positions", "max_abs_logit", "top1_agreement", "topk_overlap", "topk_set_equal",
+              "gated_on", "provider", "failures")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.figures)  # the report's own key order first, as GraphParity wrote it
+        for key in self._TYPED:
+            value = getattr(self, key)
+            if key == "failures":
+                if value or "failures" in self.figures:
+                    data[key] = list(value)
+            elif value is not None or key in self.figures or key == "max_abs_logit":
+                data[key] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParityRecord:
+        figures = {key: value for key, value in data.items()}  # keeps the order; typed keys overwritten on output
+        return cls(bool(data["passed"]), data["masked_positions"], data["max_abs_logit"], data["top1_agreement"],
+                   data["topk_overlap"], data["topk_set_equal"], data.get("gated_on"), data.get("provider"),
+                   tuple(data.get("failures") or ()), figures)
+
+
+@dataclass(frozen=True, eq=False)
+class Int8Trial(_Record):
+    """One int8 recipe the export tried against the gate, as the manifest's `recipes_tried` lists it."""
+
+    recipe: str
+    passed: bool
+    top1_agreement: float
+    topk_overlap: float
+    head: str | None = None
+    max_abs_logit: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"recipe": self.recipe}
+        if self.head is not None:
+            data["head"] = self.head
+        data |= {"passed": self.passed, "top1_agreement": self.top1_agreement, "topk_overlap": self.topk_overlap}
+        if self.max_abs_logit is not None:
+            data["max_abs_logit"] = self.max_abs_logit
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Int8Trial:
+        return cls(data["recipe"], bool(data["passed"]), data["top1_agreement"], data["topk_overlap"],
+                   data.get("head"), data.get("max_abs_logit"))
+
+
 @dataclass(frozen=True)
 class GraphEntry:
     file: str
@@ -142,11 +261,11 @@ class GraphEntry:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     tolerance: Tolerance
-    fusion: dict | None = None   # FusionReport.to_dict()
-    parity: dict | None = None   # GraphParity.to_dict(), once verified
+    fusion: FusionRecord | None = None
+    parity: ParityRecord | None = None  # once verified
     weight_bytes: int | None = None
     recipe: str | None = None    # int8 only
-    recipes_tried: tuple[dict, ...] = ()
+    recipes_tried: tuple[Int8Trial, ...] = ()
     data_file: str | None = None  # the graph's weights, when they are kept in ONNX external data
     head: str | None = None      # int8 only: the MLM decoder, "float" or "int8-blockwise"
     head_input: str | None = None  # bf16 only: the tensor where the float32 head begins (runtime.openvino)
@@ -159,17 +278,20 @@ class GraphEntry:
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
 
-    def to_dict(self) -> dict:
-        data = {"file": self.file, "form": self.form, "precision": self.precision, "family": self.family,
-                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-                "tolerance": self.tolerance.to_dict(), "fusion": self.fusion, "parity": self.parity}
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "file": self.file, "form": self.form, "precision": self.precision, "family": self.family,
+            "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+            "tolerance": self.tolerance.to_dict(),
+            "fusion": None if self.fusion is None else self.fusion.to_dict(),
+            "parity": None if self.parity is None else self.parity.to_dict()}
         if self.weight_bytes is not None:
             data["weight_bytes"] = self.weight_bytes
         if self.data_file is not None:
             data["data_file"] = self.data_file
         if self.recipe is not None:
             data["recipe"] = self.recipe
-            data["recipes_tried"] = list(self.recipes_tried)
+            data["recipes_tried"] = [trial.to_dict() for trial in self.recipes_tried]
         if self.head is not None:
             data["head"] = self.head
         if self.head_input is not None:
@@ -177,12 +299,15 @@ class GraphEntry:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> GraphEntry:
+    def from_dict(cls, data: Mapping[str, Any]) -> GraphEntry:
         return cls(data["file"], data["form"], data["precision"], data["family"],
                    tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
                    tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
-                   Tolerance.from_dict(data["tolerance"]), data.get("fusion"), data.get("parity"),
-                   data.get("weight_bytes"), data.get("recipe"), tuple(data.get("recipes_tried") or ()),
+                   Tolerance.from_dict(data["tolerance"]),
+                   None if data.get("fusion") is None else FusionRecord.from_dict(data["fusion"]),
+                   None if data.get("parity") is None else ParityRecord.from_dict(data["parity"]),
+                   data.get("weight_bytes"), data.get("recipe"),
+                   tuple(Int8Trial.from_dict(t) for t in data.get("recipes_tried") or ()),
                    data.get("data_file"), data.get("head"), data.get("head_input"))
 
 
@@ -210,7 +335,7 @@ class Manifest:
     def with_graph(self, name: str, **changes: Any) -> Manifest:
         return replace(self, graphs=self.graphs | {name: replace(self.graphs[name], **changes)})
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version, "name": self.name, "created": self.created,
             "family": self.family, "source": asdict(self.source) | {"weights_files": list(self.source.weights_files)},
@@ -225,7 +350,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Manifest:
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         """From a dict that already passed the schema."""
         t = data["tokenizer"]
         return cls(
@@ -272,17 +397,21 @@ def path_inside(root: Path, name: str, where: str) -> Path:
     return real
 
 
-def read_manifest(directory: Path | str, public_key: object = None) -> Manifest:
-    """The validated manifest of an artifact directory.
-
-    With `public_key` (a key file's path, PEM/OpenSSH bytes, or a key object) the manifest's
-    Ed25519 signature is checked on the very bytes that are then parsed.
-    """
-    return read_manifest_bytes(directory, public_key)[0]
+def read_manifest(directory: Path | str) -> Manifest:
+    """The validated manifest of an artifact directory. Pure data: no hashes are checked and no
+    signature; `Artifact.open(directory, public_key=...)` does both."""
+    return read_manifest_bytes(directory)[0]
 
 
-def read_manifest_bytes(directory: Path | str, public_key: object = None) -> tuple[Manifest, bytes]:
+def read_manifest_bytes(directory: Path | str) -> tuple[Manifest, bytes]:
     """The validated manifest and the exact bytes it was parsed from (what a signature covers)."""
+    data = raw_manifest_bytes(directory)
+    return parse_manifest_bytes(data, directory), data
+
+
+def raw_manifest_bytes(directory: Path | str) -> bytes:
+    """The manifest file's bytes, unparsed, after the checks that make reading it safe: a directory
+    that holds one, no link out of it, a size a manifest can have."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not a directory; export one with: mlm-export MODEL --out {directory}")
@@ -293,19 +422,21 @@ def read_manifest_bytes(directory: Path | str, public_key: object = None) -> tup
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{directory / MANIFEST} is {path.stat().st_size / 1e6:.0f} MB; an mlm-export "
                             "manifest is a few KB. It is not one of ours: re-export the artifact")
-    data = path.read_bytes()
-    if public_key is not None:
-        from .signing import verify_signature
+    return path.read_bytes()
 
-        verify_signature(root, data, public_key)
+
+def parse_manifest_bytes(data: bytes, directory: Path | str) -> Manifest:
+    """The manifest `data` (read from `directory`), validated and with every file it names confined there."""
+    directory = Path(directory)
     manifest = Manifest.from_dict(parse_manifest(data, directory / MANIFEST))
     _check_consistency(manifest, directory / MANIFEST)
+    root = directory.resolve()
     for name in manifest.files:
         path_inside(root, name, "the file")  # a link out is refused now, not only when its file is used
-    return manifest, data
+    return manifest
 
 
-def parse_manifest(data: bytes, origin: Path | str) -> dict:
+def parse_manifest(data: bytes, origin: Path | str) -> dict[str, Any]:
     """Decode and validate manifest bytes; `origin` only names them in errors."""
     try:
         manifest = json.loads(data.decode("utf-8"))
@@ -322,8 +453,9 @@ def parse_manifest(data: bytes, origin: Path | str) -> dict:
         raise ArtifactError(f"{origin} has format_version {version}, newer than the {FORMAT_VERSION} this "
                             "mlm-export reads: upgrade mlm-export")
     if not isinstance(version, int) or isinstance(version, bool) or version not in SCHEMAS:
+        *older, newest = sorted(SCHEMAS)
         raise ArtifactError(f"{origin} has format_version {version!r}; this mlm-export reads "
-                            f"{' and '.join(map(str, sorted(SCHEMAS)))}. Re-export with this version.")
+                            f"{', '.join(map(str, older))} and {newest}. Re-export with this version.")
     import jsonschema
 
     error = jsonschema.exceptions.best_match(_validator(version).iter_errors(manifest))
@@ -334,8 +466,8 @@ def parse_manifest(data: bytes, origin: Path | str) -> dict:
 
 
 def _check_consistency(manifest: Manifest, origin: Path) -> None:
-    """What a schema cannot say: names plain and listed, token ids inside the vocabulary, graphs of
-    the manifest's own family."""
+    """What a schema cannot say: names plain and listed, token ids inside the vocabulary, a family
+    name and graphs of the manifest's own family. The family need not be one this version knows."""
     vocab = manifest.model.vocab_size
     tokenizer = manifest.tokenizer
     for role, token_id in tokenizer.special_ids.items():
@@ -345,6 +477,8 @@ def _check_consistency(manifest: Manifest, origin: Path) -> None:
     if any(i >= vocab for i in tokenizer.all_special_ids):
         raise ArtifactError(f"{origin}: tokenizer.all_special_ids has an id outside the vocabulary "
                             f"(model.vocab_size {vocab}); re-export the artifact")
+    if not re.fullmatch(FAMILY_NAME, manifest.family):  # the schema's `$` would let a final newline through
+        raise ArtifactError(f"{origin}: family is {manifest.family!r}, not a family name; re-export the artifact")
     for name in manifest.files:
         check_plain_name(name, f"{origin}: files")
     named = [(f"graphs.{graph}.file", entry.file) for graph, entry in manifest.graphs.items()]

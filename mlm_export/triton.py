@@ -33,11 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifact import present_graphs, refuse_left_out, verified_path
+from .artifact.handle import Artifact
+from .artifact.staging import make_directories, remove_directories
 from .errors import ArtifactError, InputError, StorageError
 from .interrupts import deferred_signals
-from .manifest import GraphEntry, Manifest, TensorSpec, read_manifest
-from .staging import make_directories, remove_directories
+from .manifest import GraphEntry, Manifest, TensorSpec
+from .variants import PREFERENCE, runs_on, triton_device_backend, why_not
 
 log = logging.getLogger("mlm_export")
 
@@ -117,16 +118,20 @@ def instance_kind(graph: GraphEntry, variant: str, device: str) -> str:
     bf16 everywhere, since only OpenVINO runs it as built."""
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if graph.precision == "bf16":
+    backend = triton_device_backend(device)
+    precision = "int8" if variant == "int8" else graph.precision
+    if runs_on(precision, backend):
+        return DEVICES[device]
+    if precision == "bf16":
         raise InputError(f"variant {variant!r} is bf16, which is OpenVINO's (encoder in bf16, head in float32): "
                          "Triton's onnxruntime backend would run it whole in float32, unfused and slower than "
                          "fp32. Serve variant int8 or fp32 (from an artifact that has them), or use "
                          "OnnxMaskFiller(providers='openvino')")
-    if device == "gpu" and (graph.precision == "int8" or variant == "int8"):
-        raise InputError(f"variant {variant!r} is int8, which is for CPU instances: ONNX Runtime's CUDA "
-                         "provider runs its int8 ops on the CPU, copying every tensor back and forth. "
-                         "Serve variant fp16 or fp32 on GPU, or int8 with device cpu")
-    return DEVICES[device]
+    other = "cpu" if device == "gpu" else "gpu"
+    raise InputError(f"variant {variant!r} is {precision}, which is not for {device.upper()} instances: "
+                     f"{why_not(precision, backend)}. Serve variant "
+                     f"{' or '.join(PREFERENCE.get(('fill-mask', backend), ('fp32',)))} on {device.upper()}, "
+                     f"or {variant} with device {other}")
 
 
 def batchable(graph: GraphEntry) -> bool:
@@ -212,9 +217,9 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
     artifact, repo = Path(artifact), Path(repo)
     if isinstance(device, str):
         device = device.lower()
-    full = read_manifest(artifact, public_key=public_key)
-    manifest = present_graphs(artifact, full)  # a slim copy: the graphs it holds
-    refuse_left_out(artifact, full, manifest, variant)
+    opened = Artifact.open(artifact, public_key=public_key)
+    manifest = opened.present  # a slim copy: the graphs it holds
+    opened.refuse_left_out(variant)
     variant = select_variant(manifest, variant)
     graph = manifest.graphs[variant]
     name = check_model_name(default_model_name(manifest.name) if name is None else name)
@@ -229,7 +234,7 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
             version.mkdir()
             for file in (graph.file, graph.data_file):
                 if file is not None:  # the data keeps its name: the graph refers to it by that name
-                    with verified_path(artifact, manifest, file) as source:
+                    with opened.verified_path(file) as source:
                         shutil.copyfile(source, version / (MODEL_FILE if file == graph.file else file))
             (build / CONFIG_FILE).write_text(text, encoding="utf-8")
             _publish(build, target)

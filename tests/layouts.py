@@ -1,6 +1,11 @@
 """Exact rewrites of a trained BertForMaskedLM into other families' layouts, and seeded tiny models
 of the families no wheel ships weights for. Test data builders, not test cases.
 
+`BUILDERS` holds one builder per family of the registry (`mlm_export.families.FAMILIES`), keyed by its
+name: `BUILDERS[name](directory)` saves a tiny checkpoint of that family there, tokenizer included,
+as both mlm-export and transformers' fill-mask pipeline read it. Tests run over the registry, so a
+family added without its builder here fails them.
+
 A rewrite keeps every weight; only names and the embedding tables' shapes change:
 - RoBERTa: `pad_token_id + 1` zero rows before the position table (RoBERTa counts positions from
   there), one token-type row, the head as `lm_head`;
@@ -13,10 +18,13 @@ PyTorch logits agree with the BERT original to float rounding (a test checks it)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from conftest import SPECIALS, WORDS, _save_tiny_bert
 
 BERT_TO_ROBERTA_TOKENS = {"[PAD]": "<pad>", "[UNK]": "<unk>", "[CLS]": "<s>", "[SEP]": "</s>", "[MASK]": "<mask>"}
 
@@ -210,3 +218,73 @@ def tiny_albert_unigram(directory: Path) -> Path:
     _peaked(model.predictions.bias, 6)
     model.save_pretrained(directory)
     return directory
+
+
+def tiny_camembert_unigram(directory: Path) -> Path:
+    """CamemBERT with a Unigram tokenizer trained here (as its sentencepiece model is), <s> ... </s> added."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import CamembertConfig, CamembertForMaskedLM
+
+    tokenizer = SentencePieceUnigramTokenizer()
+    tokenizer.train_from_iterator(CORPUS, vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  unk_token="<unk>")
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    add_template(directory, "<s>", "</s>")
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}))
+    return _save_roberta_like(CamembertConfig, CamembertForMaskedLM, tokenizer.get_vocab_size(), 7, directory)
+
+
+def add_template(source: Path, cls: str, sep: str) -> None:
+    """Give tokenizer.json the `cls ... sep` template a checkpoint saved without one lacks."""
+    data = json.loads((source / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in data["added_tokens"]}
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": sep, "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": sep, "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}},
+                 {"SpecialToken": {"id": sep, "type_id": 0}}],
+        "special_tokens": {t: {"id": t, "ids": [ids[t]], "tokens": [t]} for t in (cls, sep)}}
+    (source / "tokenizer.json").write_text(json.dumps(data))
+
+
+def tiny_bert(directory: Path) -> Path:
+    """The suite's tiny WordPiece BERT (conftest's `tiny_dir`: same vocabulary, same seed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIALS + WORDS
+    return _save_tiny_bert(directory, vocab, len(vocab), seed=0)
+
+
+def _rewritten(convert: Callable[[Any], Any]) -> Callable[[Path], Path]:
+    """A builder: the tiny BERT (built beside `directory`), rewritten exactly into another layout."""
+    def build(directory: Path) -> Path:
+        from transformers import BertForMaskedLM
+
+        bert = BertForMaskedLM.from_pretrained(tiny_bert(directory.with_name(directory.name + "-bert"))).eval()
+        source = save_layout(convert(bert), directory, SPECIALS + WORDS)
+        (source / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+        return source
+
+    return build
+
+
+def _xlm_roberta_with_template(directory: Path) -> Path:
+    source = tiny_xlm_roberta_unigram(directory)
+    add_template(source, "<s>", "</s>")  # the pipeline's tokenizer adds only what tokenizer.json says
+    return source
+
+
+# one builder per registered family, by its name: a test fails for a family that has none
+BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "bert": tiny_bert,
+    "roberta": tiny_roberta_bpe,
+    "xlm-roberta": _xlm_roberta_with_template,
+    "camembert": tiny_camembert_unigram,
+    "distilbert": _rewritten(to_distilbert),
+    "electra": _rewritten(to_electra),
+    "albert": tiny_albert_unigram,
+    "esm": tiny_esm,
+}

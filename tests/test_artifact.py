@@ -11,7 +11,7 @@ import pytest
 from mlm_export import ArtifactError, ExportConfig, IntegrityError, OnnxMaskFiller, export_model
 from mlm_export.artifact import verified_path
 from mlm_export.manifest import read_manifest
-from mlm_export.staging import atomic_directory
+from mlm_export.artifact.staging import atomic_directory
 
 
 def _flip_byte(path: Path, offset: int | None = None) -> None:

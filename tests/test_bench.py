@@ -1,8 +1,12 @@
-"""The benchmark harness on a tiny model: outputs and their shape, no timing assertions."""
+"""The benchmark harness on a tiny model: outputs and their shape, no timing assertions; `python -m benchmarks`,
+and the package's independence from it (`mlm-export bench` is gone, and mlm_export never imports benchmarks)."""
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +16,8 @@ from click.testing import CliRunner
 from benchmarks.harness import BenchConfig, Workload, make_texts, prepare, run_benchmark, run_model
 from mlm_export.cli import main
 from mlm_export.runtime.openvino import cpu_has_bf16
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: `python -m benchmarks` runs from here
 
 SMALL = (Workload("1x8", 1, 8, 1, rounds=1), Workload("4x16", 4, 16, 2, rounds=1),
          Workload("mixed", 3, 24, 1, rounds=1, mixed=True))
@@ -87,24 +93,61 @@ def test_texts_have_the_exact_token_count_and_masks(bench: tuple[BenchConfig, di
 
 
 def test_cli_json_matches_its_schema(bench: tuple[BenchConfig, dict], tmp_path: Path) -> None:
-    """`mlm-export bench --json` on the cached tiny exports: the bench-v1 document, validated."""
-    from mlm_export.contracts import validate
+    """`python -m benchmarks --json` from the checkout, on the cached tiny exports: one bench-v1 document on
+    stdout, valid against benchmarks/schemas/bench-v1.schema.json; the progress lines on stderr."""
+    from benchmarks.__main__ import validate
 
     config, _ = bench
-    result = CliRunner().invoke(main, ["bench", "--model", config.models[0], "--system", "mlm-export-fp32",
-                                       "--work", str(config.work), "--out", str(tmp_path), "--rounds", "0.01",
-                                       "--json"])
-    assert result.exit_code == 0, result.output
-    document = json.loads(result.stdout)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--model", config.models[0], "--system",
+                           "mlm-export-fp32", "--work", str(config.work), "--out", str(tmp_path), "--rounds", "0.01",
+                           "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
     validate(document)
     assert document["schema"] == "bench-v1" and "table" not in document
     assert document["reports"][0]["systems"]["mlm-export-fp32"]["status"] == "ok"
+    assert "bench: " in done.stderr and (tmp_path / "bench.json").is_file()
 
 
-def test_cli_rejects_unknown_systems() -> None:
-    result = CliRunner().invoke(main, ["bench", "--system", "tensorflow"])
-    assert result.exit_code == 2 and "unknown system" in result.output
+def test_cli_rejects_unknown_systems(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.__main__ import main as bench_main
 
+    assert bench_main(["--system", "tensorflow"]) == 2
+    assert "unknown system" in capsys.readouterr().err
+    assert bench_main(["--system", "tensorflow", "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "UsageError" and error["exit_code"] == 2 and "unknown system" in error["message"]
+
+
+def test_bench_is_no_longer_an_mlm_export_command() -> None:
+    """The benchmark left the package: `mlm-export bench` is a usage error that says where it went, not an
+    export of a model called "bench", and the wheel ships no bench-v1 schema."""
+    from mlm_export.contracts import schema_names
+
+    assert "bench" not in main.commands
+    result = CliRunner().invoke(main, ["bench", "--model", "antiberty"])
+    assert result.exit_code == 2 and "python -m benchmarks" in result.stderr
+    as_json = CliRunner().invoke(main, ["bench", "--json"])
+    assert as_json.exit_code == 2 and json.loads(as_json.stdout)["error"]["type"] == "UsageError"
+    assert "bench-v1" not in schema_names()
+    assert (ROOT / "benchmarks" / "schemas" / "bench-v1.schema.json").is_file()
+
+
+def test_the_package_never_imports_benchmarks() -> None:
+    """No module of mlm_export imports `benchmarks`, by statement or by name, or patches sys.path to find it."""
+    offenders = []
+    for path in sorted((ROOT / "mlm_export").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                          if n.split(".")[0] == "benchmarks"]
+        for needle in ('import_module("benchmarks', "import_module('benchmarks", "__import__(\"benchmarks",
+                       "sys.path.insert", "sys.path.append"):
+            if needle in text:
+                offenders.append(f"{path.relative_to(ROOT)}: {needle}")
+    assert not offenders, offenders
 
 
 class _Readings:

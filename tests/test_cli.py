@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,18 @@ def test_encoder_only_checkpoint_exits_1_with_the_reason(runner: CliRunner, mini
     result = runner.invoke(main, [str(minilm_dir), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1
     assert "no trained MLM head" in result.stderr and "cls.predictions.bias" in result.stderr
+
+
+def test_the_cli_starts_without_the_heavy_libraries() -> None:
+    """`mlm-export --help` imports every command's module: they load their library modules inside the command,
+    so the start loads neither numpy, onnxruntime nor torch."""
+    code = ("import json, sys\nfrom mlm_export.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nprint(json.dumps(sorted(m for m in ('numpy', 'onnxruntime', 'torch', 'transformers', 'openvino')"
+            " if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert loaded == [], loaded
 
 
 def test_usage_errors_exit_2(runner: CliRunner) -> None:

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlm_export.cli import main
+from mlm_export.manifest import FORMAT_VERSION
 from mlm_export.contracts import (
     DOCUMENTS,
     MANIFEST_SCHEMA,
@@ -66,7 +67,7 @@ def test_predict_one_mask_and_several(tiny_artifact: Path) -> None:
 
 def test_info_is_the_manifest_plus_what_this_machine_would_load(tiny_artifact: Path) -> None:
     document = _json(["info", str(tiny_artifact)])
-    assert document["schema"] == "info-v2" and document["format_version"] == 3
+    assert document["schema"] == "info-v2" and document["format_version"] == FORMAT_VERSION
     validate({k: v for k, v in document.items() if k not in ("schema", "default_variant", "signature")},
              MANIFEST_SCHEMA)
     broken = dict(document)

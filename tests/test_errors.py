@@ -123,12 +123,12 @@ def test_debug_prints_the_traceback(runner: CliRunner, tmp_path: Path) -> None:
 def test_an_unexpected_exception_is_reported_as_a_bug(runner: CliRunner, tiny_artifact: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Our own code failing in a way we did not plan for: still one line, a hint, and exit 1."""
-    import mlm_export.manifest
+    import mlm_export.artifact.handle
 
     def broken(*args: object, **kwargs: object) -> dict:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(mlm_export.manifest, "read_manifest", broken)
+    monkeypatch.setattr(mlm_export.artifact.handle, "parse_manifest_bytes", broken)
     result = runner.invoke(main, ["info", str(tiny_artifact), "--json"])
     assert result.exit_code == 1
     error = json.loads(result.stdout)["error"]

@@ -308,3 +308,78 @@ def test_special_tokens_named_only_by_the_vocabulary(tmp_path: Path) -> None:
         ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")
     assert result.manifest.tokenizer.special_ids["pad"] == 0
     assert len(OnnxMaskFiller.from_pretrained(result.path, providers="cpu")("the [MASK] sat", top_k=2)) == 2
+
+
+# --- the registry: a family is one module ---
+
+NEW_FAMILY = '''
+from mlm_export.families.bert import WORDPIECE_SPECIALS
+from mlm_export.families.spec import FamilySpec
+
+NEWFAMILY = FamilySpec(name="newfamily", model_types=("newfamily",), architectures=("NewFamilyForMaskedLM",),
+                       weight_prefix="newfamily.", model_class="NewFamilyForMaskedLM", head_prefixes=("head.",),
+                       token_types=False, specials=WORDPIECE_SPECIALS, encoder=lambda m: m.newfamily,
+                       head=lambda m: m.head)
+SPECS = (NEWFAMILY,)
+'''
+
+
+def _package(root: Path, modules: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], str]:
+    """A package of family modules outside mlm_export, under a name of its own (no import cache shared)."""
+    name = "families_" + "".join(c if c.isalnum() else "_" for c in root.name)
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for module, text in modules.items():
+        (package / f"{module}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(root))
+    return [str(package)], name
+
+
+def test_the_registry_is_every_family_module_of_the_package() -> None:
+    import importlib
+    import pkgutil
+
+    import mlm_export.families as families
+
+    specs = [spec for info in pkgutil.iter_modules(families.__path__) if info.name != "spec"
+             for spec in importlib.import_module(f"mlm_export.families.{info.name}").SPECS]
+    assert sorted(s.name for s in specs) == list(FAMILIES) and len(specs) == len(FAMILIES)
+    for name in ("BERT", "ROBERTA", "XLM_ROBERTA", "CAMEMBERT", "DISTILBERT", "ELECTRA", "ALBERT", "ESM"):
+        spec = getattr(families, name)  # the names the registry had before it was collected
+        assert FAMILIES[spec.name] is spec
+
+
+def test_a_new_family_is_one_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlm_export.families import _collect
+
+    found = _collect(*_package(tmp_path, {"newfamily": NEW_FAMILY}, monkeypatch))
+    assert list(found) == ["newfamily"] and found["newfamily"].model_types == ("newfamily",)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("X = 1\n", "defines no SPECS"),
+    (NEW_FAMILY.replace('name="newfamily"', 'name="New Family"'), "not one a manifest can store"),
+    (NEW_FAMILY.replace('model_types=("newfamily",)', 'model_types=("bert",)'), "already belongs"),
+    (NEW_FAMILY.replace('weight_prefix="newfamily."', 'weight_prefix="bert."'), "shares its weight_prefix"),
+], ids=["no SPECS", "a name no manifest stores", "a model_type taken", "a weight prefix taken"])
+def test_a_family_module_the_registry_cannot_take_fails_at_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   text: str, match: str) -> None:
+    from mlm_export.families import _collect
+
+    bert = "from mlm_export.families.bert import SPECS\n"  # BERT registered first, then the module under test
+    package = _package(tmp_path, {"bert": bert, "zz": text}, monkeypatch)
+    with pytest.raises(ImportError, match=match):
+        _collect(*package)
+
+
+def test_code_that_needs_a_family_refuses_one_it_does_not_know_by_name() -> None:
+    from mlm_export import ArtifactError
+    from mlm_export.families import BERT, family_named
+
+    assert family_named("bert") is BERT
+    with pytest.raises(ArtifactError, match=r"'newfamily', which this mlm-export does not know \(it knows albert, "
+                                            r"bert, .*xlm-roberta\).*upgrade"):
+        family_named("newfamily")
+    with pytest.raises(SourceError, match="model_type 'newfamily' is not supported; mlm-export supports albert, bert"):
+        family_of({"model_type": "newfamily"})

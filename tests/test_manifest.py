@@ -123,15 +123,18 @@ def test_a_missing_key_is_an_artifact_error_naming_it(tiny_copy: Path, key: tupl
     (lambda m: m["graphs"]["fp32"].update(form="embeddings"), "graphs.fp32.form"),
     (lambda m: m["graphs"]["fp32"].update(precision="int4"), "graphs.fp32.precision"),
     (lambda m: m["files"]["model.onnx"].update(sha256="not-a-hash"), "files.model.onnx.sha256"),
-    (lambda m: m.update(format_version=4), "format_version 4"),
-    (lambda m: m.update(format_version=1), "format_version 1; this mlm-export reads 2 and 3. Re-export"),
+    (lambda m: m.update(format_version=5), "format_version 5"),
+    (lambda m: m.update(format_version=1), "format_version 1; this mlm-export reads 2, 3 and 4. Re-export"),
     (lambda m: m.update(format_version=[3]), "format_version \\[3\\]; this mlm-export reads"),
-    (lambda m: m.update(family="gpt2"), "family"),
+    (lambda m: m.update(family="GPT 2"), "malformed at family: 'GPT 2' does not match"),
+    (lambda m: m.update(family=""), "malformed at family"),
+    (lambda m: m.update(family=7), "malformed at family"),
+    (lambda m: m.update(family="bert\n"), r"family is 'bert\\n', not a family name"),
     (lambda m: m["graphs"]["fp32"].update(family="roberta"), "graphs.fp32.family is .roberta."),
     (lambda m: m["graphs"]["fp32"].update(inputs=[{"name": "x", "dtype": "int64", "shape": ["batch"]}]),
      "lack input_ids"),
     (lambda m: m.update(graphs={}), "graphs"),
-    (lambda m: m.update(format_version=7), "newer than the 3 this mlm-export reads: upgrade"),
+    (lambda m: m.update(format_version=7), "newer than the 4 this mlm-export reads: upgrade"),
     (lambda m: m["graphs"]["fp32"].update(inputs=m["graphs"]["logits"]["inputs"]), "lack top_k"),
     (lambda m: m["graphs"]["fp32"].update(data_file="tokenizer.json"), "graphs.fp32.data_file is 'tokenizer.json'"),
     (lambda m: m["files"].pop("fill_mask.fp32.onnx"),
@@ -197,15 +200,71 @@ def test_verify_refuses_model_facts_the_source_contradicts(tiny_copy: Path) -> N
     assert error["type"] == "ArtifactError" and "model.max_length is 100000" in error["message"]
 
 
-def test_the_schema_knows_every_family_and_nothing_else() -> None:
+FAMILIES_OF_FORMATS_2_AND_3 = ["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "albert", "esm"]
+
+
+def _schema(name: str) -> dict:
     from importlib import resources
 
-    from mlm_export.families import FAMILIES
-    from mlm_export.manifest import SCHEMAS
+    return json.loads(resources.files("mlm_export.schemas").joinpath(name).read_text())  # type: ignore[no-any-return]
 
-    for name in SCHEMAS.values():
-        schema = json.loads(resources.files("mlm_export.schemas").joinpath(name).read_text())
-        assert set(schema["$defs"]["family"]["enum"]) == set(FAMILIES), name
+
+def test_the_family_is_a_name_in_the_current_format_and_a_frozen_list_before() -> None:
+    """Format 4 stores the family as a name, so adding a family edits no schema; formats 2 and 3 keep
+    the families of their day."""
+    import re
+
+    from mlm_export.families import FAMILIES
+    from mlm_export.manifest import FAMILY_NAME, FORMAT_VERSION, SCHEMAS
+
+    family = _schema(SCHEMAS[FORMAT_VERSION])["$defs"]["family"]
+    assert "enum" not in family and family["type"] == "string" and family["pattern"] == f"^{FAMILY_NAME}$"
+    assert all(re.fullmatch(FAMILY_NAME, name) for name in FAMILIES)
+    for version in (2, 3):
+        assert _schema(SCHEMAS[version])["$defs"]["family"] == {"enum": FAMILIES_OF_FORMATS_2_AND_3}
+    assert set(FAMILIES_OF_FORMATS_2_AND_3) <= set(FAMILIES)
+
+
+def _rename_family(artifact: Path, family: str) -> None:
+    """What an artifact of a family added after this version looks like to it (files are hashed, the
+    manifest is not: the edit leaves every file's sha256 true)."""
+    def rename(m: dict) -> None:
+        m["family"] = family
+        for graph in m["graphs"].values():
+            graph["family"] = family
+
+    _edit(artifact, rename)
+
+
+def test_a_family_this_version_does_not_know_is_read_and_served(tiny_copy: Path) -> None:
+    """The reader needs no family code: only export and verify look the family up."""
+    _rename_family(tiny_copy, "newfamily")
+    manifest = read_manifest(tiny_copy)
+    assert manifest.family == "newfamily" and {g.family for g in manifest.graphs.values()} == {"newfamily"}
+    filler = OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu")
+    assert len(filler("the cat [MASK] on the mat .", top_k=3)) == 3
+    runner = CliRunner()
+    shown = runner.invoke(main, ["info", str(tiny_copy)])
+    assert shown.exit_code == 0 and "(newfamily, BertForMaskedLM" in shown.stdout, shown.output
+    document = runner.invoke(main, ["info", str(tiny_copy), "--json"])  # checked against info-v2 by conftest
+    assert document.exit_code == 0 and json.loads(document.stdout)["family"] == "newfamily"
+    predicted = runner.invoke(main, ["predict", str(tiny_copy), "the [MASK] sat ."])
+    assert predicted.exit_code == 0, predicted.output
+    verified = runner.invoke(main, ["verify", str(tiny_copy)])  # needs the family's code: refused, by name
+    assert verified.exit_code == 1 and "newfamily" in verified.stderr and "Traceback" not in verified.output
+
+
+def test_a_format_3_artifact_is_still_read_and_served_and_held_to_its_family_list(tiny_copy: Path) -> None:
+    """Format 4 only turned the family list into a name: a format-3 artifact loads without a re-export,
+    and its schema still knows only the families of its day."""
+    _edit(tiny_copy, lambda m: m.update(format_version=3))
+    assert read_manifest(tiny_copy).format_version == 3
+    assert OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu")("the [MASK] sat .")[0]["token_str"]
+    document = CliRunner().invoke(main, ["info", str(tiny_copy), "--json"])  # info-v2 with a format-3 manifest
+    assert document.exit_code == 0 and json.loads(document.stdout)["format_version"] == 3
+    _rename_family(tiny_copy, "newfamily")
+    with pytest.raises(ArtifactError, match="malformed at family: 'newfamily' is not one of"):
+        read_manifest(tiny_copy)
 
 
 def test_a_manifest_survives_its_json_round_trip(tiny_artifact: Path) -> None:
@@ -221,8 +280,10 @@ def test_a_format_2_artifact_is_still_read_and_served(tiny_copy: Path) -> None:
     by the previous release loads without a re-export, and is held to its own schema."""
     from mlm_export import OnnxMaskFiller
 
+    from mlm_export.manifest import FORMAT_VERSION
+
     manifest = json.loads((tiny_copy / "manifest.json").read_text())
-    assert manifest["format_version"] == 3
+    assert manifest["format_version"] == FORMAT_VERSION
     manifest["format_version"] = 2
     for graph in manifest["graphs"].values():
         graph["tolerance"].pop("max_abs_prob", None)
@@ -241,3 +302,18 @@ def test_a_bf16_graph_must_say_where_its_head_begins(tiny_copy: Path) -> None:
     (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="graphs.bf16 has no head_input"):
         read_manifest(tiny_copy)
+
+
+def test_report_records_are_typed_and_round_trip_unchanged(tiny_artifact: Path) -> None:
+    """Fusion counts and parity figures are typed records, and the manifest reads back to the same JSON."""
+    from mlm_export.manifest import FusionRecord, ParityRecord
+
+    data = json.loads((tiny_artifact / "manifest.json").read_text())
+    manifest = read_manifest(tiny_artifact)
+    assert manifest.to_dict() == data
+    fp32 = manifest.graphs["fp32"]
+    assert isinstance(fp32.parity, ParityRecord) and isinstance(fp32.fusion, FusionRecord)
+    assert fp32.parity.passed is True and fp32.parity.failures == ()
+    assert fp32.parity.top1_agreement == data["graphs"]["fp32"]["parity"]["top1_agreement"]
+    assert fp32.fusion.attention == data["graphs"]["fp32"]["fusion"]["attention"] > 0
+    assert fp32.parity["probe_sets"] == data["graphs"]["fp32"]["parity"]["probe_sets"]  # kept as written

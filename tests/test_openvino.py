@@ -14,9 +14,9 @@ from mlm_export import ExportConfig, InputError, OnnxMaskFiller, ProviderError, 
 from mlm_export.cli import main
 from mlm_export.errors import ArtifactError
 from mlm_export.manifest import read_manifest
-from mlm_export.runtime.feeds import control_feeds
+from mlm_export.runtime.graph import control_feeds
 from mlm_export.runtime.openvino import OpenVINOSession, cpu_has_bf16
-from mlm_export.runtime.providers import create_session
+from mlm_export.runtime.backends import create_session
 from mlm_export.triton import write_triton_repository
 
 TEXTS = ["the cat [MASK] on the mat .", "a [MASK] dog ran to the [MASK] ."]
@@ -224,9 +224,9 @@ def test_every_family_exports_a_bf16_variant_that_openvino_reads(family: str, ti
     """Each family's graph is cut where its head begins, read by OpenVINO as ONNX Runtime reads it (the
     export checks that), and answers as its fp32 graph does; RoBERTa, DistilBERT and ESM have no
     token_type_ids."""
-    from test_pipeline_families import _source
+    import layouts
 
-    source = _source(family, tmp_path, tiny_dir)
+    source = layouts.BUILDERS[family](tmp_path / family)
     manifest = export_model(ExportConfig(str(source), out=tmp_path / "artifact", bf16=True)).manifest
     bf16 = manifest.graphs["bf16"]
     assert bf16.parity and bf16.parity["passed"] and bf16.head_input

@@ -1,77 +1,52 @@
 """The filler against transformers' fill-mask pipeline, family by family, on every call shape.
 
-Each family's tiny model is built here with its own kind of tokenizer (byte-level BPE, Unigram,
-WordPiece, characters), exported fp32, and asked the same questions as `pipeline("fill-mask")`:
-nesting, token, token_str, sequence, and scores within 1e-4. The English BERT cases live in
-test_english.py; this module covers the other families of the registry.
+Every family of the registry (`mlm_export.families.FAMILIES`) gets its tiny model from
+`layouts.BUILDERS`, each with its own kind of tokenizer (byte-level BPE, Unigram, WordPiece,
+characters), exported fp32, and asked the same questions as `pipeline("fill-mask")`: nesting, token,
+token_str, sequence, and scores within 1e-4. A registered family without a builder fails here. The
+English BERT cases on real weights live in test_english.py.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import layouts
-from conftest import SPECIALS, WORDS
 from mlm_export import ExportConfig, OnnxMaskFiller, export_model
-
-FAMILIES = ["roberta", "xlm-roberta", "albert", "distilbert", "electra", "esm"]
-
-
-def _source(family: str, root: Path, tiny_dir: Path) -> Path:
-    directory = root / family
-    if family == "roberta":
-        return layouts.tiny_roberta_bpe(directory)
-    if family == "xlm-roberta":
-        source = layouts.tiny_xlm_roberta_unigram(directory)
-        _add_template(source, "<s>", "</s>")  # the pipeline's tokenizer adds only what tokenizer.json says
-        return source
-    if family == "albert":
-        return layouts.tiny_albert_unigram(directory)
-    if family == "esm":
-        return layouts.tiny_esm(directory)
-    from transformers import BertForMaskedLM
-
-    bert = BertForMaskedLM.from_pretrained(tiny_dir).eval()
-    convert = layouts.to_distilbert if family == "distilbert" else layouts.to_electra
-    source = layouts.save_layout(convert(bert), directory, SPECIALS + WORDS)
-    (source / "tokenizer_config.json").write_text('{"do_lower_case": true}')
-    return source
+from mlm_export.families import FAMILIES
+from mlm_export.manifest import read_manifest
 
 
-def _add_template(source: Path, cls: str, sep: str) -> None:
-    data = json.loads((source / "tokenizer.json").read_text())
-    ids = {t["content"]: t["id"] for t in data["added_tokens"]}
-    data["post_processor"] = {
-        "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                   {"SpecialToken": {"id": sep, "type_id": 0}}],
-        "pair": [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                 {"SpecialToken": {"id": sep, "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}},
-                 {"SpecialToken": {"id": sep, "type_id": 0}}],
-        "special_tokens": {t: {"id": t, "ids": [ids[t]], "tokens": [t]} for t in (cls, sep)}}
-    (source / "tokenizer.json").write_text(json.dumps(data))
+def test_every_registered_family_has_a_builder_and_no_builder_is_stray() -> None:
+    assert sorted(set(FAMILIES) - set(layouts.BUILDERS)) == [], "add the family's builder to tests/layouts.py"
+    assert sorted(set(layouts.BUILDERS) - set(FAMILIES)) == [], "a builder for a family the registry lacks"
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def pair(request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+# one family's tests on one xdist worker: each tiny model is built and exported once
+@pytest.fixture(scope="module", params=[pytest.param(f, marks=pytest.mark.xdist_group(f"pipeline-{f}"))
+                                        for f in FAMILIES])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
+    family = request.param
+    if family not in layouts.BUILDERS:
+        pytest.fail(f"the family {family!r} has no builder in tests/layouts.py BUILDERS")
     root = tmp_path_factory.mktemp("pipeline-families")
-    source = _source(request.param, root, tiny_dir)
+    source = layouts.BUILDERS[family](root / family)
     artifact = export_model(ExportConfig(str(source), out=root / "artifact")).path
+    assert read_manifest(artifact).family == family
     filler = OnnxMaskFiller.from_pretrained(artifact, providers="cpu")
     reference = pipeline("fill-mask", model=AutoModelForMaskedLM.from_pretrained(source).eval(),
                          tokenizer=AutoTokenizer.from_pretrained(source), device="cpu")
-    return request.param, filler, reference
+    return read_manifest(artifact).tokenizer.char_level, filler, reference
 
 
-def _texts(family: str, mask: str) -> dict[str, Any]:
-    if family == "esm":
+def _texts(residues: bool, mask: str) -> dict[str, Any]:
+    """Protein chains for a character-level vocabulary (amino acids), English for the others."""
+    if residues:
         one, two, three = f"MKT{mask}LLA", f"A{mask}GV{mask}K", f"GG{mask}HW"
         return {"one": one, "two": two, "list": [one, two, three], "targets": ["L", "K", "W"]}
     one, two = f"the cat {mask} on the mat .", f"a {mask} dog ran to the {mask} house ."
@@ -82,8 +57,9 @@ def _texts(family: str, mask: str) -> dict[str, Any]:
 def _same(got: Any, want: Any, unspaced: bool = False) -> None:
     """Same nesting; per candidate the same token, token_str and sequence; scores within 1e-4.
 
-    `unspaced`: the one documented difference (README, "Pipeline parity"). ESM has only a slow tokenizer
-    in transformers, which joins residues with spaces ("M K T N"); the filler gives the chain as written.
+    `unspaced`: the one documented difference (README, "Pipeline parity"). ESM, the character-level family,
+    has only a slow tokenizer in transformers, which joins residues with spaces ("M K T N"); the filler
+    gives the chain as written.
     """
     if isinstance(want, dict):
         assert isinstance(got, dict), (got, want)
@@ -111,6 +87,6 @@ CALLS = {
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.filterwarnings("ignore:the target .* is not in the model's vocabulary")  # asked for: see "tree"
 def test_every_call_shape_equals_the_pipeline(pair: Any, call: str) -> None:
-    family, filler, reference = pair
-    args, kwargs = CALLS[call](_texts(family, filler.mask_token))
-    _same(filler(*args, **kwargs), reference(*args, **kwargs), unspaced=family == "esm")
+    residues, filler, reference = pair
+    args, kwargs = CALLS[call](_texts(residues, filler.mask_token))
+    _same(filler(*args, **kwargs), reference(*args, **kwargs), unspaced=residues)

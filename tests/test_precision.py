@@ -158,7 +158,7 @@ def _assert_gelu_bias_folds_into_the_int8_matmul(path: Path, tmp_path: Path, lay
 
 def _feeds_for(path: Path) -> dict:
     """Two rows of ordinary tokens with a mask each, for every input the graph declares."""
-    from mlm_export.runtime.feeds import control_feeds
+    from mlm_export.runtime.graph import control_feeds
 
     ids = np.array([[2] + list(np.random.default_rng(7).integers(5, len(SPECIALS + WORDS), 12)) + [3]] * 2)
     ids[0, 3] = ids[1, 7] = SPECIALS.index("[MASK]")
@@ -259,8 +259,8 @@ def test_a_small_decoder_stays_float_without_a_trial(tiny_variants: Path) -> Non
 
 def _decoder_logits(path: Path, artifact: Path) -> np.ndarray:
     """The top-10 logits of the graph at `path` for the artifact's tiny probe texts."""
-    from mlm_export.runtime.feeds import control_feeds
-    from mlm_export.runtime.providers import create_session
+    from mlm_export.runtime.graph import control_feeds
+    from mlm_export.runtime.backends import create_session
 
     from tokenizers import Tokenizer
 

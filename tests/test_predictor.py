@@ -126,9 +126,9 @@ def test_unknown_provider_string(tiny_artifact: Path) -> None:
 
 
 def test_both_onnxruntime_wheels_are_named_in_the_error(tiny_artifact: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from mlm_export.runtime import providers
+    from mlm_export.runtime import ort as ort_backend
 
-    monkeypatch.setattr(providers, "installed_wheels", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    monkeypatch.setattr(ort_backend, "installed_wheels", lambda: ["onnxruntime", "onnxruntime-gpu"])
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -146,7 +146,7 @@ def test_threads_option_is_applied(tiny_artifact: Path) -> None:
 
 def test_the_threads_environment_variable_is_the_default_and_an_argument_wins(
         tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlm_export.runtime.providers import create_session
+    from mlm_export.runtime.backends import create_session
 
     graph = str(tiny_artifact / "fill_mask.fp32.onnx")
     monkeypatch.setenv("MLM_EXPORT_THREADS", "1")

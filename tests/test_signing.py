@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from mlm_export import ConfigError, IntegrityError, OnnxMaskFiller, SignatureError
 from mlm_export.artifact import sha256_file
 from mlm_export.cli import main
-from mlm_export.signing import generate_key, sign_artifact
+from mlm_export import generate_key, sign_artifact
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from mlm_export import ArtifactError, ConfigError, IntegrityError, OnnxMaskFiller
 from mlm_export.cli import main
 from mlm_export.contracts import validate
-from mlm_export.signing import generate_key, sign_artifact
-from mlm_export.slim import slim_artifact
+from mlm_export import generate_key, sign_artifact
+from mlm_export import slim_artifact
 
 TEXTS = ["the cat [MASK] on the mat .", "a [MASK] dog ran to the [MASK] ."]
 

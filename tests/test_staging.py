@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from mlm_export import ArtifactError, ConfigError, ExportConfig, StorageError, export_model
 from mlm_export.cli import main
 from mlm_export.manifest import FORMAT_VERSION, read_manifest
-from mlm_export.staging import OWNER, atomic_directory, heal_stale_stagings
+from mlm_export.artifact.staging import OWNER, atomic_directory, heal_stale_stagings
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -105,7 +105,7 @@ def test_refusal_comes_before_the_model_is_loaded(runner: CliRunner, source: Pat
 
 
 def test_force_replaces_a_signed_artifact(source: Path, tmp_path: Path) -> None:
-    from mlm_export.signing import generate_key, sign_artifact
+    from mlm_export import generate_key, sign_artifact
 
     out = export_model(ExportConfig(str(source), out=tmp_path / "art")).path
     key, _ = generate_key(tmp_path / "key")

@@ -254,7 +254,7 @@ def test_external_data_is_copied_beside_the_graph(tiny_copy: Path, tmp_path: Pat
 
 
 def test_a_signed_artifact_is_checked_with_its_key(tiny_copy: Path, tmp_path: Path) -> None:
-    from mlm_export.signing import generate_key, sign_artifact
+    from mlm_export import generate_key, sign_artifact
 
     private, public = generate_key(tmp_path / "key")
     with pytest.raises(SignatureError):

@@ -10,11 +10,12 @@ Both engines give the same rows: a sequence's score depends only on the sequence
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..errors import InputError
 from ..progress import is_terminal, stage
@@ -46,6 +47,15 @@ class ScoreJob:
     progress: bool = True           # Ray Data's own bars and INFO lines (ours follow progress.live_bars)
     public_key: Path | None = None  # refuse an artifact without a valid signature
 
+    def __post_init__(self) -> None:
+        """Paths may be given as strings, as a user writes them; stored as `Path`s."""
+        for name in ("artifact", "input", "output", "public_key"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)) and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+            elif value is not None and not isinstance(value, Path):
+                raise InputError(f"ScoreJob.{name} must be a path, got {type(value).__name__}")
+
 
 @dataclass
 class ScoreSummary:
@@ -59,7 +69,7 @@ class ScoreSummary:
     failed: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, "engine": self.engine, "variant": self.variant, "rows": self.rows,
                 "scored": self.scored, "failed": [{"line": n, "error": e} for n, e in self.failed],
                 "seconds": round(self.seconds, 3),
@@ -122,11 +132,10 @@ def _check(chunk: list[ScoredRow], job: ScoreJob, summary: ScoreSummary) -> None
 
 def _score_locally(job: ScoreJob, rows: Iterable[InputRow]) -> tuple[str, Iterator[list[ScoredRow]]]:
     from ..runtime.predictor import OnnxMaskFiller
-    from ..runtime.scoring import Scorer
 
     filler = OnnxMaskFiller.from_pretrained(job.artifact, variant=job.variant, providers=job.providers,
                                             threads=job.threads, public_key=job.public_key)
-    scorer = Scorer(filler)
+    scorer = filler.scorer()
 
     def chunks() -> Iterator[list[ScoredRow]]:
         for chunk in _chunked(rows, CHUNK):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ..runtime.providers import default_threads
+from ..runtime.threads import default_threads
 from ..runtime.scoring import RowError, ScoreOptions
 from .table import InputRow, ScoredRow
 
@@ -47,11 +47,10 @@ class PLLActor:
     def __init__(self, artifact: str, variant: str | None, threads: int | None, options: ScoreOptions,
                  public_key: str | None = None, providers: str = "cpu") -> None:
         from ..runtime.predictor import OnnxMaskFiller
-        from ..runtime.scoring import Scorer
 
         filler = OnnxMaskFiller.from_pretrained(artifact, variant=variant, providers=providers, threads=threads,
                                                 public_key=public_key)
-        self.scorer = Scorer(filler)
+        self.scorer = filler.scorer()
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,15 +59,16 @@ class PLLActor:
         ok = [not isinstance(r, RowError) for r in results]
         out: dict[str, Any] = {
             "text": np.array([r.text for r in results], dtype=object),
-            "pll": np.array([r.pll if good else np.nan for r, good in zip(results, ok)], dtype=np.float64),
-            "n_tokens": np.array([r.n_tokens if good else -1 for r, good in zip(results, ok)], dtype=np.int64),
+            "pll": np.array([np.nan if isinstance(r, RowError) else r.pll for r in results], dtype=np.float64),
+            "n_tokens": np.array([-1 if isinstance(r, RowError) else r.n_tokens for r in results], dtype=np.int64),
             "ok": np.array(ok, dtype=bool),  # Ray turns an all-None column into NaN: errors are "" when ok
-            "error": np.array(["" if good else r.message for r, good in zip(results, ok)], dtype=object),
+            "error": np.array([r.message if isinstance(r, RowError) else "" for r in results], dtype=object),
         }
         if self.options.per_token:
             per_token = np.empty(len(results), dtype=object)  # ragged: one array per row
-            for i, (r, good) in enumerate(zip(results, ok)):
-                per_token[i] = np.array(r.token_log_probs if good else (), dtype=np.float64)
+            for i, r in enumerate(results):
+                values = () if isinstance(r, RowError) else r.token_log_probs or ()
+                per_token[i] = np.array(values, dtype=np.float64)
             out["token_log_probs"] = per_token
         out["line"] = batch["line"]
         return out
@@ -77,31 +77,29 @@ class PLLActor:
 def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
                    sequences_per_batch: int = SEQUENCES_PER_BATCH) -> tuple[str, Iterator[list[ScoredRow]]]:
     """Start (or join) Ray, and stream the scored rows back in input order."""
-    from ..artifact import present_graphs
-    from ..manifest import read_manifest
-    from ..runtime.openvino import OPENVINO
-    from ..runtime.predictor import auto_provider, check_runtime, preferred_variant
-    from ..runtime.providers import CPU
+    from ..artifact.handle import Artifact
+    from ..runtime.backends import choose_backend
+    from ..variants import CPU, check_pairing, preferred
 
     ray = _ray()
     # fail here, not in every actor; a slim artifact serves the graphs it holds
-    manifest = present_graphs(job.artifact, read_manifest(job.artifact, public_key=job.public_key))
+    artifact = Artifact.open(job.artifact, public_key=job.public_key)
+    variants = artifact.graphs_of("fill-mask")
     # CPU workers: ONNX Runtime's CPU provider, or OpenVINO (the bf16 variant); auto picks as the local
     # engine does on a machine without a GPU
     key = job.providers.lower() if isinstance(job.providers, str) else None
     if key not in ("auto", "cpu", "openvino"):
         raise InputError(f"the Ray engine's workers run on CPUs: providers must be auto, cpu or openvino, "
                          f"got {job.providers!r}")
-    provider = {"cpu": CPU, "openvino": OPENVINO}.get(key) or auto_provider(manifest.fill_mask_graphs, CPU,
-                                                                            job.variant)
-    providers = "openvino" if provider == OPENVINO else "cpu"
-    variant = job.variant or preferred_variant(manifest, provider)
+    backend = choose_backend(variants, key, job.variant, cpu_only=True) if variants else CPU
+    providers = "openvino" if key == "openvino" or (key == "auto" and backend != CPU) else "cpu"
+    variant = job.variant or (preferred(variants, backend) if variants else None)
     if variant is None:
         raise InputError(f"{job.artifact} has no fill-mask graph to score with")
-    if variant not in manifest.fill_mask_graphs:
+    if variant not in variants:
         raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "
-                         f"{', '.join(sorted(manifest.fill_mask_graphs))}")
-    check_runtime(job.artifact, manifest.fill_mask_graphs, variant, provider)
+                         f"{', '.join(sorted(variants))}")
+    check_pairing(variant, variants[variant].precision, backend, job.artifact, variants)
     if not ray.is_initialized():
         address = job.ray_address or os.environ.get("RAY_ADDRESS") or None
         ray.init(address=address, include_dashboard=False, log_to_driver=False,

@@ -201,7 +201,8 @@ class RowWriter:
         if source is not None and path.exists() and os.path.samefile(path, source):
             raise InputError(f"{path} is the input; choose another --output")
         if path.exists() and not force:
-            raise InputError(f"{path} exists; pass --force to replace it, or choose another --output")
+            raise InputError(f"{path} exists; pass --force (ScoreJob(force=True)) to replace it, or choose "
+                             "another --output")
         if not path.parent.is_dir():
             raise InputError(f"the folder of {path} does not exist")
         self._tmp = path.parent / f".{path.name}.mlm-export-tmp-{os.getpid()}"

@@ -15,13 +15,23 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..artifact import file_entries
+from ..artifact.files import file_entries
 from ..config import LOGITS_TOLERANCE, TOLERANCES, ExportConfig
 from ..errors import ExportError, ParityError, ProviderError
-from ..manifest import GraphEntry, Manifest, ModelInfo, SourceInfo, TokenizerInfo, write_manifest
+from ..manifest import (
+    FusionRecord,
+    GraphEntry,
+    Int8Trial,
+    Manifest,
+    ModelInfo,
+    ParityRecord,
+    SourceInfo,
+    TokenizerInfo,
+    write_manifest,
+)
 from ..progress import stage
 from ..runtime.openvino import cpu_has_bf16
-from ..staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
+from ..artifact.staging import atomic_directory, check_destination, estimate_free_space, prepare_destination
 from ..verify import (
     ARTIFACT_PROBES,
     ARTIFACT_SET,
@@ -118,7 +128,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         report = VerifyReport(str(tmp), [])
         for name, entry in manifest.graphs.items():
             report.graphs.append(judged.get(name) or harness.check(tmp / entry.file, name, entry, runtime_of(entry)))
-            manifest = manifest.with_graph(name, parity=report.graphs[-1].to_dict())
+            manifest = manifest.with_graph(name, parity=ParityRecord.from_dict(report.graphs[-1].to_dict()))
         if not report.passed:
             raise ParityError("parity check failed; nothing was written\n" + report.summary(), report)
         write_manifest(tmp, manifest)
@@ -246,10 +256,10 @@ def _with_variant(manifest: Manifest, precision: str, entry: GraphEntry, path: P
                           f"graph ({stored}): a tensor was duplicated during conversion")
     fused = None  # bf16 is unfused on purpose (OpenVINO fuses it itself): no fusion counts to show
     if precision == "fp32":
-        fused = fusion.to_dict()
+        fused = FusionRecord.from_dict(fusion.to_dict())
     elif precision != "bf16":  # counted in the graph itself: conversion must not have undone the fusion
-        fused = FusionReport(fused_op_counts(path), fusion.expected_attention, config.allow_unfused,
-                             fusion.mode).to_dict()
+        fused = FusionRecord.from_dict(FusionReport(fused_op_counts(path), fusion.expected_attention,
+                                                    config.allow_unfused, fusion.mode).to_dict())
     return replace(manifest, graphs=manifest.graphs | {precision: replace(
         entry, fusion=fused, weight_bytes=weight_bytes, data_file=_data_file(path))})
 
@@ -270,8 +280,10 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
     path = tmp / FILL_MASK_FILE.format(precision="int8")
     entry = replace(fp32, file=path.name, precision="int8", tolerance=TOLERANCES["int8"], fusion=None,
                     parity=None, weight_bytes=None, data_file=None)
-    fusion = FusionReport(**{k: v for k, v in fp32.fusion.items() if k in ("counts", "expected_attention",
-                                                                            "allow_unfused", "mode")})
+    if fp32.fusion is None:
+        raise ExportError("the fp32 graph has no fusion record to quantize from")
+    fusion = FusionReport(fp32.fusion.counts, fp32.fusion.expected_attention, bool(fp32.fusion.allow_unfused),
+                          fp32.fusion.mode)
     judged: dict[str, GraphParity] = {}
     calibration = harness.calibration_rows()
     stored = manifest.graphs["fp32"].weight_bytes or 0
@@ -279,7 +291,7 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
         to_int8(tmp / fp32.file, path, find_int8_recipe(config.int8_recipe), calibration)
         entry = replace(entry, recipe=config.int8_recipe, head=HEAD_FLOAT)
         return _with_variant(manifest, "int8", entry, path, fusion, stored, config), judged
-    tried: list[dict] = []
+    tried: list[Int8Trial] = []
     built = INT8_RECIPES[0].name  # dynamic: never skipped
     for recipe in INT8_RECIPES:
         if not distinct_recipe(tmp / fp32.file, recipe):
@@ -299,7 +311,7 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
     return _with_variant(manifest, "int8", entry, path, fusion, stored, config), judged
 
 
-def _try_blockwise_head(path: Path, harness: ParityHarness, entry: GraphEntry, stored: int, tried: list[dict],
+def _try_blockwise_head(path: Path, harness: ParityHarness, entry: GraphEntry, stored: int, tried: list[Int8Trial],
                         judged: dict[str, GraphParity], vocab_size: int) -> str:
     """The gated int8 graph at `path` once more with its decoder block-wise; kept only if it passes and
     stores no more weight bytes than fp32 (a tied table stays float for the input embedding, so a
@@ -317,7 +329,7 @@ def _try_blockwise_head(path: Path, harness: ParityHarness, entry: GraphEntry, s
                         "graph would store more weight bytes than fp32")
             return HEAD_FLOAT
         parity = harness.check(trial, "int8", entry, "cpu")
-        tried.append(_trial(tried[-1]["recipe"], HEAD_BLOCKWISE, parity))
+        tried.append(_trial(tried[-1].recipe, HEAD_BLOCKWISE, parity))
         if not parity.passed:
             return HEAD_FLOAT
         save_graph(load_graph(trial), path, uses_external_data(trial))
@@ -331,15 +343,14 @@ def _try_blockwise_head(path: Path, harness: ParityHarness, entry: GraphEntry, s
         data_path(trial).unlink(missing_ok=True)
 
 
-def _trial(recipe: str, head: str, parity: GraphParity) -> dict:
+def _trial(recipe: str, head: str, parity: GraphParity) -> Int8Trial:
     """One gated int8 attempt, as the manifest's `recipes_tried` lists it (and the log says it)."""
     gated = parity.gated.to_dict()
     log.info("int8 recipe %s, %s decoder: top-1 %.2f%%, top-%d overlap %.2f%% -> %s", recipe, head,
              100 * gated["top1_agreement"], parity.tolerance.top_k, 100 * gated["topk_overlap"],
              "passed" if parity.passed else "rejected")
-    return {"recipe": recipe, "head": head, "passed": parity.passed,
-            "top1_agreement": gated["top1_agreement"], "topk_overlap": gated["topk_overlap"],
-            "max_abs_logit": gated["max_abs_logit"]}
+    return Int8Trial(recipe, parity.passed, gated["top1_agreement"], gated["topk_overlap"], head,
+                     gated["max_abs_logit"])
 
 
 def initializer_bytes(path: Path) -> int:

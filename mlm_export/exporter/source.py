@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifact import sha256_file
+from ..artifact.files import sha256_file
 from ..config import BUILTIN_MODELS
 from ..errors import ExportError, SourceError
 from ..families import FamilySpec, family_of

@@ -20,7 +20,7 @@ from ..errors import ExportError
 from ..families import FamilySpec
 from ..manifest import TensorSpec
 from ..progress import stage
-from .graph_file import load_graph, save_graph
+from ..passes.graph_file import load_graph, save_graph
 
 log = logging.getLogger("mlm_export")
 
@@ -29,7 +29,7 @@ SCORING_INPUTS = ["target_ids", "exclude_special"]  # fed by every caller; the p
 _TRACE_TOP_K = 3  # any constant; graph surgery replaces it with the `top_k` input
 
 
-def graph_io(family: FamilySpec, form: str, vocab_size: int) -> tuple[tuple[TensorSpec, ...], ...]:
+def graph_io(family: FamilySpec, form: str, vocab_size: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """The inputs and outputs of a traced form, as the manifest declares them to the runtime."""
     inputs = tuple(TensorSpec(name, "int64", ("batch", "sequence")) for name in family.input_names)
     if form == "logits":
@@ -92,7 +92,7 @@ def _forms(model: Any, family: FamilySpec) -> tuple[Any, Any]:
             return self.encoder(**dict(zip(names, inputs)))[0]
 
     class LogitsForm(Encoded):
-        def forward(self, *inputs):  # type: ignore[no-untyped-def]
+        def forward(self, *inputs):
             hidden = self.hidden(inputs)
             flat = self.head(hidden.reshape(-1, hidden.shape[-1]))
             return flat.reshape(hidden.shape[0], hidden.shape[1], flat.shape[-1])
@@ -105,7 +105,7 @@ def _forms(model: Any, family: FamilySpec) -> tuple[Any, Any]:
             bias[list(special_ids)] = -float("inf")
             self.register_buffer("special_bias", bias)
 
-        def forward(self, *args):  # type: ignore[no-untyped-def]
+        def forward(self, *args):
             inputs, target_ids, exclude_special = args[:-2], args[-2], args[-1]
             hidden = self.hidden(inputs)
             where = torch.nonzero(inputs[0] == self.mask_token_id)

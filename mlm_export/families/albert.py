@@ -17,3 +17,5 @@ ALBERT = FamilySpec(
     encoder=lambda model: model.albert,
     head=lambda model: model.predictions,
 )
+
+SPECS = (ALBERT,)  # what the registry collects from this module

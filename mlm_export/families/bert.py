@@ -18,3 +18,5 @@ BERT = FamilySpec(
     encoder=lambda model: model.bert,
     head=lambda model: model.cls,
 )
+
+SPECS = (BERT,)  # what the registry collects from this module

@@ -32,3 +32,5 @@ DISTILBERT = FamilySpec(
     head=_head,
     attn_implementation="sdpa",
 )
+
+SPECS = (DISTILBERT,)  # what the registry collects from this module

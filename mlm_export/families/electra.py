@@ -26,3 +26,5 @@ ELECTRA = FamilySpec(
     encoder=lambda model: model.electra,
     head=_head,
 )
+
+SPECS = (ELECTRA,)  # what the registry collects from this module

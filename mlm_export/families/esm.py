@@ -23,7 +23,7 @@ def _head(model: Any) -> Any:
             super().__init__()
             self.lm_head = lm_head
 
-        def forward(self, features):  # type: ignore[no-untyped-def]
+        def forward(self, features):
             head = self.lm_head
             x = head.layer_norm(gelu(head.dense(features)))
             return torch.nn.functional.linear(x, head.decoder.weight, head.bias)
@@ -61,3 +61,5 @@ ESM = FamilySpec(
     prepare_trace=_forget_rotary_tables,
     usable_length=_usable_length,
 )
+
+SPECS = (ESM,)  # what the registry collects from this module

@@ -16,7 +16,7 @@ def _usable_length(config: Any) -> int:
     return int(config.max_position_embeddings) - int(config.pad_token_id) - 1
 
 
-def _roberta(name: str, model_type: str, architecture: str) -> FamilySpec:
+def _roberta(name: str, model_type: str, architecture: str, guess_from_weights: bool = False) -> FamilySpec:
     return FamilySpec(
         name=name,
         model_types=(model_type,),
@@ -29,9 +29,12 @@ def _roberta(name: str, model_type: str, architecture: str) -> FamilySpec:
         encoder=lambda model: model.roberta,
         head=lambda model: model.lm_head,
         usable_length=_usable_length,
+        guess_from_weights=guess_from_weights,  # their weights all say "roberta.": RoBERTa's alone
     )
 
 
-ROBERTA = _roberta("roberta", "roberta", "RobertaForMaskedLM")
+ROBERTA = _roberta("roberta", "roberta", "RobertaForMaskedLM", guess_from_weights=True)
 XLM_ROBERTA = _roberta("xlm-roberta", "xlm-roberta", "XLMRobertaForMaskedLM")
 CAMEMBERT = _roberta("camembert", "camembert", "CamembertForMaskedLM")
+
+SPECS = (ROBERTA, XLM_ROBERTA, CAMEMBERT)  # what the registry collects from this module

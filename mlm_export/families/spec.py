@@ -51,6 +51,9 @@ class FamilySpec:
     attn_implementation: str = "eager"  # the one ONNX Runtime's fusions match after a TorchScript export
     usable_length: Callable[[Any], int] = _max_position_embeddings  # tokens a sequence may hold
     prepare_trace: Callable[[Any], None] = _nothing  # undo state an earlier run left (caches) before tracing
+    # whether a checkpoint whose config.json names neither model_type nor architecture may be taken for this
+    # family from its weight names: False for a family that shares its weight_prefix with another
+    guess_from_weights: bool = True
 
     @property
     def input_names(self) -> tuple[str, ...]:

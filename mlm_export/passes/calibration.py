@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ExportError
 from ..progress import stage
-from ..runtime.feeds import control_feeds
+from ..runtime.graph import control_feeds
 from .graph_file import save_graph
 
 DATA_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -44,7 +44,7 @@ def activation_ranges(model: Any, names: list[str], rows: Sequence[Any], work: P
     import onnx
     from onnx import helper
 
-    from ..runtime.providers import create_session
+    from ..runtime.backends import create_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -51,7 +51,7 @@ class FusionReport:
     def complete(self) -> bool:
         return self.mode != ATTENTION_REQUIRED or self.attention == self.expected_attention
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts, "attention": self.attention, "mode": self.mode,
                 "expected_attention": self.expected_attention, "complete": self.complete,
                 "allow_unfused": self.allow_unfused}
@@ -96,7 +96,7 @@ def share_identical_initializers(model: Any) -> int:
 
     from onnx import numpy_helper
 
-    first: dict[tuple, str] = {}
+    first: dict[tuple[Any, ...], str] = {}
     rename: dict[str, str] = {}
     keep = []
     for init in model.graph.initializer:

@@ -359,7 +359,7 @@ def _attribute(node: Any, name: str, default: Any) -> Any:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def _nbits_matmul(matrix: Any) -> tuple[dict, Any, Any]:
+def _nbits_matmul(matrix: Any) -> tuple[dict[str, Any], Any, Any]:
     """MatMulNBits attributes, packed weight and scales for a float [K, N] matrix, made by ONNX
     Runtime's own quantizer on a one-node graph (its layout is the kernel's business)."""
     from onnx import TensorProto, helper, numpy_helper

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..runtime.feeds import control_feeds
+from ..runtime.graph import control_feeds
 from ..runtime.openvino import OpenVINOSession
-from ..runtime.providers import create_session, default_threads
+from ..runtime.backends import create_session
+from ..runtime.threads import default_threads
 from .graph_file import load_graph, save_graph, uses_external_data
 
 _LOG_REDUCTIONS = ("ReduceLogSumExp", "ReduceLogSum")
@@ -45,7 +46,7 @@ def head_input_of(graph: Any, name: str) -> str:
     if first is None:
         raise ExportError(f"{name} has no Gemm, so where its MLM head begins is unknown: this family's head "
                           "is not a Linear on the masked rows; export it without --bf16")
-    return first.input[0]
+    return str(first.input[0])
 
 
 def rewrite_for_openvino(model: Any) -> int:

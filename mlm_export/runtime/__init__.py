@@ -1,4 +1,9 @@
-"""Runtime: serving an artifact with ONNX Runtime alone (no torch, no transformers).
+"""Runtime: serving an artifact without torch or transformers.
 
-    providers.py  which execution provider, honoured or refused     predictor.py  OnnxMaskFiller
+    backends.py   the `Session` interface and the one place a backend is chosen from `providers=`
+    ort.py        ONNX Runtime (CPU, CUDA)          openvino.py  OpenVINO (the bf16 variant)
+    threads.py    intra-op thread limits             graph.py     LoadedGraph: one hash-checked graph, its feeds
+    predictor.py  OnnxMaskFiller (fill-mask)         scoring.py   pseudo-log-likelihood on a LoadedGraph
+
+Which precision runs on which backend is `mlm_export.variants`' table.
 """

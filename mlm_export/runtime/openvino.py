@@ -1,4 +1,4 @@
-"""OpenVINO behind the session interface the predictor and parity use (`providers="openvino"`); torch-free.
+"""The OpenVINO backend: a `backends.Session` for the bf16 variant (`providers="openvino"`); torch-free.
 
 It runs the `bf16` variant: the unfused fill-mask graph (standard ONNX ops only; the fused graphs hold
 ONNX Runtime's contrib ops). The graph is cut in memory where the MLM head begins (the manifest's
@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ProviderError
-
-OPENVINO = "OpenVINO"
-INSTALL_HINT = "pip install 'mlm-export[openvino]'"
+from ..variants import OPENVINO
+from ..variants import OPENVINO_INSTALL_HINT as INSTALL_HINT
 
 
 def openvino_module() -> Any:

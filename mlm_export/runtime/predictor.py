@@ -16,23 +16,19 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
-from ..artifact import checked_bytes, checked_file, present_graphs, refuse_left_out, verified_path
-from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
-from ..manifest import GraphEntry, Manifest, read_manifest
-from .feeds import CONTROL_INPUTS, control_feeds
-from .openvino import INSTALL_HINT, OPENVINO, cpu_has_bf16, openvino_usable
-from .providers import CUDA, check_threads, create_session, requested_providers
+from ..artifact.handle import Artifact
+from ..errors import ArtifactError, InputError
+from ..manifest import Manifest
+from ..variants import check_pairing, preferred
+from .backends import choose_backend, providers_for
+from .graph import CONTROL_INPUTS, TOKEN_INPUTS, LoadedGraph, require_scoring, right_padded
+from .threads import check_threads
 
 if TYPE_CHECKING:
-    from .scoring import PLLScore
+    from .scoring import PLLScore, Scorer
 
-# Best variant first, per provider. int8 is never picked for CUDA: its int8 ops fall back to the
-# CPU there, an order of magnitude slower. bf16 is OpenVINO's, and the only variant OpenVINO can read.
-_PREFERENCE = {"CPUExecutionProvider": ("int8", "fp32", "fp16"),
-               CUDA: ("fp16", "fp32"),
-               OPENVINO: ("bf16",)}
 _OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids"]
-_FEEDS = {"input_ids", "attention_mask", "token_type_ids", *CONTROL_INPUTS}  # what _run can build
+_FEEDS = {*TOKEN_INPUTS, *CONTROL_INPUTS}  # what LoadedGraph.feeds builds
 
 
 class _Scored(TypedDict):
@@ -57,98 +53,81 @@ class OnnxMaskFiller:
     Instances hold no per-call state, so one filler may serve many threads at once.
     """
 
-    def __init__(self, directory: Path, manifest: Manifest, variant: str, session: Any,
-                 tokenizer: Any, batch_size: int = 32, io_binding: bool | None = None) -> None:
-        self.directory = directory
-        self.manifest = manifest
-        self.variant = variant
-        self.graph: GraphEntry = manifest.graphs[variant]
-        self.session = session
-        self.provider: str = session.get_providers()[0]
+    def __init__(self, graph: LoadedGraph, tokenizer: Any, batch_size: int = 32) -> None:
+        self.graph = graph
+        self.artifact: Artifact = graph.artifact
+        self.directory: Path = graph.artifact.path
+        self.manifest: Manifest = graph.artifact.present
+        self.variant: str = graph.name
+        self.provider: str = graph.provider
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        # IO binding hands inputs to the device once and lets ONNX Runtime allocate the outputs;
-        # on the CPU it gains nothing, so by default it is used on CUDA only.
-        self.io_binding = self.provider == CUDA if io_binding is None else io_binding
-        if self.io_binding and self.provider == OPENVINO:
-            raise InputError("io_binding is ONNX Runtime's; OpenVINO (the bf16 variant) has none: leave it unset")
-        tok = manifest.tokenizer
+        tok = self.manifest.tokenizer
         self.mask_token: str = tok.mask_token
         self.mask_token_id: int = tok.mask_token_id
         self.pad_token_id: int = tok.pad_token_id
-        self.max_length: int = manifest.model.max_length
-        self.vocab_size: int = manifest.model.vocab_size
+        self.max_length: int = self.manifest.model.max_length
+        self.vocab_size: int = self.manifest.model.vocab_size
         self._specials = frozenset(tok.every_special_id)
         self._token_strs: dict[int, str] = {}
-        missing = [name for name in _OUTPUTS if name not in self.graph.output_names]
-        unknown = [name for name in self.graph.input_names if name not in _FEEDS]
+        missing = [name for name in _OUTPUTS if name not in graph.output_names]
+        unknown = [name for name in graph.input_names if name not in _FEEDS]
         if missing or unknown:
-            raise ArtifactError(f"the {variant} graph of {directory} declares outputs {list(self.graph.output_names)} "
-                                f"and inputs {list(self.graph.input_names)}; this predictor needs {_OUTPUTS} and "
-                                f"can feed {sorted(_FEEDS)}. Re-export the artifact")
+            raise ArtifactError(f"the {self.variant} graph of {self.directory} declares outputs "
+                                f"{list(graph.output_names)} and inputs {list(graph.input_names)}; this predictor "
+                                f"needs {_OUTPUTS} and can feed {sorted(_FEEDS)}. Re-export the artifact")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, variant: str | None = None,
+    def from_pretrained(cls, directory: str | Path | Artifact, variant: str | None = None,
                         providers: str | Sequence[str] = "auto", threads: int | None = None,
                         batch_size: int = 32, io_binding: bool | None = None,
                         public_key: Any = None) -> OnnxMaskFiller:
         """Open an artifact; the graph and tokenizer are checked against their sha256 first.
 
-        `public_key` (a key file, PEM/OpenSSH bytes or a key object) makes the manifest's Ed25519
-        signature mandatory: an unsigned or edited artifact raises `SignatureError`.
+        `directory` is an artifact's path (or an opened `Artifact`). `public_key` (a key file, PEM/OpenSSH
+        bytes or a key object) makes the manifest's Ed25519 signature mandatory: an unsigned or edited
+        artifact raises `SignatureError`.
         """
-        from tokenizers import Tokenizer
-
-        if not isinstance(directory, (str, os.PathLike)):
+        if not isinstance(directory, (str, os.PathLike, Artifact)):
             raise InputError(f"directory must be a path to an artifact, got {type(directory).__name__}")
-        directory = Path(directory)
         check_threads(threads)
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        batch_size = int(batch_size)
         if variant is not None and not isinstance(variant, str):
             raise InputError(f"variant must be a name such as 'fp32' or None, got {variant!r}")
-        full = read_manifest(directory, public_key=public_key)
-        manifest = present_graphs(directory, full)  # a slim copy holds only some graphs
-        variants = manifest.fill_mask_graphs
-        refuse_left_out(directory, full, manifest, variant)
+        if isinstance(directory, Artifact) and public_key is None:
+            artifact = directory
+        else:  # a path, or an Artifact to check against this key: (re)open it, the signature checked
+            artifact = Artifact.open(directory.path if isinstance(directory, Artifact) else directory, public_key)
+        variants = artifact.graphs_of("fill-mask")
+        artifact.refuse_left_out(variant)
         if not variants:
-            raise ArtifactError(f"{directory} has no fill-mask graph")
-        if variant is not None and variant not in variants:
-            raise ArtifactError(f"variant {variant!r} is not in {directory}; it has "
-                                f"{', '.join(sorted(variants))}")
-        primary = requested_providers(providers)[0]
-        if isinstance(providers, str) and providers.lower() == "auto":
-            primary = auto_provider(variants, primary, variant)
-            providers = "openvino" if primary == OPENVINO else providers
-        if variant == "int8" and primary == CUDA:
-            raise ProviderError("the int8 variant is for the CPU provider: on CUDA its int8 ops fall "
-                                "back to the CPU. Use variant='fp16' (or None) with CUDA, or "
-                                "providers='cpu' with int8.")
-        # Open the preferred variant for the requested providers; the session says where it landed.
-        # The session and the tokenizer load the very bytes that were hashed: a file swapped on
-        # disk between the check and the load cannot slip in.
-        first = variant or _pick(variants, primary)
-        check_runtime(directory, variants, first, primary)
-        session = _open(directory, manifest, variants[first], providers, threads)
-        landed = session.get_providers()[0]
-        if variant is None and _pick(variants, landed) != first:
-            first = _pick(variants, landed)
-            session = _open(directory, manifest, variants[first], providers, threads)
-        tokenizer_file = manifest.tokenizer.file
-        tokenizer_json = checked_bytes(directory, manifest, tokenizer_file)
-        try:
-            tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
-        except Exception as exc:  # not UTF-8, or the Rust side's bare Exception
-            raise ArtifactError(f"{directory / tokenizer_file} cannot be read by `tokenizers` ({exc}); "
-                                "re-export the artifact") from exc
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        return cls(directory, manifest, first, session, tokenizer, batch_size, io_binding)
+            raise ArtifactError(f"{artifact.path} has no fill-mask graph")
+        if variant is not None:
+            artifact.graph(variant, form="fill-mask")  # unknown: an error that lists the variants
+        backend = choose_backend(variants, providers, variant)
+        providers = providers_for(backend, providers)
+        first = variant or preferred(variants, backend)
+        check_pairing(first, variants[first].precision, backend, artifact.path, variants)
+        graph = LoadedGraph.open(artifact, first, providers, threads, io_binding)
+        if variant is None and preferred(variants, graph.provider) != first:  # landed elsewhere (auto)
+            graph = LoadedGraph.open(artifact, preferred(variants, graph.provider), providers, threads, io_binding)
+        return cls(graph, artifact.tokenizer(), int(batch_size))
 
     def __repr__(self) -> str:
         return (f"OnnxMaskFiller({str(self.directory)!r}, variant={self.variant!r}, "
                 f"provider={self.provider!r})")
+
+    @property
+    def io_binding(self) -> bool:
+        """Whether runs bind inputs and outputs (ONNX Runtime's IO binding: on CUDA by default)."""
+        return self.graph.io_binding
+
+    def scorer(self) -> Scorer:
+        """PLL scoring on this filler's graph (what `score` uses; batch engines keep one per worker)."""
+        from .scoring import Scorer
+
+        return Scorer(self.graph, self.tokenizer)
 
     @overload
     def __call__(self, inputs: str, top_k: int = 5, return_sequence: bool = True,
@@ -236,7 +215,7 @@ class OnnxMaskFiller:
         return np.array([ids], dtype=np.int64)
 
     @overload
-    def score(self, texts: str, reduction: str = "sum", exclude_special: bool = False,
+    def score(self, texts: str, reduction: str = "sum", exclude_special: bool = False,  # type: ignore[overload-overlap]
               per_token: bool = False, batch_size: int | None = None) -> PLLScore: ...
     @overload
     def score(self, texts: Sequence[str], reduction: str = "sum", exclude_special: bool = False,
@@ -251,7 +230,7 @@ class OnnxMaskFiller:
         special tokens (AntiBERTy's convention); `per_token` keeps each token's log-probability;
         `batch_size` is masked copies per graph run. A text that cannot be scored raises `InputError`.
         """
-        from .scoring import DEFAULT_COPIES_PER_RUN, Scorer, ScoreOptions
+        from .scoring import DEFAULT_COPIES_PER_RUN, ScoreOptions
 
         options = ScoreOptions(reduction, exclude_special, per_token,
                                DEFAULT_COPIES_PER_RUN if batch_size is None else batch_size)
@@ -259,13 +238,11 @@ class OnnxMaskFiller:
             texts = _as_text_list(texts)
             if not texts:
                 raise InputError("no input texts were given")
-        return Scorer(self).score(texts, options)
+        return self.scorer().score(texts, options)
 
     def require_scoring(self, what: str) -> None:
         """Scoring needs the graph's `target_ids` input, which artifacts before mlm-export 0.4 lack."""
-        if "target_ids" not in self.graph.input_names:
-            raise ArtifactError(f"the {self.variant} graph of {self.directory} has no scoring inputs, which "
-                                f"{what} needs; re-export the artifact with this version of mlm-export")
+        require_scoring(self.graph, what)
 
     def _truncation(self, kwargs: Mapping[str, Any] | None) -> int | None:
         """The length `tokenizer_kwargs` truncates to (special tokens included), or None."""
@@ -323,29 +300,21 @@ class OnnxMaskFiller:
             raise InputError(f"tokenizer_kwargs max_length {length} leaves no room for text beside the special tokens")
         encoding = self.tokenizer.encode(text, add_special_tokens=False)
         encoding.truncate(room)
-        cut = self.tokenizer.post_process(encoding).ids
+        cut: list[int] = self.tokenizer.post_process(encoding).ids
         if cut.count(self.mask_token_id) < row.count(self.mask_token_id):
             raise InputError(f"truncating input {index} to {length} tokens would cut a {self.mask_token} token; "
                              "raise max_length or shorten the text")
         return cut
 
     def _run(self, rows: list[list[int]], top_k: int, with_sequence: bool,
-             target_ids: np.ndarray | None = None) -> list[list]:
-        width = max(len(r) for r in rows)
-        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros_like(input_ids)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
-        names = self.graph.input_names  # fed exactly what the graph declares
-        tokens = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
-        feeds = {name: tokens[name] for name in names if name in tokens}
+             target_ids: np.ndarray | None = None) -> list[Any]:
+        input_ids, attention_mask = right_padded(rows, self.pad_token_id)
         if target_ids is None:
-            feeds |= control_feeds(names, top_k)
-            batch_index, position, scores, token_ids = self.run_graph(_OUTPUTS, feeds)
+            feeds = self.graph.feeds(input_ids, attention_mask, top_k=top_k)
+            batch_index, position, scores, token_ids = self.graph.run(_OUTPUTS, feeds)
         else:  # the pipeline's targets: full-vocabulary probabilities at the targets, the best top_k of them
-            feeds |= control_feeds(names, 1, target_ids=target_ids)
-            batch_index, position, log_probs = self.run_graph(["mask_batch_index", "mask_position",
+            feeds = self.graph.feeds(input_ids, attention_mask, top_k=1, target_ids=target_ids)
+            batch_index, position, log_probs = self.graph.run(["mask_batch_index", "mask_position",
                                                                "target_log_probs"], feeds)
             order = np.argsort(-log_probs, axis=1, kind="stable")[:, :top_k]
             scores = np.exp(np.take_along_axis(log_probs, order, axis=1))
@@ -353,7 +322,7 @@ class OnnxMaskFiller:
         if not np.isfinite(scores).all():
             raise ArtifactError(f"the {self.variant} graph of {self.directory} produced non-finite scores (NaN "
                                 "or inf): it is broken or was altered. Run `mlm-export verify` on it")
-        per_row: list[list] = [[] for _ in rows]
+        per_row: list[list[Any]] = [[] for _ in rows]
         masks = [row.count(self.mask_token_id) for row in rows]
         for b, p, row_scores, row_ids in zip(batch_index, position, scores, token_ids):
             found = []
@@ -366,27 +335,6 @@ class OnnxMaskFiller:
                 found.append(candidate)
             per_row[b].append(found)
         return [found[0] if len(found) == 1 else found for found in per_row]  # one mask: its list alone
-
-    def run_graph(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the session, turning ONNX Runtime's own errors (out of memory, a device fault) into
-        `ProviderError`."""
-        try:
-            return self._run_session(outputs, feeds)
-        except Exception as exc:  # onnxruntime's own error types: out of memory, a device fault
-            raise ProviderError(f"ONNX Runtime failed running the {self.variant} graph on {self.provider} "
-                                f"for a batch of {feeds['input_ids'].shape[0]} x {feeds['input_ids'].shape[1]} "
-                                f"tokens: {exc}") from exc
-
-    def _run_session(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if not self.io_binding:
-            return self.session.run(outputs, feeds)
-        binding = self.session.io_binding()  # one per call: bindings are not shared across threads
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        for name in outputs:
-            binding.bind_output(name, "cpu")  # small outputs: one copy back, sized by the graph
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
 
     def _token_str(self, token: int) -> str:
         """A token decoded alone, as the pipeline's token_str; remembered, since top-k ids repeat."""
@@ -403,41 +351,14 @@ class OnnxMaskFiller:
         return [t for t in filled if t != self.pad_token_id and (several or t not in self._specials)]
 
 
-def _open(directory: Path, manifest: Manifest, graph: GraphEntry, providers: Any, threads: int | None) -> Any:
-    """A session on the hash-checked graph. A single-file graph is read through the descriptor that was
-    hashed; one with external data by its path (ONNX Runtime finds the data beside it), after both files
-    matched their sha256."""
-    if graph.data_file is None:
-        with verified_path(directory, manifest, graph.file) as path:
-            session = create_session(path, providers, threads, graph.head_input)
-    else:  # two files: hashed, loaded by path, and refused if either changed meanwhile
-        paths = [checked_file(directory, manifest, graph.data_file), checked_file(directory, manifest, graph.file)]
-        before = [_stamp(p) for p in paths]
-        session = create_session(str(paths[1]), providers, threads, graph.head_input)
-        if [_stamp(p) for p in paths] != before:
-            raise IntegrityError(f"{directory / graph.file} or its data changed while it was being loaded; "
-                                 "load it again")
-    actual = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-    if actual != (list(graph.input_names), list(graph.output_names)):
-        raise ArtifactError(f"{directory / graph.file} takes {actual[0]} and gives {actual[1]}, but the "
-                            f"manifest declares {list(graph.input_names)} and {list(graph.output_names)}: "
-                            "re-export the artifact")
-    return session
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 def preferred_variant(manifest: Manifest, provider: str) -> str | None:
     """The fill-mask variant `from_pretrained(variant=None)` opens on `provider`; None without one
     (a slim copy that kept only the logits form)."""
     variants = manifest.fill_mask_graphs
-    return _pick(variants, provider) if variants else None
+    return preferred(variants, provider) if variants else None
 
 
-def _as_text_list(inputs: object) -> list:
+def _as_text_list(inputs: object) -> list[Any]:
     """A list of the texts in `inputs`; refuses what only looks iterable (bytes, mappings, numbers)."""
     if isinstance(inputs, (bytes, bytearray)):
         raise InputError("inputs are bytes, not a string; decode them first, e.g. text.decode('utf-8')")
@@ -449,39 +370,3 @@ def _as_text_list(inputs: object) -> list:
         except TypeError as exc:  # e.g. a 0-d numpy array: iterable in type, not in fact
             raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}") from exc
     raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
-
-
-def _pick(variants: dict[str, GraphEntry], provider: str) -> str:
-    for name in _PREFERENCE.get(provider, ("fp32",)):
-        if name in variants:
-            return name
-    # no preferred one (a slim copy): any graph this runtime can read, bf16 only for OpenVINO
-    readable = sorted(name for name, g in variants.items() if (g.precision == "bf16") == (provider == OPENVINO))
-    return (readable or sorted(variants))[0]
-
-
-def auto_provider(variants: dict[str, GraphEntry], primary: str | None = None, variant: str | None = None) -> str:
-    """What `providers="auto"` runs: CUDA where ONNX Runtime sees a GPU; else OpenVINO where the artifact
-    has a bf16 variant (and no other variant was asked for), openvino is installed and the CPU computes
-    in bf16, since that variant ran batches of 32 1.4-1.65x faster than int8 (README, Benchmarks); else ONNX
-    Runtime's CPU provider. `primary` is `requested_providers("auto")[0]`, when already known."""
-    primary = primary or requested_providers("auto")[0]
-    wanted = [variants[variant]] if variant in variants else list(variants.values())
-    if primary != CUDA and any(g.precision == "bf16" for g in wanted) and openvino_usable() and cpu_has_bf16():
-        return OPENVINO
-    return primary
-
-
-def check_runtime(directory: Path | str, variants: dict[str, GraphEntry], name: str, provider: str) -> None:
-    """The bf16 variant runs only on OpenVINO, and OpenVINO runs only it (the other graphs hold ONNX
-    Runtime's own ops): any other pairing is a ProviderError that says what to pass instead."""
-    bf16 = variants[name].precision == "bf16"
-    if bf16 and provider != OPENVINO:
-        raise ProviderError(f"variant {name!r} is bf16, which runs on OpenVINO: pass providers='openvino' "
-                            f"(--providers openvino; {INSTALL_HINT})")
-    if not bf16 and provider == OPENVINO:
-        others = sorted(n for n, g in variants.items() if g.precision == "bf16")
-        fix = (f"use variant={others[0]!r} (or None) with it, or providers='cpu' for {name}" if others
-               else "export with --bf16 for a variant it runs, or use providers='cpu'")
-        raise ProviderError(f"providers='openvino' runs only the bf16 variant, not {name!r} (its graph holds ONNX "
-                            f"Runtime's own ops), and {directory} has {', '.join(sorted(variants))}: {fix}")

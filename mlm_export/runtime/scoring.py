@@ -23,15 +23,12 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import ArtifactError, InputError
-from .feeds import control_feeds
-
-if TYPE_CHECKING:
-    from .predictor import OnnxMaskFiller
+from .graph import LoadedGraph, require_scoring
 
 REDUCTIONS = ("sum", "mean")
 DEFAULT_COPIES_PER_RUN = 128  # masked copies per graph run; a longer sequence runs in several
@@ -83,12 +80,17 @@ class RowError:
 
 
 class Scorer:
-    """PLL scoring on one open fill-mask session; holds no per-call state (thread-safe like the filler)."""
+    """PLL scoring on one loaded fill-mask graph; holds no per-call state (thread-safe like the filler)."""
 
-    def __init__(self, filler: OnnxMaskFiller) -> None:
-        filler.require_scoring("pseudo-log-likelihood scoring")
-        self.filler = filler
-        tok = filler.manifest.tokenizer
+    def __init__(self, graph: LoadedGraph, tokenizer: Any) -> None:
+        require_scoring(graph, "pseudo-log-likelihood scoring")
+        self.graph = graph
+        self.tokenizer = tokenizer
+        manifest = graph.artifact.manifest
+        tok = manifest.tokenizer
+        self.max_length: int = manifest.model.max_length
+        self.mask_token: str = tok.mask_token
+        self.mask_token_id: int = tok.mask_token_id
         self.unk_id: int = tok.special_ids["unk"]
         self.unscored = frozenset(tok.every_special_id) - {self.unk_id}
 
@@ -124,19 +126,18 @@ class Scorer:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise InputError(f"the sequence is not valid Unicode ({exc.reason} at character {exc.start})") from exc
-        filler = self.filler
-        ids = filler.tokenizer.encode(text).ids
-        if len(ids) > filler.max_length:
+        ids: list[int] = self.tokenizer.encode(text).ids
+        if len(ids) > self.max_length:
             raise InputError(f"the sequence is {len(ids)} tokens long (with special tokens); this model takes "
-                             f"at most {filler.max_length}")
-        if filler.mask_token_id in ids:
-            raise InputError(f"the sequence holds the mask token {filler.mask_token}; PLL masks each token itself")
+                             f"at most {self.max_length}")
+        if self.mask_token_id in ids:
+            raise InputError(f"the sequence holds the mask token {self.mask_token}; PLL masks each token itself")
         if not any(t not in self.unscored for t in ids):
             raise InputError("the sequence has no token to score (only special tokens)")
         return ids
 
     def _unknown(self, text: str) -> str:
-        encoding = self.filler.tokenizer.encode(text)
+        encoding = self.tokenizer.encode(text)
         spans = [text[a:b] for t, (a, b) in zip(encoding.ids, encoding.offsets) if t == self.unk_id]
         return f"the sequence has characters the vocabulary lacks ({', '.join(repr(s) for s in spans[:5])})"
 
@@ -147,7 +148,7 @@ class Scorer:
         for start in range(0, len(positions), options.copies_per_run):
             chunk = positions[start : start + options.copies_per_run]
             copies = np.repeat(row[None, :], len(chunk), axis=0)
-            copies[np.arange(len(chunk)), chunk] = self.filler.mask_token_id
+            copies[np.arange(len(chunk)), chunk] = self.mask_token_id
             targets = row[chunk][:, None]
             log_probs[start : start + len(chunk)] = self._run(copies, targets, options.exclude_special)
         total = float(log_probs.sum())
@@ -156,18 +157,13 @@ class Scorer:
         return PLLScore(text, pll, len(positions), per_token)
 
     def _run(self, copies: np.ndarray, targets: np.ndarray, exclude_special: bool) -> np.ndarray:
-        filler = self.filler
-        tokens = {"input_ids": copies, "attention_mask": np.ones_like(copies),
-                  "token_type_ids": np.zeros_like(copies)}
-        names = filler.graph.input_names
-        feeds = {n: tokens[n] for n in names if n in tokens}
-        feeds |= control_feeds(names, 1, target_ids=targets, exclude_special=exclude_special)
-        batch_index, scored = filler.run_graph(["mask_batch_index", "target_log_probs"], feeds)
+        feeds = self.graph.feeds(copies, top_k=1, target_ids=targets, exclude_special=exclude_special)
+        batch_index, scored = self.graph.run(["mask_batch_index", "target_log_probs"], feeds)
         if not np.array_equal(batch_index, np.arange(len(copies))):
             raise InputError("the graph found a different number of masks than were placed; the "
                              "tokenizer and graph disagree on the mask token")
         values = scored[:, 0].astype(np.float64)
         if not np.isfinite(values).all():
-            raise ArtifactError(f"the {filler.variant} graph of {filler.directory} produced non-finite "
+            raise ArtifactError(f"the {self.graph.name} graph of {self.graph.artifact.path} produced non-finite "
                                 "log-probabilities; run `mlm-export verify` on it")
         return values

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..artifact import check_all_files, left_out, present_graphs
+from ..artifact.handle import Artifact
 from ..errors import ArtifactError, InputError, SourceError
-from ..manifest import MANIFEST, path_inside, read_manifest
+from ..families import family_named
+from ..manifest import MANIFEST
 from ..progress import stage
 from .parity import Agreement, GraphParity, ParityHarness, VerifyReport, runtime_of
 from .probes import (
@@ -54,11 +55,10 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
         raise InputError("verify judges the bf16 variant on OpenVINO by itself; providers says where the others "
                          "run: cpu, cuda or auto")
     directory = Path(directory)
-    manifest = read_manifest(directory, public_key=public_key)
-    present = present_graphs(directory, manifest)  # a slim copy: the graphs and files it holds
-    absent = left_out(manifest, present)
-    check_all_files(directory, present)
-    root = directory.resolve()
+    artifact = Artifact.open(directory, public_key=public_key)
+    manifest = artifact.manifest
+    family_named(manifest.family, where=str(directory / MANIFEST))  # verify needs the family's code
+    artifact.check_files()  # a slim copy: the graphs and files it holds
     if source is None:
         s = manifest.source
         resolved = resolve_spec(SourceSpec(s.kind, s.location, s.revision))
@@ -78,10 +78,9 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
         if getattr(manifest.model, key) != actual:  # probes are built from these numbers: they must be true
             raise ArtifactError(f"{directory / MANIFEST} says model.{key} is {getattr(manifest.model, key)}, "
                                 f"but the source model has {actual}: the manifest was edited; re-export")
-    tokenizer = Tokenizer.from_file(str(path_inside(root, manifest.tokenizer.file, "tokenizer.file")))
+    tokenizer = Tokenizer.from_str(artifact.checked_bytes(manifest.tokenizer.file).decode("utf-8"))
     harness = ParityHarness(manifest, tokenizer, model, probe_texts, directory)
     graphs = []
-    for name, entry in present.graphs.items():
-        graphs.append(harness.check(path_inside(root, entry.file, f"graphs.{name}.file"), name, entry,
-                                    runtime_of(entry, providers)))
-    return VerifyReport(str(directory), graphs, absent)
+    for name, entry in artifact.graphs.items():
+        graphs.append(harness.check(artifact.path_of(entry.file), name, entry, runtime_of(entry, providers)))
+    return VerifyReport(str(directory), graphs, artifact.left_out)

@@ -13,9 +13,10 @@ import numpy as np
 from ..errors import ProviderError
 from ..manifest import GraphEntry, Manifest, Tolerance
 from ..progress import stage
-from ..runtime.feeds import CONTROL_INPUTS, control_feeds
+from ..variants import judged_on
+from ..runtime.graph import CONTROL_INPUTS, control_feeds
 from ..runtime.openvino import cpu_has_bf16
-from ..runtime.providers import create_session
+from ..runtime.backends import create_session
 from .probes import ProbeBatch, build_probes, calibration_rows
 
 Reference = tuple[tuple[np.ndarray, ...], np.ndarray]  # mask coordinates, PyTorch logits there
@@ -106,7 +107,7 @@ class GraphParity:
     sets: dict[str, Agreement] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
-    def add(self, probe_set: str, *args: np.ndarray | None) -> None:
+    def add(self, probe_set: str, *args: Any) -> None:
         eps = self.tolerance.max_abs_logit or 0.0
         for name in ("all", probe_set):
             self.sets.setdefault(name, Agreement(eps)).add(*args)
@@ -208,9 +209,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def runtime_of(entry: GraphEntry, providers: str = "cpu") -> str:
-    """Where a variant is judged: int8 on ONNX Runtime's CPU provider (on CUDA its int8 ops fall back to
-    the CPU), bf16 on OpenVINO (what it is built for), the others on `providers`."""
-    return {"int8": "cpu", "bf16": "openvino"}.get(entry.precision, providers)
+    """Where a variant is judged (`variants.judged_on`): int8 on ONNX Runtime's CPU provider, bf16 on
+    OpenVINO, the others on `providers`."""
+    return judged_on(entry.precision, providers)
 
 
 class ParityHarness:

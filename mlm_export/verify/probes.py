@@ -204,7 +204,7 @@ def build_probes(manifest: Manifest, tokenizer: Any, probe_texts: list[str] | No
     elif manifest.probe_set == ARTIFACT_SET:
         if directory is None:
             raise ArtifactError("the artifact's probe texts are needed, but no artifact directory was given")
-        from ..artifact import checked_bytes
+        from ..artifact.files import checked_bytes
 
         texts = [line for line in checked_bytes(directory, manifest, ARTIFACT_PROBES).decode("utf-8").splitlines()
                  if line.strip()]

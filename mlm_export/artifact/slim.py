@@ -14,13 +14,14 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .artifact import present_graphs
-from .errors import ArtifactError, ConfigError, IntegrityError
-from .manifest import MANIFEST, SIGNATURE, SLIM, path_inside, read_manifest_bytes
+from ..errors import ArtifactError, ConfigError, IntegrityError
+from ..manifest import MANIFEST, SIGNATURE, SLIM, path_inside
+from .handle import Artifact
 from .staging import atomic_directory, estimate_free_space
 
 
@@ -34,7 +35,7 @@ class SlimResult:
     bytes: int
     bytes_before: int  # of the source's files (a slim copy's own, when slimming one further)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "kept": list(self.kept), "absent": list(self.absent),
                 "bytes": self.bytes, "bytes_before": self.bytes_before}
 
@@ -46,10 +47,10 @@ def slim_artifact(directory: Path | str, out: Path | str, keep: Sequence[str], f
     slimmed. `out` appears whole or not at all; `force` replaces only an earlier mlm-export artifact.
     """
     directory, out = Path(directory), Path(out)
-    manifest, manifest_bytes = read_manifest_bytes(directory)
-    present = present_graphs(directory, manifest)
+    artifact = Artifact.open(directory)
+    manifest, manifest_bytes, present = artifact.manifest, artifact.manifest_bytes, artifact.present
     keep = _checked_keep(keep, present.graphs, directory)
-    root = directory.resolve()
+    root = artifact.root
     if out.resolve() == root or root in out.resolve().parents:
         raise ArtifactError(f"{out} is inside the artifact {directory}; write the slim copy somewhere else")
     dropped = {f for name, g in present.graphs.items() if name not in keep for f in (g.file, g.data_file) if f}
@@ -68,7 +69,7 @@ def slim_artifact(directory: Path | str, out: Path | str, keep: Sequence[str], f
     return SlimResult(out, tuple(keep), absent, need, sum(e.size for e in present.files.values()))
 
 
-def _checked_keep(keep: Sequence[str], graphs: dict, directory: Path) -> list[str]:
+def _checked_keep(keep: Sequence[str], graphs: Mapping[str, Any], directory: Path) -> list[str]:
     if isinstance(keep, str):
         keep = [keep]
     names = [part.strip() for item in keep for part in str(item).split(",") if part.strip()]

@@ -1,4 +1,5 @@
-"""Optional Ed25519 signatures over an artifact's manifest (the `cryptography` package).
+"""Ed25519 keys and signature checks over an artifact's manifest (the `cryptography` package); a leaf:
+it knows bytes and keys, not artifacts (`artifact.sign` writes signatures, `Artifact.open` checks them).
 
 sha256 in the manifest catches a graph that was corrupted, truncated or swapped by itself; whoever
 can write the directory can also rewrite the manifest to match. The signature closes that gap:
@@ -21,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact import check_all_files, present_graphs
-from .errors import ArtifactError, ConfigError, SignatureError, StorageError
-from .manifest import MANIFEST, SIGNATURE, path_inside, read_manifest_bytes
+from ..errors import ArtifactError, ConfigError, SignatureError, StorageError
+from ..manifest import MANIFEST, SIGNATURE, path_inside
 
 ALGORITHM = "ed25519"
 KEY_HELP = ("Create a key pair with `mlm-export keygen KEY` or "
@@ -35,11 +35,11 @@ class SignatureInfo:
     path: Path
     fingerprint: str  # sha256 of the raw public key, first 16 hex digits
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str]:
         return {"path": str(self.path), "algorithm": ALGORITHM, "fingerprint": self.fingerprint}
 
 
-def _crypto() -> Any:
+def crypto() -> Any:
     try:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -49,7 +49,7 @@ def _crypto() -> Any:
 
 
 def fingerprint(public_key: Any) -> str:
-    serialization, _ = _crypto()
+    serialization, _ = crypto()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -76,7 +76,7 @@ def _key_bytes(key: str | Path | bytes) -> tuple[bytes, str]:
 
 def load_private_key(key: str | Path | bytes) -> Any:
     """An Ed25519 private key from unencrypted PEM (PKCS#8) or OpenSSH text."""
-    serialization, ed25519 = _crypto()
+    serialization, ed25519 = crypto()
     data, name = _key_bytes(key)
     load = (serialization.load_ssh_private_key if b"OPENSSH PRIVATE KEY" in data
             else serialization.load_pem_private_key)
@@ -93,7 +93,7 @@ def load_private_key(key: str | Path | bytes) -> Any:
 
 def load_public_key(key: Any) -> Any:
     """An Ed25519 public key from a key object, or PEM/OpenSSH text (a private key gives its public half)."""
-    serialization, ed25519 = _crypto()
+    serialization, ed25519 = crypto()
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -113,7 +113,7 @@ def load_public_key(key: Any) -> Any:
 
 def generate_key(path: Path) -> tuple[Path, Path]:
     """Write a new private key (mode 0600) to `path` and its public key to `path`.pub; never overwrites."""
-    serialization, ed25519 = _crypto()
+    serialization, ed25519 = crypto()
     path = Path(path)
     if not path.name or path.name in (".", ".."):
         raise ConfigError(f"{str(path)!r} is not a file name for a key; give one, e.g. keys/signing-key")
@@ -138,35 +138,6 @@ def generate_key(path: Path) -> tuple[Path, Path]:
             target.unlink(missing_ok=True)
         raise StorageError(f"cannot write the key pair at {path}: {exc.strerror}") from exc
     return path, public_path
-
-
-def sign_artifact(directory: Path | str, key: str | Path | bytes) -> SignatureInfo:
-    """Sign the manifest after checking every file against it: a tampered artifact is never signed."""
-    directory = Path(directory)
-    private = load_private_key(key)
-    manifest, data = read_manifest_bytes(directory)  # sign exactly the bytes that were validated
-    check_all_files(directory, present_graphs(directory, manifest))  # a slim copy: the files it holds
-    root = directory.resolve()
-    public = private.public_key()
-    serialization, _ = _crypto()
-    raw_public = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    record = {"algorithm": ALGORITHM, "signed_file": MANIFEST,
-              "public_key": base64.b64encode(raw_public).decode(), "fingerprint": fingerprint(public),
-              "signature": base64.b64encode(private.sign(data)).decode()}
-    target = root / SIGNATURE
-    if target.is_symlink():
-        raise ArtifactError(f"{directory / SIGNATURE} is a symlink; remove it before signing")
-    tmp = root / (SIGNATURE + ".tmp")
-    try:
-        tmp.unlink(missing_ok=True)  # never write through a link someone left there
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {directory / SIGNATURE}: {exc.strerror}") from exc
-    return SignatureInfo(directory / SIGNATURE, record["fingerprint"])
 
 
 def signature_fingerprint(directory: Path | str) -> str | None:

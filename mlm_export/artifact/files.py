@@ -1,22 +1,19 @@
 """Artifact files: sha256 hashing and the checked, confined path to each file a manifest lists.
 
-Torch-free: the predictor checks hashes with this module before it loads a graph. A file is only
-ever hashed after `manifest.path_inside` showed that it lies inside the artifact directory, so no
-digest of an outside file is computed or printed.
+Torch-free; used through `Artifact`. A file is only ever hashed after `manifest.path_inside` showed
+that it lies inside the artifact directory, so no digest of an outside file is computed or printed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
-from .errors import ArtifactError, IntegrityError
-from .manifest import MANIFEST, SIGNATURE, SLIM, FileEntry, Manifest, path_inside
+from ..errors import IntegrityError
+from ..manifest import MANIFEST, SIGNATURE, SLIM, FileEntry, Manifest, path_inside
 
 
 def sha256_file(path: Path) -> str:
@@ -98,52 +95,3 @@ def check_all_files(directory: Path, manifest: Manifest) -> None:
     """Every listed file present, inside the directory, and matching its sha256."""
     for name in manifest.files:
         checked_file(directory, manifest, name)
-
-
-def absent_graphs(directory: Path, manifest: Manifest) -> tuple[str, ...]:
-    """The graphs of `manifest` that a slim copy (`mlm-export slim`) left out, as its slim.json says;
-    () for a full artifact. slim.json is not signed: it can only hide graphs, never add or change one."""
-    if not os.path.lexists(Path(directory) / SLIM):
-        return ()
-    path = path_inside(Path(directory).resolve(), SLIM, "the slim marker")
-    try:
-        if not path.is_file():  # a FIFO would block the read; a dangling link would pass for no marker
-            raise ValueError("not a regular file")
-        if path.stat().st_size > 64 * 1024:
-            raise ValueError("larger than 64 KB")
-        data = json.loads(path.read_bytes().decode("utf-8"))
-        absent = data.get("absent") if isinstance(data, dict) else None
-        if not isinstance(absent, list) or not all(isinstance(name, str) for name in absent):
-            raise ValueError('expected {"absent": [graph names]}')
-    except (OSError, ValueError, RecursionError) as exc:
-        raise ArtifactError(f"{path} is not a valid slim marker ({exc}); slim the full artifact again") from exc
-    unknown = sorted(set(absent) - set(manifest.graphs))
-    if unknown:
-        raise ArtifactError(f"{path} names graphs the manifest does not have ({', '.join(unknown)}); slim the "
-                            "full artifact again")
-    if set(absent) >= set(manifest.graphs):
-        raise ArtifactError(f"{path} says every graph was left out; slim the full artifact again")
-    return tuple(name for name in manifest.graphs if name in absent)
-
-
-def left_out(full: Manifest, present: Manifest) -> tuple[str, ...]:
-    """The graphs of `full` that `present` (its present_graphs) does not hold: () for a full artifact."""
-    return tuple(name for name in full.graphs if name not in present.graphs)
-
-
-def refuse_left_out(directory: Path, full: Manifest, present: Manifest, variant: object) -> None:
-    """A variant asked for by name that slimming left out is an error that says so, not 'unknown variant'."""
-    if isinstance(variant, str) and variant in left_out(full, present):
-        raise ArtifactError(f"variant {variant!r} was left out of the slim artifact {directory} (slim.json); it "
-                            f"has {', '.join(sorted(present.graphs))}. Load the full artifact for {variant}")
-
-
-def present_graphs(directory: Path, manifest: Manifest) -> Manifest:
-    """`manifest` narrowed to the graphs (and files) this directory holds: all of them, unless it is a
-    slim copy. What the predictor, Triton, Ray and sign work from; `info` and `verify` show the rest."""
-    absent = absent_graphs(directory, manifest)
-    if not absent:
-        return manifest
-    gone = {f for name in absent for f in (manifest.graphs[name].file, manifest.graphs[name].data_file) if f}
-    return replace(manifest, graphs={n: g for n, g in manifest.graphs.items() if n not in absent},
-                   files={n: e for n, e in manifest.files.items() if n not in gone})

@@ -29,9 +29,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ArtifactError, StorageError
-from .interrupts import deferred_signals
-from .manifest import FORMAT_VERSION, MANIFEST, SIGNATURE, SLIM, check_plain_name, read_manifest
+from ..errors import ArtifactError, StorageError
+from ..interrupts import deferred_signals
+from ..manifest import FORMAT_VERSION, MANIFEST, SIGNATURE, SLIM, check_plain_name, read_manifest
 
 log = logging.getLogger("mlm_export")
 
@@ -124,14 +124,14 @@ def _foreign_entries(target: Path, out: Path) -> list[str]:
         raise ArtifactError(f"{out} already exists and is not an mlm-export artifact (no {MANIFEST}); "
                             "mlm-export only replaces its own artifacts. Choose another --out")
     try:
-        files = set(read_manifest(target).files)
+        files: set[str] | None = set(read_manifest(target).files)
     except ArtifactError as exc:
         files = _older_artifact_files(target)  # format 1 (mlm-export 0.2, 0.3) is still ours to replace
         if files is None:
             raise ArtifactError(f"{out} already exists and does not hold a valid mlm-export manifest; "
                                 "mlm-export only replaces its own artifacts. Choose another --out, or "
                                 f"remove it yourself. The manifest's problem: {exc}") from exc
-    ours = set(files) | {MANIFEST, MANIFEST + ".tmp", SIGNATURE, SIGNATURE + ".tmp", SLIM}
+    ours = set(files or ()) | {MANIFEST, MANIFEST + ".tmp", SIGNATURE, SIGNATURE + ".tmp", SLIM}
     return sorted(entry.name for entry in target.iterdir()
                   if entry.name not in ours or (entry.is_dir() and not entry.is_symlink()))
 

@@ -1,0 +1,135 @@
+"""What every command shares: where its result and errors go, the `--json`/`--debug`/`-q` options,
+the option types, and the command class that keeps stdout for the result. Imports no command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import traceback
+from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import click
+
+from .._stdio import stdout_to_stderr
+from ..contracts import stamp
+from ..progress import live_bars
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class _Output:
+    """Where a command's result and errors go: the real stdout (held aside while it runs) and stderr."""
+
+    as_json: bool
+    debug: bool
+    stream: TextIO | None = None
+
+    def result(self, document: str, data: dict[str, Any], text: str) -> None:
+        """Print the command's result: `text`, or under --json `data` as the `document` of contracts.py."""
+        click.echo(_json(stamp(document, data)) if self.as_json else text, file=self.stream)
+
+    def error(self, kind: str, message: str, exit_code: int, exc: BaseException | None = None,
+              **details: Any) -> int:
+        if self.debug and exc is not None:
+            traceback.print_exception(exc, file=sys.stderr)
+        click.echo(f"Error: {message}", err=True)
+        if self.as_json:
+            error = {"type": kind, "message": message, "exit_code": exit_code} | details
+            click.echo(_json(stamp("error", {"error": error})), file=self.stream)
+        return exit_code
+
+
+def _json(data: Any) -> str:
+    """Strict JSON: NaN and infinity (e.g. in a broken graph's parity figures) become null."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, allow_nan=False)
+
+
+class _Command(click.Command):
+    """While the command body runs, stdout belongs to its result; library chatter (and, on a terminal,
+    progress bars) goes to stderr.
+
+    Only the body: help, version and usage errors come before it and print normally.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        output = ctx.find_object(_Output)
+        if "quiet" in ctx.params:  # the commands with long steps: their progress lines, unless -q
+            _setup_logging(ctx.params["quiet"])
+        bars = not (ctx.params.get("quiet") or ctx.params.get("as_json"))  # and only on a terminal
+        with stdout_to_stderr() as stream, live_bars(bars):
+            if output is not None:
+                output.stream = stream
+            try:
+                return super().invoke(ctx)
+            finally:
+                if output is not None:
+                    output.stream = None  # back to the real sys.stdout, for the error path
+
+
+def command(name: str) -> Callable[[Callable[..., Any]], _Command]:
+    """`@command("export")`: a command of the `mlm-export` group, registered in `cli/__init__.py`."""
+    return click.command(name, cls=_Command)
+
+
+def _out() -> _Output:
+    output = click.get_current_context().find_object(_Output)
+    return output if output is not None else _Output(as_json=False, debug=False)  # invoked without main()
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("mlm_export")
+    for old in [h for h in logger.handlers if h.get_name() == "mlm-export-cli"]:
+        logger.removeHandler(old)  # bound to an earlier sys.stderr (e.g. a previous CliRunner call)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("mlm-export-cli")
+    handler.setFormatter(logging.Formatter("mlm-export: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def common_options(command: F) -> F:
+    """--json and --debug on every command (main() reads them before parsing)."""
+    command = click.option("--debug", is_flag=True, expose_value=False,
+                           help="Print the traceback of an error (also MLM_EXPORT_DEBUG=1).")(command)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON on stdout; errors too.")(command)
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
+key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+# the strings the library takes (its explicit lists of ONNX Runtime providers are for Python callers):
+# a typo is a usage error, exit 2, like any other bad option value. verify judges bf16 on OpenVINO
+# whatever it is given, so openvino is no choice there.
+providers_choice = click.Choice(["auto", "cpu", "cuda", "openvino"], case_sensitive=False)
+verify_providers_choice = click.Choice(["auto", "cpu", "cuda"], case_sensitive=False)
+
+
+class LazyChoice(click.Choice):
+    """A Choice whose values come from the library on first use (help or parsing), so that importing a
+    command's module, as the CLI's start does for every command, loads no heavy library module."""
+
+    def __init__(self, load: Callable[[], Sequence[str]], case_sensitive: bool = True) -> None:
+        self._load = load  # `choices` is left unset: __getattr__ fills it in when it is first read
+        self.case_sensitive = case_sensitive
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "choices":
+            raise AttributeError(name)
+        self.choices = tuple(self._load())
+        return self.choices

@@ -1,0 +1,95 @@
+"""`mlm-export info DIRECTORY`: what an artifact holds, as a table or as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._common import command, common_options, _out
+
+
+@command("info")
+@click.argument("directory", type=click.Path(path_type=Path))
+@common_options
+def info_command(directory: Path, as_json: bool) -> None:
+    """Show what an artifact holds: source, and per graph its size, fusion and parity."""
+    from ..artifact.handle import Artifact
+    from ..artifact.signature import signature_fingerprint
+    from ..runtime.backends import choose_backend
+    from ..variants import preferred
+
+    artifact = Artifact.open(directory)
+    manifest, absent = artifact.manifest, artifact.left_out  # a slim copy: some graphs left out
+    variants = artifact.graphs_of("fill-mask")
+    provider = choose_backend(variants, "auto")
+    default = preferred(variants, provider) if variants else None
+    signed = signature_fingerprint(directory)
+    if as_json:
+        _out().result("info", manifest.to_dict() | {"default_variant": {"provider": provider, "variant": default},
+                                                    "signature": {"fingerprint": signed} if signed else None}
+                      | ({"absent_graphs": list(absent)} if absent else {}), "")
+        return
+    src, model, tok = manifest.source, manifest.model, manifest.tokenizer
+    specials = " ".join(tok.special_tokens[role] for role in ("cls", "sep", "mask", "pad", "unk"))
+    lines = [
+        f"{manifest.name}  ({manifest.family}, {model.architecture}; {src.kind}: {src.location})",
+        f"  {model.num_layers} layers, hidden {model.hidden_size}, vocab {model.vocab_size}, max length "
+        f"{model.max_length}, {model.float32_parameter_bytes / 1e6:.1f} MB float32 parameters",
+        f"  tokenizer: {tok.scheme}; special tokens {specials}; graph inputs "
+        + ", ".join(n for n in next(iter(manifest.graphs.values())).input_names),
+        f"  opset {manifest.opset}; " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()),
+        f"  realistic probe set: {manifest.probe_set or 'none (synthetic probes only)'}",
+        f"  default variant here: {default or 'none (no fill-mask graph)'} ({provider})",
+        f"  signature: {'signed, key fingerprint ' + signed + ' (check it with verify --key)' if signed else 'none'}",
+    ]
+    if absent:
+        lines.append(f"  slim copy: {', '.join(absent)} left out (listed below, not on disk)")
+    def size_of(graph: Any) -> int:  # with its external data, where it has some
+        return manifest.files[graph.file].size + (manifest.files[graph.data_file].size if graph.data_file else 0)
+
+    fp32_size = size_of(manifest.graphs.get("fp32") or next(iter(manifest.graphs.values()))) or 1
+    rows: list[tuple[str, ...]] = [("graph", "file", "MB", "%fp32", "attention", "gated on", "positions", "max|Δlogit|",
+             "top1", "top5-ovl", "top5-set", "provider", "gate")]
+    for name, g in manifest.graphs.items():
+        size = size_of(g)
+        fusion, p = g.fusion, g.parity
+        if fusion is None:
+            attention = "-"
+        elif fusion.mode == "none":
+            attention = "none"
+        else:
+            attention = f"{fusion.attention}/{fusion.expected_attention}"
+        if p is None:
+            figures = ["-", "-", "-", "-", "-", "-", "-"]
+        else:
+            figures = [p.gated_on or "-", str(p.masked_positions),
+                       "-" if p.max_abs_logit is None else f"{p.max_abs_logit:.2e}", f"{p.top1_agreement:.2%}",
+                       f"{p.topk_overlap:.2%}", f"{p.topk_set_equal:.2%}",
+                       (p.provider or "-").replace("ExecutionProvider", "")]
+        gate = "absent (slim)" if name in absent else "not verified" if p is None else "pass" if p.passed else "FAIL"
+        rows.append((name, g.file, f"{size / 1e6:.1f}", f"{100 * size / fp32_size:.0f}%", attention, *figures,
+                     gate))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append("  gates: " + "; ".join(
+        f"{name} " + ", ".join(filter(None, [
+            (f"max|Δlogit|<={t.max_abs_logit:g}" + (f" or {t.max_rel_logit:g}x max|logit|" if t.max_rel_logit else ""))
+            if t.max_abs_logit is not None else "",
+            f"top1>={t.min_top1_agreement:.1%}", f"top{t.top_k}-overlap>={t.min_topk_overlap:.0%}",
+            f"max|Δprob|<={t.max_abs_prob:g}" if t.max_abs_prob is not None else ""]))
+        for name, t in ((name, g.tolerance) for name, g in manifest.graphs.items())))
+    bf16 = manifest.graphs.get("bf16")
+    if bf16 and bf16.head_input:
+        lines.append(f"  bf16 runs on OpenVINO (--providers openvino): the encoder in bf16, the MLM head in float32 "
+                     f"from {bf16.head_input}")
+    int8 = manifest.graphs.get("int8")
+    if int8 and int8.recipe:
+        tried = ", ".join(f"{t.recipe}{' + int8-blockwise decoder' if t.head == 'int8-blockwise' else ''} "
+                          f"{'pass' if t.passed else 'fail'} (top1 {t.top1_agreement:.2%}, "
+                          f"overlap {t.topk_overlap:.2%})" for t in int8.recipes_tried)
+        how = f"; tried {tried}" if tried else " (chosen by hand)"
+        head = f", {int8.head} MLM decoder" if int8.head else ""
+        lines.append(f"  quantization recipe for int8: {int8.recipe}{head}{how}")
+    click.echo("\n".join(lines), file=_out().stream)

@@ -1,0 +1,65 @@
+"""`mlm-export score DIRECTORY INPUT`: the pseudo-log-likelihood of every sequence of a file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from ..runtime.threads import max_threads
+from ._common import command, common_options, quiet_option, key_file, providers_choice, _out
+
+
+@command("score")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="A .jsonl or .parquet file [JSON Lines on stdout].")
+@click.option("--column", help="The CSV/Parquet column with the sequences [text, or sequence].")
+@click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
+              help="sum: Salazar et al.'s PLL; mean: per scored token.")
+@click.option("--exclude-special", is_flag=True,
+              help="Softmax over the vocabulary without its special tokens (AntiBERTy's convention).")
+@click.option("--per-token", is_flag=True, help="Add each scored token's log-probability.")
+@click.option("--variant", help="Graph variant (e.g. int8); default: best for the provider.")
+@click.option("--providers", type=providers_choice, default="auto", show_default=True,
+              help="auto, cpu, cuda, or openvino (the bf16 variant); Ray's CPU workers take auto, cpu or openvino.")
+@click.option("--threads", type=click.IntRange(1, max_threads()),
+              help="Inference threads, ONNX Runtime intra-op or OpenVINO (per actor with --engine ray).")
+@click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True,
+              help="Masked copies per graph run.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", help="Join this Ray cluster [RAY_ADDRESS, else a local instance].")
+@click.option("--workers", type=click.IntRange(1, None), help="Ray actors [cluster CPUs / threads].")
+@click.option("--strict", is_flag=True, help="Stop at the first bad row; no --output file is written.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
+@quiet_option
+@common_options
+def score_command(directory: Path, input_path: Path, output: Path | None, column: str | None, reduction: str,
+                  exclude_special: bool, per_token: bool, variant: str | None, providers: str,
+                  threads: int | None, batch_size: int, engine: str, ray_address: str | None,
+                  workers: int | None, strict: bool, force: bool, key: Path | None, quiet: bool,
+                  as_json: bool) -> None:
+    """Pseudo-log-likelihood of every sequence in INPUT with the artifact in DIRECTORY.
+
+    INPUT is a text file (one sequence per line), or a .csv/.parquet file with --column. Each output
+    row holds line, text, pll and n_tokens, in input order; a row that cannot be scored holds `error`
+    instead (and a warning names its line) unless --strict.
+    """
+    from ..batch import ScoreJob, score_file
+    from ..runtime.scoring import ScoreOptions
+
+    output_ = _out()
+    job = ScoreJob(directory, input_path, output, column,
+                   ScoreOptions(reduction, exclude_special, per_token, batch_size), variant, providers, threads,
+                   strict, force, engine, ray_address, workers, progress=not (quiet or as_json), public_key=key)
+    summary = score_file(job, stdout=output_.stream)
+    failed = f"; {len(summary.failed)} not scored (lines {', '.join(str(n) for n, _ in summary.failed[:10])}" \
+             f"{', ...' if len(summary.failed) > 10 else ''})" if summary.failed else ""
+    rate = f" ({summary.rows / summary.seconds:.1f}/s)" if summary.seconds else ""
+    logging.getLogger("mlm_export").info("scored %d of %d sequences with %s in %.1f s%s%s", summary.scored,
+                                         summary.rows, summary.variant, summary.seconds, rate, failed)
+    if output is not None and as_json:
+        output_.result("score", summary.to_dict(), "")

@@ -1,0 +1,160 @@
+"""`LoadedGraph`: one hash-checked graph of an artifact opened on a backend, with its declared IO and the
+one feed builder. The filler, the scorer and every later task run their graph through it.
+
+The graph is fed exactly the inputs its manifest entry declares and read by output name, so nothing
+here knows a model family: an artifact exported before scoring existed (no `target_ids`) keeps
+working for fill-mask.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact.handle import Artifact
+from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
+from ..manifest import GraphEntry
+from ..variants import CUDA, OPENVINO
+from .backends import Session, create_session
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+CONTROL_INPUTS = ("top_k", "target_ids", "exclude_special")
+NO_TARGETS = np.zeros((1, 0), dtype=np.int64)  # one empty row, broadcast to every mask: no scoring work
+
+
+def control_feeds(names: Sequence[str], top_k: int, target_ids: np.ndarray | None = None,
+                  exclude_special: bool = False) -> dict[str, np.ndarray]:
+    """The fill-mask graph's control feeds among `names`: `target_ids` is `[1, T]` (the same targets at
+    every mask) or `[num_masks, T]` (a row per mask, in the graph's row-major mask order)."""
+    values = {"top_k": np.array(top_k, dtype=np.int64),
+              "target_ids": NO_TARGETS if target_ids is None else np.ascontiguousarray(target_ids, dtype=np.int64),
+              "exclude_special": np.array(bool(exclude_special))}
+    return {name: values[name] for name in names if name in values}
+
+
+def token_feeds(names: Sequence[str], input_ids: np.ndarray, attention_mask: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
+    """The token feeds among `names`: all positions attended unless a mask is given, token type 0
+    everywhere (tokenizers without token types, optimum#2062)."""
+    input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+    values = {"input_ids": input_ids,
+              "attention_mask": np.ones_like(input_ids) if attention_mask is None
+              else np.ascontiguousarray(attention_mask, dtype=np.int64),
+              "token_type_ids": np.zeros_like(input_ids)}
+    return {name: values[name] for name in names if name in values}
+
+
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """`input_ids` and `attention_mask` for rows of token ids, right-padded to the longest (the padding
+    the fused attention assumes)."""
+    width = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
+
+
+@dataclass(frozen=True)
+class LoadedGraph:
+    """One graph of `artifact`, hash-checked and opened on a backend. Holds no per-call state: safe to
+    run from many threads at once."""
+
+    artifact: Artifact
+    name: str
+    entry: GraphEntry
+    session: Session
+    provider: str
+    io_binding: bool = False
+
+    @classmethod
+    def open(cls, artifact: Artifact, name: str, providers: str | Sequence[str] = "cpu",
+             threads: int | None = None, io_binding: bool | None = None) -> LoadedGraph:
+        """Open graph `name` on the backend `providers` asks for. The session loads the very bytes that
+        were hashed: a file swapped on disk between the check and the load cannot slip in. A graph with
+        external data is loaded by its path, after both files matched and refused if either changed."""
+        entry = artifact.graph(name)
+        if entry.data_file is None:
+            with artifact.verified_path(entry.file) as path:
+                session = create_session(path, providers, threads, entry.head_input)
+        else:
+            paths = [artifact.checked_path(entry.data_file), artifact.checked_path(entry.file)]
+            before = [_stamp(p) for p in paths]
+            session = create_session(str(paths[1]), providers, threads, entry.head_input)
+            if [_stamp(p) for p in paths] != before:
+                raise IntegrityError(f"{artifact.path / entry.file} or its data changed while it was being loaded; "
+                                     "load it again")
+        actual = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        if actual != (list(entry.input_names), list(entry.output_names)):
+            raise ArtifactError(f"{artifact.path / entry.file} takes {actual[0]} and gives {actual[1]}, but the "
+                                f"manifest declares {list(entry.input_names)} and {list(entry.output_names)}: "
+                                "re-export the artifact")
+        provider = session.get_providers()[0]
+        # IO binding hands inputs to the device once and lets ONNX Runtime allocate the outputs; on the
+        # CPU it gains nothing, so by default it is used on CUDA only.
+        binding = provider == CUDA if io_binding is None else bool(io_binding)
+        if binding and provider == OPENVINO:
+            raise InputError("io_binding is ONNX Runtime's; OpenVINO (the bf16 variant) has none: leave it unset")
+        return cls(artifact, name, entry, session, provider, binding)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.entry.input_names
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.entry.output_names
+
+    @property
+    def description(self) -> str:
+        """Where the graph runs, for reports (OpenVINO adds the precision each part computes in)."""
+        return str(getattr(self.session, "description", None) or self.provider)
+
+    def feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, *, top_k: int = 1,
+              target_ids: np.ndarray | None = None, exclude_special: bool = False) -> dict[str, np.ndarray]:
+        """Every input the graph declares: tokens, and for a fill-mask graph its controls."""
+        names = self.input_names
+        unknown = [n for n in names if n not in TOKEN_INPUTS and n not in CONTROL_INPUTS]
+        if unknown:
+            raise ArtifactError(f"the {self.name} graph of {self.artifact.path} takes inputs {unknown} that this "
+                                "mlm-export cannot feed; upgrade mlm-export or re-export the artifact")
+        return token_feeds(names, input_ids, attention_mask) | control_feeds(names, top_k, target_ids,
+                                                                             exclude_special)
+
+    def run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the graph, turning the backend's own errors (out of memory, a device fault) into `ProviderError`."""
+        try:
+            return self._run(list(outputs), feeds)
+        except Exception as exc:  # onnxruntime's and openvino's own error types
+            shape = feeds["input_ids"].shape
+            raise ProviderError(f"ONNX Runtime failed running the {self.name} graph on {self.provider} "
+                                f"for a batch of {shape[0]} x {shape[1]} tokens: {exc}") from exc
+
+    def _run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.io_binding:
+            return list(self.session.run(outputs, feeds))
+        session = self.session
+        binding = session.io_binding()  # type: ignore[attr-defined]  # ONNX Runtime's; one per call (threads)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, "cpu")  # small outputs: one copy back, sized by the graph
+        session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+        return list(binding.copy_outputs_to_cpu())
+
+
+def require_scoring(graph: LoadedGraph, what: str) -> None:
+    """Scoring needs the graph's `target_ids` input, which artifacts before mlm-export 0.4 lack."""
+    if "target_ids" not in graph.input_names:
+        raise ArtifactError(f"the {graph.name} graph of {graph.artifact.path} has no scoring inputs, which "
+                            f"{what} needs; re-export the artifact with this version of mlm-export")
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns

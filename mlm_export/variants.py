@@ -1,0 +1,168 @@
+"""Which precision runs on which backend, and which one is preferred: the one policy table.
+
+The predictor, `verify`, Triton, the Ray engine and the CLI's `info` ask these functions; none of them
+decides on its own. Adding a backend is one module in `runtime/` plus its rows here.
+
+Pure data and pure functions: facts about the machine (is there a GPU, does OpenVINO compute in bf16
+here, the CPU class) are passed in by the runtime, so this module imports no runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .errors import ProviderError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+OPENVINO = "OpenVINO"
+# the names users give (`providers="cpu"`, `--providers cuda`) for each backend
+BACKEND_NAMES = {"cpu": CPU, "cuda": CUDA, "openvino": OPENVINO}
+OPENVINO_INSTALL_HINT = "pip install 'mlm-export[openvino]'"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where one precision's graphs run as built, and why not elsewhere."""
+
+    name: str
+    backends: tuple[str, ...]  # where it runs as built; the first is where verify judges it
+    why_not: Mapping[str, str]  # backend -> why this precision does not run there
+
+
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32", (CPU, CUDA), {OPENVINO: "its graph holds ONNX Runtime's own ops"}),
+    Precision("fp16", (CUDA, CPU), {OPENVINO: "its graph holds ONNX Runtime's own ops"}),
+    Precision("int8", (CPU,), {
+        CUDA: "on CUDA its int8 ops fall back to the CPU, copying every tensor back and forth (an order of "
+              "magnitude slower)",
+        OPENVINO: "its graph holds ONNX Runtime's own ops"}),
+    Precision("bf16", (OPENVINO,), {
+        CPU: "it is OpenVINO's (encoder in bf16, head in float32); ONNX Runtime has no bf16 matrix product on x86",
+        CUDA: "it is OpenVINO's (encoder in bf16, head in float32)"}),
+)}
+
+# Best variant first, per task and backend. A precision missing here is never picked by default.
+PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("fill-mask", CPU): ("int8", "fp32", "fp16"),
+    ("fill-mask", CUDA): ("fp16", "fp32"),
+    ("fill-mask", OPENVINO): ("bf16",),
+}
+
+# Which backend `providers="auto"` takes on a CPU, by CPU class, best first, when the artifact has a
+# variant for it and the backend is usable. bf16 on OpenVINO ran batches of 32 1.4-1.65x faster than
+# int8 on a Xeon with AMX (docs/benchmarks.md); on Zen 4 (avx512_bf16, no AMX) int8 was measured faster
+# (issue 26), which that issue's measurements will turn into this row.
+AUTO_CPU_BACKENDS: dict[str, tuple[str, ...]] = {
+    "amx": (OPENVINO, CPU),
+    "avx512_bf16": (OPENVINO, CPU),
+    "other": (CPU,),
+}
+
+
+class _Graph(Protocol):
+    @property
+    def precision(self) -> str: ...
+
+
+def runs_on(precision: str, backend: str) -> bool:
+    """Whether a graph of `precision` runs as built on `backend` (unknown precisions run on ONNX Runtime)."""
+    spec = PRECISIONS.get(precision)
+    return backend != OPENVINO if spec is None else backend in spec.backends
+
+
+def judged_on(precision: str, providers: str) -> str:
+    """Where `verify` runs a graph of `precision`, as a `providers` value: where the user asked ("cpu",
+    "cuda", "auto") if it runs there, else where it is built to run (int8 on the CPU, bf16 on OpenVINO)."""
+    spec = PRECISIONS.get(precision)
+    if spec is None:
+        return providers
+    key = providers.lower()
+    if key == "auto":
+        return providers if {CPU, CUDA} <= set(spec.backends) else _user_name(spec.backends[0])
+    return providers if BACKEND_NAMES.get(key) in spec.backends else _user_name(spec.backends[0])
+
+
+def check_pairing(name: str, precision: str, backend: str, directory: Path | str,
+                  variants: Mapping[str, _Graph]) -> None:
+    """A ProviderError, saying what to pass instead, for a variant asked to run where it does not."""
+    if runs_on(precision, backend):
+        return
+    why = PRECISIONS[precision].why_not.get(backend, "") if precision in PRECISIONS else ""
+    if precision == "bf16":
+        raise ProviderError(f"variant {name!r} is bf16, which runs on OpenVINO ({why}): pass providers='openvino' "
+                            f"(--providers openvino; {OPENVINO_INSTALL_HINT})")
+    if backend == OPENVINO:
+        others = sorted(n for n, g in variants.items() if runs_on(g.precision, OPENVINO))
+        fix = (f"use variant={others[0]!r} (or None) with it, or providers='cpu' for {name}" if others
+               else "export with --bf16 for a variant it runs, or use providers='cpu'")
+        raise ProviderError(f"providers='openvino' runs only the bf16 variant, not {name!r} ({why}), and "
+                            f"{directory} has {', '.join(sorted(variants))}: {fix}")
+    raise ProviderError(f"the {name} variant is for {_label(PRECISIONS[precision].backends[0])}: {why}. Use "
+                        f"variant={_default_for(backend)!r} (or None) with {_label(backend)}, or "
+                        f"providers='{_user_name(PRECISIONS[precision].backends[0])}' with {name}.")
+
+
+def preferred(variants: Mapping[str, _Graph], backend: str, task: str = "fill-mask") -> str:
+    """The variant opened by default on `backend`: the first of the task's preference that the artifact
+    has; else (a slim copy) any it has that runs there; else any."""
+    for name in PREFERENCE.get((task, backend), ("fp32",)):
+        if name in variants:
+            return name
+    readable = sorted(name for name, g in variants.items() if runs_on(g.precision, backend))
+    return (readable or sorted(variants))[0]
+
+
+def auto_backend(variants: Mapping[str, _Graph], gpu_backend: str | None, variant: str | None,
+                 cpu: str, usable: Mapping[str, bool]) -> str:
+    """What `providers="auto"` runs: the GPU where ONNX Runtime sees one (`gpu_backend`); else the first
+    backend of the CPU class's row that is `usable` here and runs a variant the artifact has (the one
+    asked for, when one is)."""
+    if gpu_backend is not None:
+        return gpu_backend
+    wanted = [variants[variant]] if variant is not None and variant in variants else list(variants.values())
+    for backend in AUTO_CPU_BACKENDS.get(cpu, (CPU,)):
+        if usable.get(backend, backend == CPU) and any(runs_on(g.precision, backend) for g in wanted):
+            return backend
+    return CPU
+
+
+def triton_device_backend(device: str) -> str:
+    """The backend a Triton instance kind runs: Triton's onnxruntime backend on CPU or on GPU (CUDA)."""
+    return CUDA if device == "gpu" else CPU
+
+
+def why_not(precision: str, backend: str) -> str:
+    return PRECISIONS[precision].why_not.get(backend, "") if precision in PRECISIONS else ""
+
+
+@functools.cache
+def cpu_class() -> str:
+    """The CPU class the auto rows are keyed by: "amx" (AMX bf16 tiles), "avx512_bf16" (AVX-512 BF16
+    without AMX, e.g. AMD Zen 4), or "other"; read from the kernel's CPU flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return "other"
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return "other"
+
+
+def _label(backend: str) -> str:
+    return {CPU: "the CPU provider", CUDA: "CUDA", OPENVINO: "OpenVINO"}.get(backend, backend)
+
+
+def _user_name(backend: str) -> str:
+    return next((k for k, v in BACKEND_NAMES.items() if v == backend), backend)
+
+
+def _default_for(backend: str) -> str:
+    return next(iter(PREFERENCE.get(("fill-mask", backend), ("fp32",))))
