@@ -123,7 +123,8 @@ def test_every_runnable_block_is_run_or_marked() -> None:
         problems += [f"{doc.relative_to(ROOT)}:{n}: shown-only mark not right before a fence"
                      for n in marks_without_fence(doc)]
     assert not problems, "\n".join(problems)
-    quick_start = [b for b in blocks(README) if b.language == "bash" and "mlm-export predict models/antiberty" in b.code]
+    quick_start = [b for b in blocks(README)
+                   if b.language == "bash" and "mlm-export predict models/antiberty" in b.code]
     assert quick_start and all(b.shown_only is None for b in quick_start), "the README's quick start must run"
     export = [b for b in blocks(README) if "mlm-export antiberty" in b.code and b.language == "bash"]
     assert export and "antiberty_export" in (export[0].shown_only or ""), "the quick start's export is seeded"
