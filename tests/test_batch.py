@@ -193,3 +193,23 @@ def test_text_lines_are_counted_as_wc_does(runner: CliRunner, tiny_artifact: Pat
     result = runner.invoke(main, ["score", str(tiny_artifact), str(path), "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 1 and "line 2: not UTF-8 text" in result.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_score_job_takes_string_paths_as_a_user_writes_them(tiny_artifact: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docs' Python call (ScoreJob with plain strings, as in docs/scoring.md) runs: it once crashed on a
+    str artifact path. A non-path is refused with InputError, not a crash later."""
+    from mlm_export import InputError, ScoreOptions
+
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"heavy": ["the cat sat", "the dog ran"]}), "library.parquet")
+    job = ScoreJob(str(tiny_artifact), "library.parquet", "scores.parquet", column="heavy",
+                   options=ScoreOptions(reduction="mean"), threads=1)
+    assert isinstance(job.artifact, Path) and isinstance(job.output, Path)
+    summary = score_file(job)
+    assert summary.scored == 2 and not summary.failed
+    assert pq.read_table("scores.parquet").column("pll").to_pylist() == pytest.approx(
+        [s.pll for s in OnnxMaskFiller.from_pretrained(tiny_artifact, providers="cpu").score(
+            ["the cat sat", "the dog ran"], reduction="mean")], abs=1e-4)
+    with pytest.raises(InputError, match="ScoreJob.input must be a path"):
+        ScoreJob(str(tiny_artifact), 42)  # type: ignore[arg-type]

@@ -200,6 +200,7 @@ class Workspace:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
         env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"  # a snippet that needs the hub is marked
         env["PYTHONUNBUFFERED"] = "1"
+        env["RAY_prestart_worker_first_driver"] = "0"  # as tests/test_batch.py: no idle Ray workers on 2 cores
         return env
 
     def run_page(self, doc: Path) -> list[str]:
