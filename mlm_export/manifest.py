@@ -413,6 +413,8 @@ def raw_manifest_bytes(directory: Path | str) -> bytes:
     """The manifest file's bytes, unparsed, after the checks that make reading it safe: a directory
     that holds one, no link out of it, a size a manifest can have."""
     directory = Path(directory)
+    if directory.is_file():
+        raise ArtifactError(f"{directory} is a file; an artifact is the directory that holds {MANIFEST}")
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not a directory; export one with: mlm-export MODEL --out {directory}")
     root = directory.resolve()

@@ -9,8 +9,7 @@ here, the CPU class) are passed in by the runtime, so this module imports no run
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,8 +41,8 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               "magnitude slower)",
         OPENVINO: "its graph holds ONNX Runtime's own ops"}),
     Precision("bf16", (OPENVINO,), {
-        CPU: "it is OpenVINO's (encoder in bf16, head in float32); ONNX Runtime has no bf16 matrix product on x86",
-        CUDA: "it is OpenVINO's (encoder in bf16, head in float32)"}),
+        CPU: "it is OpenVINO's, encoder in bf16 and head in float32; ONNX Runtime has no bf16 matrix product on x86",
+        CUDA: "it is OpenVINO's, encoder in bf16 and head in float32"}),
 )}
 
 # Best variant first, per task and backend. A precision missing here is never picked by default.
@@ -53,14 +52,15 @@ PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("fill-mask", OPENVINO): ("bf16",),
 }
 
-# Which backend `providers="auto"` takes on a CPU, by CPU class, best first, when the artifact has a
-# variant for it and the backend is usable. bf16 on OpenVINO ran batches of 32 1.4-1.65x faster than
-# int8 on a Xeon with AMX (docs/benchmarks.md); on Zen 4 (avx512_bf16, no AMX) int8 was measured faster
-# (issue 26), which that issue's measurements will turn into this row.
+# Which backend `providers="auto"` takes on a CPU, by CPU class (`runtime.backends.cpu_class`), best
+# first, when the artifact has a variant for it and the backend is usable here (OpenVINO: installed and
+# computing in bf16). bf16 on OpenVINO ran batches of 32 1.4-1.65x faster than int8 on a Xeon with AMX
+# (docs/benchmarks.md). On Zen 4 (avx512_bf16, no AMX) int8 was measured faster (issue 26); the rows
+# stay as they were until that issue's measurements change them.
 AUTO_CPU_BACKENDS: dict[str, tuple[str, ...]] = {
     "amx": (OPENVINO, CPU),
     "avx512_bf16": (OPENVINO, CPU),
-    "other": (CPU,),
+    "other": (OPENVINO, CPU),
 }
 
 
@@ -70,17 +70,27 @@ class _Graph(Protocol):
 
 
 def runs_on(precision: str, backend: str) -> bool:
-    """Whether a graph of `precision` runs as built on `backend` (unknown precisions run on ONNX Runtime)."""
+    """Whether a graph of `precision` runs as built on `backend`. A backend the table does not name is
+    another ONNX Runtime execution provider (TensorRT, DirectML, ROCm...): everything but bf16 runs there,
+    and a precision it does not name runs on ONNX Runtime."""
     spec = PRECISIONS.get(precision)
-    return backend != OPENVINO if spec is None else backend in spec.backends
+    if spec is None:
+        return backend != OPENVINO
+    if backend not in (CPU, CUDA, OPENVINO):
+        return OPENVINO not in spec.backends
+    return backend in spec.backends
 
 
-def judged_on(precision: str, providers: str) -> str:
+def judged_on(precision: str, providers: str | Sequence[str]) -> str | Sequence[str]:
     """Where `verify` runs a graph of `precision`, as a `providers` value: where the user asked ("cpu",
-    "cuda", "auto") if it runs there, else where it is built to run (int8 on the CPU, bf16 on OpenVINO)."""
+    "cuda", "auto", a list of ONNX Runtime providers) if it runs there, else where it is built to run
+    (int8 on the CPU, bf16 on OpenVINO)."""
     spec = PRECISIONS.get(precision)
     if spec is None:
         return providers
+    if not isinstance(providers, str):
+        first = providers[0] if providers else CPU
+        return providers if runs_on(precision, first) else _user_name(spec.backends[0])
     key = providers.lower()
     if key == "auto":
         return providers if {CPU, CUDA} <= set(spec.backends) else _user_name(spec.backends[0])
@@ -92,7 +102,7 @@ def check_pairing(name: str, precision: str, backend: str, directory: Path | str
     """A ProviderError, saying what to pass instead, for a variant asked to run where it does not."""
     if runs_on(precision, backend):
         return
-    why = PRECISIONS[precision].why_not.get(backend, "") if precision in PRECISIONS else ""
+    why = why_not(precision, backend)
     if precision == "bf16":
         raise ProviderError(f"variant {name!r} is bf16, which runs on OpenVINO ({why}): pass providers='openvino' "
                             f"(--providers openvino; {OPENVINO_INSTALL_HINT})")
@@ -119,12 +129,12 @@ def preferred(variants: Mapping[str, _Graph], backend: str, task: str = "fill-ma
 
 def auto_backend(variants: Mapping[str, _Graph], gpu_backend: str | None, variant: str | None,
                  cpu: str, usable: Mapping[str, bool]) -> str:
-    """What `providers="auto"` runs: the GPU where ONNX Runtime sees one (`gpu_backend`); else the first
-    backend of the CPU class's row that is `usable` here and runs a variant the artifact has (the one
-    asked for, when one is)."""
-    if gpu_backend is not None:
-        return gpu_backend
+    """What `providers="auto"` runs: the GPU where ONNX Runtime sees one (`gpu_backend`) and a variant runs
+    there; else the first backend of the CPU class's row that is `usable` here and runs a variant the
+    artifact has (the one asked for, when one is)."""
     wanted = [variants[variant]] if variant is not None and variant in variants else list(variants.values())
+    if gpu_backend is not None and any(runs_on(g.precision, gpu_backend) for g in wanted):
+        return gpu_backend  # else (an int8-only slim copy) the CPU rows below
     for backend in AUTO_CPU_BACKENDS.get(cpu, (CPU,)):
         if usable.get(backend, backend == CPU) and any(runs_on(g.precision, backend) for g in wanted):
             return backend
@@ -138,22 +148,6 @@ def triton_device_backend(device: str) -> str:
 
 def why_not(precision: str, backend: str) -> str:
     return PRECISIONS[precision].why_not.get(backend, "") if precision in PRECISIONS else ""
-
-
-@functools.cache
-def cpu_class() -> str:
-    """The CPU class the auto rows are keyed by: "amx" (AMX bf16 tiles), "avx512_bf16" (AVX-512 BF16
-    without AMX, e.g. AMD Zen 4), or "other"; read from the kernel's CPU flags."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
-    except OSError:
-        return "other"
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512_bf16"
-    return "other"
 
 
 def _label(backend: str) -> str:

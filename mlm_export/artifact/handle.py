@@ -47,8 +47,8 @@ class Artifact:
         """Open the artifact at `path`. With `public_key` (a key file's path, PEM/OpenSSH bytes or a key
         object) the manifest's Ed25519 signature is mandatory: an unsigned or edited artifact raises
         `SignatureError`."""
-        if not isinstance(path, (str, os.PathLike)):
-            raise InputError(f"an artifact is a directory path, got {type(path).__name__}")
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise InputError(f"an artifact is a directory path, got {path!r}")
         directory = Path(path)
         data = raw_manifest_bytes(directory)
         root = directory.resolve()
@@ -77,13 +77,11 @@ class Artifact:
         """The present graphs of one form ("fill-mask", "logits"), by name."""
         return {n: g for n, g in self.graphs.items() if g.form == form}
 
-    @property
-    def is_slim(self) -> bool:
-        return bool(self.left_out)
-
     def graph(self, name: str, form: str | None = None) -> GraphEntry:
         """The entry of a present graph; a left-out or unknown name is an `ArtifactError` that lists
         what the artifact has."""
+        if not isinstance(name, str):
+            raise InputError(f"a graph is named by a string such as 'fp32', got {name!r}")
         self.refuse_left_out(name)
         candidates = self.graphs if form is None else self.graphs_of(form)
         if name not in candidates:

@@ -55,6 +55,15 @@ class ScoreJob:
                 object.__setattr__(self, name, Path(value))
             elif value is not None and not isinstance(value, Path):
                 raise InputError(f"ScoreJob.{name} must be a path, got {type(value).__name__}")
+        if not isinstance(self.options, ScoreOptions):
+            raise InputError(f"ScoreJob.options must be a ScoreOptions, got {type(self.options).__name__}")
+        for name in ("strict", "force", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"ScoreJob.{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("threads", "workers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InputError(f"ScoreJob.{name} must be a positive integer or None, got {value!r}")
 
 
 @dataclass

@@ -69,7 +69,7 @@ class _Cli(click.Group):
             code = super().main(args, prog_name, complete_var, standalone_mode=False, obj=output, **extra)
             return code if isinstance(code, int) else 0
         except ParityError as exc:
-            report = exc.report.to_dict() if exc.report is not None and hasattr(exc.report, "to_dict") else None
+            report = exc.report.to_dict() if exc.report is not None else None
             return output.error("ParityError", str(exc), exc.exit_code, exc, report=report)
         except MlmExportError as exc:
             return output.error(type(exc).__name__, str(exc), exc.exit_code, exc)

@@ -13,7 +13,7 @@ from ._common import command, common_options, _out
 @click.argument("name", required=False)
 @common_options
 def schema_command(name: str | None, as_json: bool) -> None:
-    """Print the JSON Schema NAME (e.g. export-v2, error-v1, manifest-v3), or list them all.
+    """Print the JSON Schema NAME (e.g. export-v2, error-v1, manifest-v4), or list them all.
 
     Every --json document names its schema in its "schema" field. A schema is JSON already: NAME
     prints the same with or without --json.

@@ -8,12 +8,13 @@ backend is `mlm_export.variants`' table. Adding a backend is one module here plu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..variants import CPU, CUDA, OPENVINO, auto_backend, cpu_class, runs_on
+from ..variants import CPU, CUDA, OPENVINO, auto_backend, runs_on
 from .openvino import OpenVINOSession, cpu_has_bf16, openvino_module, openvino_usable
 from .ort import ort_providers, open_ort_session
 from .threads import check_threads, default_threads
@@ -83,5 +84,25 @@ def choose_backend(variants: dict[str, Any], providers: str | Sequence[str], var
 
 
 def providers_for(backend: str, providers: str | Sequence[str]) -> str | Sequence[str]:
-    """The `providers` to open a session with once `backend` was chosen (auto may have chosen OpenVINO)."""
-    return "openvino" if backend == OPENVINO else providers
+    """The `providers` to open a session with once `backend` was chosen: auto may have chosen OpenVINO, or
+    the CPU for an artifact with no variant for the GPU."""
+    if isinstance(providers, str) and providers.lower() == "auto" and backend in (OPENVINO, CPU):
+        return "openvino" if backend == OPENVINO else "cpu"
+    return providers
+
+
+@functools.cache
+def cpu_class() -> str:
+    """The CPU class the auto rows are keyed by: "amx" (AMX bf16 tiles), "avx512_bf16" (AVX-512 BF16
+    without AMX, e.g. AMD Zen 4), or "other"; read from the kernel's CPU flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return "other"
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return "other"
+

@@ -18,8 +18,8 @@ import numpy as np
 from ..artifact.handle import Artifact
 from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import GraphEntry
-from ..variants import CUDA, OPENVINO
-from .backends import Session, create_session
+from ..variants import CUDA, OPENVINO, check_pairing
+from .backends import Session, create_session, requested_providers
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CONTROL_INPUTS = ("top_k", "target_ids", "exclude_special")
@@ -77,8 +77,17 @@ class LoadedGraph:
              threads: int | None = None, io_binding: bool | None = None) -> LoadedGraph:
         """Open graph `name` on the backend `providers` asks for. The session loads the very bytes that
         were hashed: a file swapped on disk between the check and the load cannot slip in. A graph with
-        external data is loaded by its path, after both files matched and refused if either changed."""
+        external data is loaded by its path, after both files matched and refused if either changed.
+        A fill-mask variant asked to run where it does not (int8 on CUDA, bf16 off OpenVINO) is refused
+        first (`variants.check_pairing`)."""
+        if not isinstance(artifact, Artifact):
+            raise InputError(f"LoadedGraph.open takes an Artifact (Artifact.open(path)), got {type(artifact).__name__}")
+        if io_binding is not None and not isinstance(io_binding, (bool, np.bool_)):
+            raise InputError(f"io_binding must be True, False or None, got {io_binding!r}")
         entry = artifact.graph(name)
+        if entry.form == "fill-mask":
+            check_pairing(name, entry.precision, requested_providers(providers)[0], artifact.path,
+                          artifact.graphs_of("fill-mask"))
         if entry.data_file is None:
             with artifact.verified_path(entry.file) as path:
                 session = create_session(path, providers, threads, entry.head_input)
@@ -128,11 +137,15 @@ class LoadedGraph:
 
     def run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the graph, turning the backend's own errors (out of memory, a device fault) into `ProviderError`."""
+        unknown = [name for name in outputs if name not in self.output_names]
+        if unknown:
+            raise InputError(f"the {self.name} graph has no output {unknown}; it gives {list(self.output_names)}")
         try:
             return self._run(list(outputs), feeds)
         except Exception as exc:  # onnxruntime's and openvino's own error types
             shape = feeds["input_ids"].shape
-            raise ProviderError(f"ONNX Runtime failed running the {self.name} graph on {self.provider} "
+            backend = "OpenVINO" if self.provider == OPENVINO else "ONNX Runtime"
+            raise ProviderError(f"{backend} failed running the {self.name} graph on {self.description} "
                                 f"for a batch of {shape[0]} x {shape[1]} tokens: {exc}") from exc
 
     def _run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -108,7 +108,7 @@ class OnnxMaskFiller:
         backend = choose_backend(variants, providers, variant)
         providers = providers_for(backend, providers)
         first = variant or preferred(variants, backend)
-        check_pairing(first, variants[first].precision, backend, artifact.path, variants)
+        check_pairing(first, variants[first].precision, backend, artifact.path, variants)  # auto's choice too
         graph = LoadedGraph.open(artifact, first, providers, threads, io_binding)
         if variant is None and preferred(variants, graph.provider) != first:  # landed elsewhere (auto)
             graph = LoadedGraph.open(artifact, preferred(variants, graph.provider), providers, threads, io_binding)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -208,7 +209,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def runtime_of(entry: GraphEntry, providers: str = "cpu") -> str:
+def runtime_of(entry: GraphEntry, providers: str | Sequence[str] = "cpu") -> str | Sequence[str]:
     """Where a variant is judged (`variants.judged_on`): int8 on ONNX Runtime's CPU provider, bf16 on
     OpenVINO, the others on `providers`."""
     return judged_on(entry.precision, providers)
@@ -245,7 +246,8 @@ class ParityHarness:
     def calibration_rows(self) -> list[ProbeBatch]:
         return calibration_rows(self.batches)
 
-    def check(self, path: Path | str, name: str, entry: GraphEntry, providers: str = "cpu") -> GraphParity:
+    def check(self, path: Path | str, name: str, entry: GraphEntry,
+              providers: str | Sequence[str] = "cpu") -> GraphParity:
         """One graph's parity with the references, judged against the tolerance in its entry."""
         if entry.precision == "bf16" and not cpu_has_bf16():
             raise ProviderError(f"{name} is judged in bf16, and this CPU computes in neither AVX-512 BF16 nor AMX: "
