@@ -49,6 +49,9 @@ def slim_artifact(directory: Path | str, out: Path | str, keep: Sequence[str], f
     directory, out = Path(directory), Path(out)
     artifact = Artifact.open(directory)
     manifest, manifest_bytes, present = artifact.manifest, artifact.manifest_bytes, artifact.present
+    for item in [keep] if isinstance(keep, str) else keep:
+        for name in str(item).split(","):  # 'left out of the slim copy', not 'no such graph'
+            artifact.refuse_left_out(name.strip())
     keep = _checked_keep(keep, present.graphs, directory)
     root = artifact.root
     if out.resolve() == root or root in out.resolve().parents:

@@ -78,7 +78,7 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
                    sequences_per_batch: int = SEQUENCES_PER_BATCH) -> tuple[str, Iterator[list[ScoredRow]]]:
     """Start (or join) Ray, and stream the scored rows back in input order."""
     from ..artifact.handle import Artifact
-    from ..runtime.backends import choose_backend
+    from ..runtime.backends import choose_backend, providers_for
     from ..variants import CPU, check_pairing, preferred
 
     ray = _ray()
@@ -92,7 +92,7 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
         raise InputError(f"the Ray engine's workers run on CPUs: providers must be auto, cpu or openvino, "
                          f"got {job.providers!r}")
     backend = choose_backend(variants, key, job.variant, cpu_only=True) if variants else CPU
-    providers = "openvino" if key == "openvino" or (key == "auto" and backend != CPU) else "cpu"
+    providers = providers_for(backend, key)
     variant = job.variant or (preferred(variants, backend) if variants else None)
     if variant is None:
         raise InputError(f"{job.artifact} has no fill-mask graph to score with")
