@@ -20,7 +20,7 @@ from ..artifact.handle import Artifact
 from ..errors import ArtifactError, InputError
 from ..manifest import Manifest
 from ..variants import check_pairing, preferred
-from .backends import choose_backend, providers_for
+from .backends import Session, choose_backend, providers_for
 from .graph import CONTROL_INPUTS, TOKEN_INPUTS, LoadedGraph, require_scoring, right_padded
 from .threads import check_threads
 
@@ -117,6 +117,11 @@ class OnnxMaskFiller:
     def __repr__(self) -> str:
         return (f"OnnxMaskFiller({str(self.directory)!r}, variant={self.variant!r}, "
                 f"provider={self.provider!r})")
+
+    @property
+    def session(self) -> Session:
+        """The backend session the graph runs on (`self.graph.session`), for callers that time it bare."""
+        return self.graph.session
 
     @property
     def io_binding(self) -> bool:
