@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import traceback
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from mlm_export.contracts import dumps
 
 SCHEMA = "bench-v1"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -45,20 +46,6 @@ def validate(document: dict[str, Any]) -> None:
     error = jsonschema.exceptions.best_match(validator.iter_errors(document))
     if error is not None:
         raise error
-
-
-def _json(data: Any) -> str:
-    """Strict JSON: NaN and infinity become null."""
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(v) for v in value]
-        return value
-
-    return json.dumps(finite(data), indent=2, allow_nan=False)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -118,7 +105,7 @@ def bench(models: tuple[str, ...], systems: tuple[str, ...], out: Path, work: Pa
         text = (f"{summary['table']}\nwrote {out / 'bench.json'}, {out / 'bench.md'}"
                 + (f", {summary['chart']}" if summary["chart"] else ""))
         document = {"schema": SCHEMA} | {k: v for k, v in summary.items() if k != "table"}
-        click.echo(_json(document) if as_json else text, file=stream)
+        click.echo(dumps(document) if as_json else text, file=stream)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -136,7 +123,7 @@ def main(args: list[str] | None = None) -> int:
             traceback.print_exception(exc, file=sys.stderr)
         click.echo(f"Error: {message}", err=True)
         if as_json:
-            click.echo(_json({"schema": "error-v1", "error": {"type": kind, "message": message,
+            click.echo(dumps({"schema": "error-v1", "error": {"type": kind, "message": message,
                                                                "exit_code": code}}))
         return code
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from importlib import resources
 from typing import Any
 
@@ -71,3 +72,18 @@ def _registry() -> Any:
 
     return Registry().with_resources(
         (load_schema(name)["$id"], Resource.from_contents(load_schema(name))) for name in schema_names())
+
+
+def dumps(document: Any) -> str:
+    """A document as strict JSON, indented: NaN and infinity (e.g. in a broken graph's parity figures)
+    become null, since JSON has neither and a consumer's parser would reject them."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(document), indent=2, allow_nan=False)

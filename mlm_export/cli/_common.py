@@ -3,9 +3,7 @@ the option types, and the command class that keeps stdout for the result. Import
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
 import traceback
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from .._stdio import stdout_to_stderr
-from ..contracts import stamp
+from ..contracts import dumps, stamp
 from ..progress import live_bars
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,7 +30,7 @@ class _Output:
 
     def result(self, document: str, data: dict[str, Any], text: str) -> None:
         """Print the command's result: `text`, or under --json `data` as the `document` of contracts.py."""
-        click.echo(_json(stamp(document, data)) if self.as_json else text, file=self.stream)
+        click.echo(dumps(stamp(document, data)) if self.as_json else text, file=self.stream)
 
     def error(self, kind: str, message: str, exit_code: int, exc: BaseException | None = None,
               **details: Any) -> int:
@@ -41,22 +39,8 @@ class _Output:
         click.echo(f"Error: {message}", err=True)
         if self.as_json:
             error = {"type": kind, "message": message, "exit_code": exit_code} | details
-            click.echo(_json(stamp("error", {"error": error})), file=self.stream)
+            click.echo(dumps(stamp("error", {"error": error})), file=self.stream)
         return exit_code
-
-
-def _json(data: Any) -> str:
-    """Strict JSON: NaN and infinity (e.g. in a broken graph's parity figures) become null."""
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(v) for v in value]
-        return value
-
-    return json.dumps(finite(data), indent=2, allow_nan=False)
 
 
 class _Command(click.Command):
