@@ -245,3 +245,17 @@ def test_a_deleted_working_directory_is_an_error_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == "Error: the current directory no longer exists; cd to an existing one"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("json_flag", [["--json"], []], ids=["json", "text"])
+def test_a_full_standard_output_is_one_error_line_not_tracebacks(tiny_artifact: Path, json_flag: list[str]) -> None:
+    """`predict ... > /dev/full`: the result cannot be written, and neither can a JSON error document sent to
+    the same stdout. One `Error:` line on stderr and exit 1, as for any StorageError; no traceback."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "mlm_export.cli", "predict", str(tiny_artifact), "a [MASK] b",
+                               *json_flag], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == ["Error: cannot write the result to standard output: No space left "
+                                                "on device"]

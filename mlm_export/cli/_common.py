@@ -3,7 +3,10 @@ the option types, and the command class that keeps stdout for the result. Import
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ import click
 
 from .._stdio import stdout_to_stderr
 from ..contracts import dumps, stamp
+from ..errors import StorageError
 from ..progress import live_bars
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,8 +33,28 @@ class _Output:
     stream: TextIO | None = None
 
     def result(self, document: str, data: dict[str, Any], text: str) -> None:
-        """Print the command's result: `text`, or under --json `data` as the `document` of contracts.py."""
-        click.echo(dumps(stamp(document, data)) if self.as_json else text, file=self.stream)
+        """Print the command's result: `text`, or under --json `data` as the `document` of contracts.py.
+        A standard output that cannot take it (a full disk, /dev/full) is a StorageError."""
+        self.echo(dumps(stamp(document, data)) if self.as_json else text)
+
+    def echo(self, text: str) -> None:
+        """Write `text` to the command's standard output; one that fails is a StorageError."""
+        try:
+            click.echo(text, file=self.stream)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # the reader went away: the caller says nothing more
+                raise
+            self.stream_failed()
+            raise StorageError(f"cannot write the result to standard output: {exc.strerror or exc}") from exc
+
+    def stream_failed(self) -> None:
+        """Stop writing to a standard output that failed: what it still buffers would fail again at exit
+        (and print a traceback there), and an error document sent to it would fail the same way."""
+        self.as_json = False
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, (self.stream or sys.stdout).fileno())
+            os.close(devnull)
 
     def error(self, kind: str, message: str, exit_code: int, exc: BaseException | None = None,
               **details: Any) -> int:
@@ -39,7 +63,10 @@ class _Output:
         click.echo(f"Error: {message}", err=True)
         if self.as_json:
             error = {"type": kind, "message": message, "exit_code": exit_code} | details
-            click.echo(dumps(stamp("error", {"error": error})), file=self.stream)
+            try:
+                click.echo(dumps(stamp("error", {"error": error})), file=self.stream)
+            except OSError:  # stdout itself failed: the Error line on stderr is all that can be said
+                self.stream_failed()
         return exit_code
 
 

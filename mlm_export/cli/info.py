@@ -92,4 +92,4 @@ def info_command(directory: Path, as_json: bool) -> None:
         how = f"; tried {tried}" if tried else " (chosen by hand)"
         head = f", {int8.head} MLM decoder" if int8.head else ""
         lines.append(f"  quantization recipe for int8: {int8.recipe}{head}{how}")
-    click.echo("\n".join(lines), file=_out().stream)
+    _out().echo("\n".join(lines))

@@ -28,4 +28,4 @@ def schema_command(name: str | None, as_json: bool) -> None:
     except KeyError:
         raise click.BadParameter(f"no schema {name!r}; choose from {', '.join(schema_names())}",
                                  param_hint="NAME") from None
-    click.echo(json.dumps(schema, indent=2), file=_out().stream)
+    _out().echo(json.dumps(schema, indent=2))

@@ -29,6 +29,6 @@ def verify_command(directory: Path, source: str | None, probe_file: Path | None,
     report = verify_artifact(directory, source=source, providers=providers, probe_texts=texts, public_key=key)
     if not report.passed:
         if not as_json:
-            click.echo(report.summary(), file=_out().stream)
+            _out().echo(report.summary())
         raise ParityError("parity check failed", report)
     _out().result("verify", report.to_dict(), report.summary())
