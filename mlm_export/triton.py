@@ -217,6 +217,7 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
     artifact, repo = Path(artifact), Path(repo)
     if isinstance(device, str):
         device = device.lower()
+    _refuse_link(repo)
     opened = Artifact.open(artifact, public_key=public_key)
     manifest = opened.present  # a slim copy: the graphs it holds
     opened.refuse_left_out(variant)
@@ -250,6 +251,15 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
                        data_path=None if graph.data_file is None else target / VERSION / graph.data_file,
                        variant=variant, form=graph.form, max_batch_size=max_batch_size, device=device,
                        instances=instances)
+
+
+def _refuse_link(repo: Path) -> None:
+    """The repository is written where it is named, never through a symbolic link (one to /etc would
+    have Triton models created there): the user names the real directory if that is where it belongs."""
+    if repo.is_symlink():
+        raise ArtifactError(f"{repo} is a symbolic link (to {os.readlink(repo)}); mlm-export writes a Triton "
+                            f"repository only into the directory named, never through a link. Pass the real "
+                            f"directory ({repo.resolve()}) if the repository belongs there")
 
 
 def _refuse_existing(target: Path) -> None:

@@ -298,3 +298,21 @@ def test_cli_writes_the_repository_and_reports_it(tiny_artifact: Path, tmp_path:
     again = CliRunner().invoke(main, ["triton", str(tiny_artifact), "--repo", str(tmp_path / "repo"),
                                       "--name", "fill", "--max-batch-size", "4"])
     assert again.exit_code == 1 and again.stderr.startswith("Error: ")
+
+
+def test_a_repository_that_is_a_symlink_is_refused_and_nothing_is_written_through_it(
+        tiny_artifact: Path, tmp_path: Path) -> None:
+    """`--repo LINK` pointing elsewhere (to /etc, say) would create folders at the link's target: refused,
+    exit 1, the target untouched. The real directory, named as itself, is fine."""
+    from click.testing import CliRunner
+
+    from mlm_export.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "repo"
+    link.symlink_to(elsewhere)
+    result = CliRunner().invoke(main, ["triton", str(tiny_artifact), "--repo", str(link)])
+    assert result.exit_code == 1 and "is a symbolic link" in result.stderr and str(elsewhere) in result.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert write_triton_repository(tiny_artifact, elsewhere).model_path.is_file()
