@@ -213,3 +213,16 @@ def test_a_score_job_takes_string_paths_as_a_user_writes_them(tiny_artifact: Pat
             ["the cat sat", "the dog ran"], reduction="mean")], abs=1e-4)
     with pytest.raises(InputError, match="ScoreJob.input must be a path"):
         ScoreJob(str(tiny_artifact), 42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("address", ["nonsense", "http://[::1"])
+def test_a_malformed_ray_address_is_a_usage_error_not_a_bug(runner: CliRunner, tiny_artifact: Path, tmp_path: Path,
+                                                           address: str) -> None:
+    """Ray raises ValueError for an address it cannot parse: that is the user's input (exit 2, the address
+    named), never 'unexpected ValueError ... This is a bug'."""
+    source = tmp_path / "in.txt"
+    source.write_text("the cat sat\n")
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(source), "--engine", "ray",
+                                  "--ray-address", address, "-q"])
+    assert result.exit_code == 2, result.output
+    assert f"--ray-address {address!r} is not a Ray address" in result.stderr and "bug" not in result.stderr

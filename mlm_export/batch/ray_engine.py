@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..runtime.threads import default_threads
 from ..runtime.scoring import RowError, ScoreOptions
 from .table import InputRow, ScoredRow
@@ -102,8 +102,13 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     check_pairing(variant, variants[variant].precision, backend, job.artifact, variants)
     if not ray.is_initialized():
         address = job.ray_address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=True)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR", configure_logging=True)
+        except ValueError as exc:  # Ray's word for an address it cannot parse: the user's input, not a bug
+            where = "--ray-address" if job.ray_address else "RAY_ADDRESS"
+            raise ConfigError(f"{where} {address!r} is not a Ray address ({_first_line(exc)}); give the cluster's "
+                              "HOST:PORT (e.g. 10.0.0.5:6379), 'auto', or leave it out for a local instance") from exc
     if not job.progress:  # -q, --json or no terminal: Ray Data's own INFO lines too
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
@@ -152,3 +157,7 @@ def _rows(scored: Any, size: int) -> Iterator[list[ScoredRow]]:
             chunk.append(ScoredRow(line, str(batch["text"][i]), float(batch["pll"][i]), int(batch["n_tokens"][i]),
                                    None if per_token is None else tuple(float(v) for v in per_token)))
         yield chunk
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
