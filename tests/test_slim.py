@@ -179,3 +179,24 @@ def test_a_marker_that_is_not_a_small_json_object_is_refused_at_once(slim_int8: 
         (copy / "slim.json").write_text('["fp32"]')
     with pytest.raises(ArtifactError, match="not a valid slim marker"):
         OnnxMaskFiller.from_pretrained(copy, providers="cpu")
+
+
+def test_a_marker_cannot_hide_a_tampered_file_from_verify_or_sign(tiny_variants: Path, tmp_path: Path) -> None:
+    """A slim.json written into a full artifact, naming a tampered graph as absent: the runtime never loads
+    that graph, but the file is still there, so checking the artifact (verify, sign) must still refuse it."""
+    from mlm_export import Artifact
+
+    copy = Path(shutil.copytree(tiny_variants, tmp_path / "copy"))
+    fp16 = Artifact.open(copy).graphs["fp16"].file
+    with open(copy / fp16, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02\x03")
+    (copy / "slim.json").write_text(json.dumps({"absent": ["fp16"]}))
+    artifact = Artifact.open(copy)
+    assert artifact.left_out == ("fp16",)
+    with pytest.raises(IntegrityError, match="does not match its sha256"):
+        artifact.check_files()
+    private, _ = generate_key(tmp_path / "key")
+    with pytest.raises(IntegrityError, match="does not match its sha256"):
+        sign_artifact(copy, private)
+    assert OnnxMaskFiller.from_pretrained(copy, providers="cpu", variant="fp32")(TEXTS[0])  # serving: untouched

@@ -109,8 +109,13 @@ class Artifact:
         return verified_path(self.path, self.manifest, name)
 
     def check_files(self) -> None:
-        """Every file this directory should hold present, inside it, and matching its sha256."""
+        """Every file this directory should hold present, inside it, and matching its sha256; and every
+        file of a left-out graph that is there all the same matching too. slim.json is not signed: it may
+        hide a graph from the runtime, never a tampered file from `verify` or `sign`."""
         check_all_files(self.path, self.present)
+        for name in self.manifest.files.keys() - self.present.files.keys():
+            if os.path.lexists(self.path / name):
+                checked_file(self.path, self.manifest, name)
 
     def path_of(self, name: str) -> Path:
         """Where a file the manifest lists lies, confined to the directory; not hash-checked."""
