@@ -226,3 +226,26 @@ def test_a_malformed_ray_address_is_a_usage_error_not_a_bug(runner: CliRunner, t
                                   "--ray-address", address, "-q"])
     assert result.exit_code == 2, result.output
     assert f"--ray-address {address!r} is not a Ray address" in result.stderr and "bug" not in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_an_output_that_appears_during_the_run_is_never_replaced_without_force(tmp_path: Path, suffix: str) -> None:
+    """`score -o out.jsonl` checks the name at the start; a file that appears there before the scores are
+    published (a user's, a second run's) is left untouched, and the scores are kept under their own name."""
+    from mlm_export import ArtifactError
+    from mlm_export.batch.table import RowWriter, ScoredRow
+
+    out = tmp_path / f"out{suffix}"
+    writer = RowWriter(out, per_token=False)
+    writer.write([ScoredRow(1, "the cat", -3.5, 2, None)])
+    out.write_text("precious")
+    with pytest.raises(ArtifactError, match="left untouched. The scores are in") as caught:
+        writer.close()
+    assert out.read_text() == "precious"
+    kept = Path(str(caught.value).rsplit("The scores are in ", 1)[1])
+    assert kept.is_file() and kept != out and kept.parent == tmp_path
+    assert [p.name for p in tmp_path.iterdir() if ".mlm-export-tmp-" in p.name] == []
+    forced = RowWriter(out, per_token=False, force=True)
+    forced.write([ScoredRow(1, "the cat", -3.5, 2, None)])
+    forced.close()
+    assert out.read_bytes() != b"precious"

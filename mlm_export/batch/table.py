@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import InputError, StorageError
+from ..errors import ArtifactError, InputError, StorageError
 
 TEXT_SUFFIXES = (".txt", ".seq", ".text", "")
 DEFAULT_COLUMNS = ("text", "sequence")
@@ -183,6 +183,7 @@ class RowWriter:
     def __init__(self, path: Path | None, per_token: bool, force: bool = False, stdout: IO[str] | None = None,
                  source: Path | None = None) -> None:
         self.path = path
+        self.force = force
         self.per_token = per_token
         self.kind = "jsonl" if path is None or path.suffix.lower() in (".jsonl", ".json", ".ndjson") else None
         if path is not None and path.suffix.lower() in (".parquet", ".pq"):
@@ -257,8 +258,40 @@ class RowWriter:
         elif self._stream is not None and self._tmp is not None:
             self._stream.close()
         if self._tmp is not None and self.path is not None:
-            os.replace(self._tmp, self.path)
-            self._tmp = None
+            tmp, self._tmp = self._tmp, None  # from here on, _publish decides what becomes of it
+            self._publish(tmp, self.path)
+
+    def _publish(self, tmp: Path, path: Path) -> None:
+        """Move the finished file into place. Without `force` the name is taken exclusively (a hard link
+        fails on an existing name): a file that appeared there during the run, a user's or a second run's,
+        is left untouched, and the scores are kept under a name of their own."""
+        if self.force:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            kept = path.with_name(f"{path.stem}.mlm-export-{os.getpid()}{path.suffix}")
+            try:
+                os.link(tmp, kept)
+            except OSError:
+                kept = tmp  # the temporary name, then: it is complete
+            else:
+                tmp.unlink()
+            raise ArtifactError(f"{path} appeared while the scores were being written, and mlm-export does not "
+                                f"replace it without --force: it was left untouched. The scores are in {kept}") \
+                from None
+        except OSError:  # a file system without hard links: check, then rename (the old, racier way)
+            if os.path.lexists(path):
+                raise ArtifactError(f"{path} appeared while the scores were being written; it was left "
+                                    f"untouched. The scores are in {tmp}") from None
+            os.replace(tmp, path)
+            return
+        tmp.unlink()
 
     def abort(self) -> None:
         """Remove the partial file (ours alone: the temporary name)."""
