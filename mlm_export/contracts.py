@@ -74,9 +74,10 @@ def _registry() -> Any:
         (load_schema(name)["$id"], Resource.from_contents(load_schema(name))) for name in schema_names())
 
 
-def dumps(document: Any) -> str:
-    """A document as strict JSON, indented: NaN and infinity (e.g. in a broken graph's parity figures)
-    become null, since JSON has neither and a consumer's parser would reject them."""
+def dumps(document: Any, indent: int | None = 2) -> str:
+    """A document as strict JSON, indented (`indent=None`: one line, for a JSON Lines stream): NaN and
+    infinity (e.g. in a broken graph's parity figures) become null, since JSON has neither and a
+    consumer's parser would reject them."""
     def finite(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -86,4 +87,5 @@ def dumps(document: Any) -> str:
             return [finite(v) for v in value]
         return value
 
-    return json.dumps(finite(document), indent=2, allow_nan=False)
+    return json.dumps(finite(document), indent=indent, allow_nan=False,
+                      separators=None if indent else (",", ":"))

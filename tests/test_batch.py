@@ -249,3 +249,17 @@ def test_an_output_that_appears_during_the_run_is_never_replaced_without_force(t
     forced.write([ScoredRow(1, "the cat", -3.5, 2, None)])
     forced.close()
     assert out.read_bytes() != b"precious"
+
+
+def test_a_failure_mid_stream_ends_json_lines_with_one_error_record(runner: CliRunner, tiny_artifact: Path,
+                                                                    tmp_path: Path) -> None:
+    """`score --json` without -o streams rows to stdout; --strict stopping at a bad row after good ones
+    must leave stdout parseable as JSON Lines: the rows, then one error-v1 record on one line."""
+    source = tmp_path / "in.txt"
+    source.write_text("the cat sat\n" * 70 + "\nthe house\n")  # the bad row after a first chunk of 64 rows
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(source), "--strict", "--json", "-q"])
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]  # every line is one JSON value
+    assert [r.get("line") for r in records[:-1]] == list(range(1, 65))
+    assert records[-1]["schema"] == "error-v1" and "--strict" in records[-1]["error"]["message"]
+    validate(records[-1])

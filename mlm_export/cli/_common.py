@@ -31,6 +31,7 @@ class _Output:
     as_json: bool
     debug: bool
     stream: TextIO | None = None
+    jsonl: bool = False  # stdout is a JSON Lines stream (score's rows): an error is one more line, one record
 
     def result(self, document: str, data: dict[str, Any], text: str) -> None:
         """Print the command's result: `text`, or under --json `data` as the `document` of contracts.py.
@@ -64,7 +65,8 @@ class _Output:
         if self.as_json:
             error = {"type": kind, "message": message, "exit_code": exit_code} | details
             try:
-                click.echo(dumps(stamp("error", {"error": error})), file=self.stream)
+                click.echo(dumps(stamp("error", {"error": error}), indent=None if self.jsonl else 2),
+                           file=self.stream)
             except OSError:  # stdout itself failed: the Error line on stderr is all that can be said
                 self.stream_failed()
         return exit_code

@@ -55,6 +55,7 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
     job = ScoreJob(directory, input_path, output, column,
                    ScoreOptions(reduction, exclude_special, per_token, batch_size), variant, providers, threads,
                    strict, force, engine, ray_address, workers, progress=not (quiet or as_json), public_key=key)
+    output_.jsonl = output is None  # the rows stream to stdout: a failure ends it with one error record
     summary = score_file(job, stdout=output_.stream)
     failed = f"; {len(summary.failed)} not scored (lines {', '.join(str(n) for n, _ in summary.failed[:10])}" \
              f"{', ...' if len(summary.failed) > 10 else ''})" if summary.failed else ""
