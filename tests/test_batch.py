@@ -263,3 +263,14 @@ def test_a_failure_mid_stream_ends_json_lines_with_one_error_record(runner: CliR
     assert [r.get("line") for r in records[:-1]] == list(range(1, 65))
     assert records[-1]["schema"] == "error-v1" and "--strict" in records[-1]["error"]["message"]
     validate(records[-1])
+
+
+def test_a_ray_address_nobody_answers_is_an_error_within_seconds_not_a_hang(runner: CliRunner, tiny_artifact: Path,
+                                                                          tmp_path: Path) -> None:
+    """`--ray-address 127.0.0.1:1` once printed only Ray's reconnect messages for over 500 s."""
+    source = tmp_path / "in.txt"
+    source.write_text("the cat sat\n")
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(source), "--engine", "ray",
+                                  "--ray-address", "127.0.0.1:1", "-q"])
+    assert result.exit_code == 2, result.output
+    assert "'127.0.0.1:1': no Ray cluster answers there" in result.stderr

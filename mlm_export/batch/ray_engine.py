@@ -102,6 +102,7 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     check_pairing(variant, variants[variant].precision, backend, job.artifact, variants)
     if not ray.is_initialized():
         address = job.ray_address or os.environ.get("RAY_ADDRESS") or None
+        _check_reachable(address, "--ray-address" if job.ray_address else "RAY_ADDRESS")
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR", configure_logging=True)
@@ -161,3 +162,25 @@ def _rows(scored: Any, size: int) -> Iterator[list[ScoredRow]]:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str | None, where: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) that accepts no connection is a ConfigError within
+    CONNECT_TIMEOUT_S: `ray.init` would retry it for many minutes, printing only its reconnect messages."""
+    if address is None or address == "auto" or address.startswith(("http://", "https://")):
+        return  # a local instance, Ray's own discovery, or an address ray.init refuses at once
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # not HOST:PORT: ray.init says what is wrong with it
+    import socket
+
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{where} {address!r}: no Ray cluster answers there ({exc.strerror or exc}, within "
+                          f"{CONNECT_TIMEOUT_S:.0f} s); start the cluster, fix the address, or leave it out for a "
+                          "local instance") from exc
