@@ -51,6 +51,12 @@ class ExportConfig:
             raise ConfigError(f"opset {self.opset} is newer than torch.onnx can write (at most {MAX_OPSET})")
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError(f"model must name a directory, a hub id or a built-in model, got {self.model!r}")
+        if self.out is not None:
+            try:  # the manifest records paths as JSON text: refused now, not after the model was traced
+                str(self.out).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigError(f"the output path {str(self.out)!r} is not valid UTF-8 (byte "
+                                  f"{exc.object[exc.start]!r} at character {exc.start}); choose a UTF-8 name") from None
         if isinstance(self.probe_texts, str) or not all(isinstance(t, str) and t.strip() for t in self.probe_texts):
             raise ConfigError("probe_texts must be a sequence of non-empty texts")
         if any(len(t.splitlines()) != 1 for t in self.probe_texts):

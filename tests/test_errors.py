@@ -259,3 +259,13 @@ def test_a_full_standard_output_is_one_error_line_not_tracebacks(tiny_artifact: 
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == ["Error: cannot write the result to standard output: No space left "
                                                 "on device"]
+
+
+def test_an_out_path_that_is_not_utf8_is_refused_before_any_work(runner: CliRunner, tmp_path: Path) -> None:
+    """A non-UTF-8 --out name (bytes a shell passes through) was 'unexpected UnicodeEncodeError ... a bug'
+    after the model had been loaded and traced; it is a usage error at once, naming the path."""
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffname")
+    result = runner.invoke(main, ["export", "antiberty", "--out", out])
+    assert result.exit_code == 2, result.output
+    assert "is not valid UTF-8" in result.stderr and "bug" not in result.stderr
+    assert not any(tmp_path.iterdir())
