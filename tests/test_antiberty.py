@@ -53,3 +53,21 @@ def test_predictor_matches_transformers_pipeline_on_antibodies(antiberty_export)
         got, expected = filler(masked, top_k=5), reference(masked, top_k=5)
         assert [c["token_str"] for c in got] == [c["token_str"] for c in expected]
         assert [c["score"] for c in got] == pytest.approx([c["score"] for c in expected], abs=1e-5)
+
+
+def test_a_lower_case_chain_is_flagged_with_the_fix(antiberty_export, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A lower-case heavy chain is all [UNK] to AntiBERTy's upper-case vocabulary: it was scored (mean PLL
+    about -26) with no word of warning. Now its row and the summary say so, and say how to fix it."""
+    import json
+
+    from mlm_export.batch import ScoreJob, score_file
+
+    source = tmp_path / "chains.fa"
+    source.write_text(f">upper\n{TRASTUZUMAB_VH}\n>lower\n{TRASTUZUMAB_VH.lower()}\n")
+    summary = score_file(ScoreJob(antiberty_export.path, source, tmp_path / "o.jsonl", variant="fp32"))
+    upper, lower = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert (upper["id"], lower["id"]) == ("upper", "lower")
+    assert upper["unknown_tokens"] == 0 and "warning" not in upper
+    assert lower["unknown_tokens"] == lower["n_tokens"] == len(TRASTUZUMAB_VH)
+    assert "upper-case the sequences" in lower["warning"] and lower["pll"] < upper["pll"]
+    assert summary.warned == [(3, lower["warning"])] and summary.scored == 2

@@ -167,7 +167,6 @@ def test_the_output_may_not_be_the_input_even_with_force(runner: CliRunner, tiny
 
 @pytest.mark.parametrize("content,says", [
     ('text\nthe cat\n"the dog\nthe red cat\n', "line 4: cannot read the CSV"),  # a stray quote: not merged
-    ("id,text\n1,the cat\n2\n", "line 3: 1 fields, the header has 2"),
     ("text,text\nthe cat,a dog\n", "2 columns named 'text'"),
 ])
 def test_a_malformed_csv_is_refused_not_misread(runner: CliRunner, tiny_artifact: Path, tmp_path: Path,
@@ -189,10 +188,38 @@ def test_text_lines_are_counted_as_wc_does(runner: CliRunner, tiny_artifact: Pat
     path.write_bytes(b"\xef\xbb\xbfthe cat\r\nthe dog\rran\na tree\n")
     rows = _rows(runner.invoke(main, ["score", str(tiny_artifact), str(path), "-q"]).stdout)
     assert [(r["line"], r["text"]) for r in rows] == [(1, "the cat"), (2, "the dog\rran"), (3, "a tree")]
-    path.write_bytes(b"the cat\nthe caf\xe9\n")
+
+
+
+def test_a_line_that_is_not_utf8_is_a_row_error_not_the_end_of_the_run(runner: CliRunner, tiny_artifact: Path,
+                                                                      tmp_path: Path) -> None:
+    """One bad byte once aborted a whole .txt run; a 1 MB line was already a row error. Now both are rows;
+    --strict still stops at it and writes nothing."""
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"the cat\nthe caf\xe9\na tree\n")
     result = runner.invoke(main, ["score", str(tiny_artifact), str(path), "-o", str(tmp_path / "o.jsonl")])
-    assert result.exit_code == 1 and "line 2: not UTF-8 text" in result.stderr
-    assert not (tmp_path / "o.jsonl").exists()
+    assert result.exit_code == 0, result.output
+    rows = _rows((tmp_path / "o.jsonl").read_text())
+    assert [r["line"] for r in rows] == [1, 2, 3] and rows[0]["pll"] < 0 and rows[2]["pll"] < 0
+    assert "not UTF-8" in rows[1]["error"] and rows[1]["pll"] is None and rows[1]["text"] == "the caf\\xe9"
+    assert "line 2 not scored: not UTF-8" in result.stderr
+    strict = runner.invoke(main, ["score", str(tiny_artifact), str(path), "-o", str(tmp_path / "s.jsonl"), "--strict"])
+    assert strict.exit_code == 1 and "line 2: not UTF-8" in strict.stderr and not (tmp_path / "s.jsonl").exists()
+
+
+def test_short_csv_records_and_huge_fields_are_row_errors(runner: CliRunner, tiny_artifact: Path,
+                                                          tmp_path: Path) -> None:
+    """A record with too few fields (which would score a shifted field) and a field over the csv module's
+    128 KiB limit once aborted the run; each is now its row's error, with the other rows scored."""
+    with open(tmp_path / "in.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "text"], ["a", "the cat"], ["b"], ["c", "cat " * 40_000], ["d", "a tree"]])
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "in.csv"), "-q"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.stdout)
+    assert [(r["id"], r["line"]) for r in rows] == [("a", 2), (None, 3), ("c", 4), ("d", 5)]
+    assert rows[1]["error"] == "1 fields, the header has 2"
+    assert "tokens long" in rows[2]["error"]
+    assert rows[0]["pll"] < 0 and rows[3]["pll"] < 0
 
 
 def test_a_score_job_takes_string_paths_as_a_user_writes_them(tiny_artifact: Path, tmp_path: Path,
@@ -239,10 +266,10 @@ def test_an_output_that_appears_during_the_run_is_never_replaced_without_force(t
     writer = RowWriter(out, per_token=False)
     writer.write([ScoredRow(1, "the cat", -3.5, 2, None)])
     out.write_text("precious")
-    with pytest.raises(ArtifactError, match="left untouched. The scores are in") as caught:
+    with pytest.raises(ArtifactError, match="left untouched. The output is in") as caught:
         writer.close()
     assert out.read_text() == "precious"
-    kept = Path(str(caught.value).rsplit("The scores are in ", 1)[1])
+    kept = Path(str(caught.value).rsplit("The output is in ", 1)[1])
     assert kept.is_file() and kept != out and kept.parent == tmp_path
     assert [p.name for p in tmp_path.iterdir() if ".mlm-export-tmp-" in p.name] == []
     forced = RowWriter(out, per_token=False, force=True)
@@ -274,3 +301,60 @@ def test_a_ray_address_nobody_answers_is_an_error_within_seconds_not_a_hang(runn
                                   "--ray-address", "127.0.0.1:1", "-q"])
     assert result.exit_code == 2, result.output
     assert "'127.0.0.1:1': no Ray cluster answers there" in result.stderr
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (Linux)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children = {int(c) for c in task.read_text().split()}
+            except OSError:
+                continue
+            todo.extend(children - found)
+            found |= children
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
+def test_sigterm_under_ray_exits_143_with_an_error_line_and_stops_ray(tiny_artifact: Path, tmp_path: Path) -> None:
+    """`ray.init` installs its own SIGTERM handler (`sys.exit(15)`): a terminated Ray run exited 15 with no
+    Error: line. It must exit 143 like the local engine, say so, and leave none of the processes it started."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    source = tmp_path / "in.txt"
+    source.write_text("the cat sat on the mat\n" * 20_000)  # minutes of scoring: the signal comes first
+    env = dict(os.environ, RAY_prestart_worker_first_driver="0")
+    process = subprocess.Popen([sys.executable, "-m", "mlm_export.cli", "score", str(tiny_artifact), str(source),
+                                "--engine", "ray", "--workers", "1", "--threads", "1", "-q"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # a scored row: Ray is up and its actor is scoring
+        assert json.loads(first)["line"] == 1, process.stderr.read() if process.stderr else ""
+        started = _descendants(process.pid)
+        assert started  # Ray's processes (GCS, raylet, the actor's worker)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr
+    assert "Error: interrupted by SIGTERM" in stderr
+    deadline = time.monotonic() + 30
+    while (alive := {p for p in started if _running(p)}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive, f"Ray processes left running: {sorted(alive)}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text(errors="replace").lower()
+    except OSError:
+        return False

@@ -81,13 +81,16 @@ def test_score_summary_and_rows(tiny_artifact: Path, tmp_path: Path) -> None:
     texts.write_text("the cat sat\n\nthe dog ran\n")
     out = tmp_path / "scores.jsonl"
     summary = _json(["score", str(tiny_artifact), str(texts), "-o", str(out), "--per-token"])
-    assert summary["schema"] == "score-v1" and summary["rows"] == 3 and summary["scored"] == 2
+    assert summary["schema"] == "score-v2" and summary["rows"] == 3 and summary["scored"] == 2
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     for row in rows:
         validate(row, ROWS["score"])
     assert rows[1]["error"] and rows[1]["pll"] is None
     with pytest.raises(jsonschema.ValidationError):
         validate(rows[0] | {"error": "made up"}, ROWS["score"])  # an error row cannot carry a score
+    for field in ("variant", "provider", "unknown_tokens"):  # v2: every row says what scored it
+        with pytest.raises(jsonschema.ValidationError, match=f"'{field}' is a required property"):
+            validate({k: v for k, v in rows[0].items() if k != field}, ROWS["score"])
     streamed = CliRunner().invoke(main, ["score", str(tiny_artifact), str(texts), "--json"])
     assert streamed.exit_code == 0
     for line in streamed.stdout.splitlines():

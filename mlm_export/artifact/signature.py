@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError, ConfigError, SignatureError, StorageError
+from ..errors import ArtifactError, ConfigError, SignatureError
 from ..manifest import MANIFEST, SIGNATURE, path_inside
+from ..publish import OutputFile
 
 ALGORITHM = "ed25519"
 KEY_HELP = ("Create a key pair with `mlm-export keygen KEY` or "
@@ -126,17 +127,21 @@ def generate_key(path: Path) -> tuple[Path, Path]:
                                 serialization.NoEncryption())
     public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-    written: list[Path] = []
-    try:
+    published: list[Path] = []
+    try:  # each file appears whole under its name (never a torn key), and never over another file
         for target, data, mode in ((path, pem, 0o600), (public_path, public_pem, 0o644)):
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            written.append(target)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-    except OSError as exc:
-        for target in written:  # no half of a key pair is left behind
+            output = OutputFile(target, mode=mode, option="key path")
+            try:
+                with output.open(binary=True) as fh:
+                    fh.write(data)
+            except OSError as exc:
+                output.discard()
+                raise output.storage_error(exc) from exc
+            published.append(output.publish())
+    except BaseException:
+        for target in published:  # no half of a key pair is left behind
             target.unlink(missing_ok=True)
-        raise StorageError(f"cannot write the key pair at {path}: {exc.strerror}") from exc
+        raise
     return path, public_path
 
 

@@ -1,10 +1,12 @@
 """Batch scoring: pseudo-log-likelihoods for a file of sequences, on this machine or on Ray.
 
-    table.py       read text/CSV/Parquet as a stream; write JSONL/Parquet whole or not at all
+    table.py       read text/FASTA/CSV/Parquet as a stream; write JSONL/Parquet whole or not at all
+    engine.py      what an engine hands back: scored rows in input order, with variant and provider
     ray_engine.py  the same scorer as a Ray Data actor pool (`engine="ray"`)
 
 Both engines give the same rows: a sequence's score depends only on the sequence (see
-`runtime.scoring`), never on its batch or its worker.
+`runtime.scoring`), never on its batch or its worker. Every row names the variant and the provider
+that scored it, and carries the input's kept columns (ids), so nobody joins back on line numbers.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import IO, Any
 
 from ..errors import InputError
 from ..progress import is_terminal, stage
-from ..runtime.scoring import PLLScore, RowError, ScoreOptions
-from .table import InputRow, RowWriter, ScoredRow, read_rows
+from ..runtime.scoring import ScoreOptions
+from .engine import EngineRun, score_rows
+from .table import FORMATS, InputRow, RowWriter, ScoredRow, read_rows
 
 log = logging.getLogger("mlm_export")
 ENGINES = ("local", "ray")
 CHUNK = 64  # sequences scored between writes and progress updates
+WARNINGS_SHOWN = 5  # rows with a warning logged one by one; the rest are counted in the summary
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class ScoreJob:
     workers: int | None = None      # Ray actors; default: the cluster's CPUs / threads
     progress: bool = True           # Ray Data's own bars and INFO lines (ours follow progress.live_bars)
     public_key: Path | None = None  # refuse an artifact without a valid signature
+    keep_columns: tuple[str, ...] | None = None  # input columns copied to the output; None: all of them
+    format: str | None = None       # text, fasta, csv or parquet; None: from the input's suffix
 
     def __post_init__(self) -> None:
         """Paths may be given as strings, as a user writes them; stored as `Path`s."""
@@ -64,31 +70,36 @@ class ScoreJob:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InputError(f"ScoreJob.{name} must be a positive integer or None, got {value!r}")
+        keep = self.keep_columns
+        if keep is not None:
+            if isinstance(keep, str) or not all(isinstance(k, str) for k in keep):
+                raise InputError(f"ScoreJob.keep_columns must be a sequence of column names or None, got {keep!r}")
+            object.__setattr__(self, "keep_columns", tuple(keep))
+        if self.format is not None and self.format not in FORMATS:
+            raise InputError(f"ScoreJob.format must be one of {', '.join(FORMATS)} or None, got {self.format!r}")
 
 
 @dataclass
 class ScoreSummary:
-    """How a run went: rows in, rows scored, and the bad rows (line and reason)."""
+    """How a run went: rows in, rows scored, the bad rows and the doubtful ones (line and reason)."""
 
     output: str | None
     engine: str
     variant: str
+    provider: str
     rows: int = 0
     scored: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
+    warned: list[tuple[int, str]] = field(default_factory=list)  # scored, but mostly unknown tokens
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "engine": self.engine, "variant": self.variant, "rows": self.rows,
-                "scored": self.scored, "failed": [{"line": n, "error": e} for n, e in self.failed],
+        return {"output": self.output, "engine": self.engine, "variant": self.variant, "provider": self.provider,
+                "rows": self.rows, "scored": self.scored,
+                "failed": [{"line": n, "error": e} for n, e in self.failed],
+                "warned": [{"line": n, "warning": w} for n, w in self.warned],
                 "seconds": round(self.seconds, 3),
                 "sequences_per_second": round(self.rows / self.seconds, 2) if self.seconds else None}
-
-
-def to_scored_row(row: InputRow, result: PLLScore | RowError) -> ScoredRow:
-    if isinstance(result, RowError):
-        return ScoredRow(row.line, result.text, None, None, None, result.message)
-    return ScoredRow(row.line, result.text, result.pll, result.n_tokens, result.token_log_probs)
 
 
 def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
@@ -102,20 +113,24 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
 
     if job.engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {job.engine!r}")
-    rows = read_rows(job.input, job.column)  # checks the input before anything is created
-    writer = RowWriter(job.output, job.options.per_token, job.force, stdout, source=job.input)
+    # the input is checked before anything is created
+    table = read_rows(job.input, job.column, job.keep_columns, job.format)
+    writer = RowWriter(job.output, job.options.per_token, job.force, stdout, source=job.input, kept=table.kept,
+                       kept_types=table.kept_types)
+    run: EngineRun | None = None
     try:
         if job.engine == "ray":
             from .ray_engine import score_with_ray
 
-            variant, results = score_with_ray(job, rows)
+            run = score_with_ray(job, table.rows)
         else:
-            variant, results = _score_locally(job, rows)
-        summary = ScoreSummary(None if job.output is None else str(job.output), job.engine, variant)
+            run = _score_locally(job, table.rows)
+        summary = ScoreSummary(None if job.output is None else str(job.output), job.engine, run.variant,
+                               run.provider)
         start = time.perf_counter()  # scoring only: the artifact is open (Ray starts on the first rows)
         rows_on_terminal = job.output is None and is_terminal(stdout if stdout is not None else sys.stdout)
         with stage("scoring", unit="seq", lines=False, bar=not rows_on_terminal) as advance:  # own summary
-            for chunk in results:
+            for chunk in run.chunks:
                 _check(chunk, job, summary)
                 writer.write(chunk)
                 advance(len(chunk))
@@ -124,6 +139,9 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if run is not None and run.close is not None:
+            run.close()  # on an error or a signal too: no Ray process of ours outlives the run
     return summary
 
 
@@ -132,6 +150,13 @@ def _check(chunk: list[ScoredRow], job: ScoreJob, summary: ScoreSummary) -> None
         summary.rows += 1
         if row.error is None:
             summary.scored += 1
+            if row.warning is not None:
+                if job.strict:
+                    raise InputError(f"{job.input}, line {row.line}: {row.warning} (--strict refuses a sequence "
+                                     f"that is more than {job.options.max_unknown:.0%} unknown tokens)")
+                summary.warned.append((row.line, row.warning))
+                if len(summary.warned) <= WARNINGS_SHOWN:
+                    log.warning("line %d: %s", row.line, row.warning)
             continue
         if job.strict:
             raise InputError(f"{job.input}, line {row.line}: {row.error} (--strict stops at the first bad row)")
@@ -139,7 +164,7 @@ def _check(chunk: list[ScoredRow], job: ScoreJob, summary: ScoreSummary) -> None
         log.warning("line %d not scored: %s", row.line, row.error)
 
 
-def _score_locally(job: ScoreJob, rows: Iterable[InputRow]) -> tuple[str, Iterator[list[ScoredRow]]]:
+def _score_locally(job: ScoreJob, rows: Iterable[InputRow]) -> EngineRun:
     from ..runtime.predictor import OnnxMaskFiller
 
     filler = OnnxMaskFiller.from_pretrained(job.artifact, variant=job.variant, providers=job.providers,
@@ -148,10 +173,9 @@ def _score_locally(job: ScoreJob, rows: Iterable[InputRow]) -> tuple[str, Iterat
 
     def chunks() -> Iterator[list[ScoredRow]]:
         for chunk in _chunked(rows, CHUNK):
-            results = scorer.score_rows([r.text for r in chunk], job.options)
-            yield [to_scored_row(row, result) for row, result in zip(chunk, results)]
+            yield score_rows(scorer, chunk, job.options, filler.variant, filler.provider)
 
-    return filler.variant, chunks()
+    return EngineRun(filler.variant, filler.provider, chunks())
 
 
 def _chunked(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:

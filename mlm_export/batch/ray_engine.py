@@ -8,7 +8,8 @@ an explicit address is passed through unchanged. On a cluster, the artifact path
 on every worker (a shared file system); the driver reads the input and ships it as Arrow blocks.
 
 Rows come back in input order (`preserve_order`) and are written by the caller, so the output
-file is the local engine's, row for row.
+file is the local engine's, row for row. The kept input columns stay with the driver, which holds
+the input anyway, and are joined back by line; the actors see only lines and texts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..runtime.threads import default_threads
 from ..runtime.scoring import RowError, ScoreOptions
+from .engine import EngineRun
 from .table import InputRow, ScoredRow
 
 if TYPE_CHECKING:
@@ -52,17 +54,25 @@ class PLLActor:
                                                 public_key=public_key)
         self.scorer = filler.scorer()
         self.options = options
+        self.provider = filler.provider
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = ["" if t is None else t for t in batch["text"].tolist()]
-        results = list(self.scorer.score_rows(texts, self.options))
+        found = [str(e or "") for e in batch["read_error"].tolist()]  # the reader's verdict: not scored
+        scored = iter(self.scorer.score_rows([t for t, e in zip(texts, found) if not e], self.options))
+        results = [RowError(0, t, e) if e else next(scored) for t, e in zip(texts, found)]
         ok = [not isinstance(r, RowError) for r in results]
+        # Ray turns an all-None column into NaN: missing numbers are -1 or NaN, missing strings ""
         out: dict[str, Any] = {
             "text": np.array([r.text for r in results], dtype=object),
             "pll": np.array([np.nan if isinstance(r, RowError) else r.pll for r in results], dtype=np.float64),
             "n_tokens": np.array([-1 if isinstance(r, RowError) else r.n_tokens for r in results], dtype=np.int64),
-            "ok": np.array(ok, dtype=bool),  # Ray turns an all-None column into NaN: errors are "" when ok
+            "unknown_tokens": np.array([-1 if isinstance(r, RowError) else r.unknown_tokens for r in results],
+                                       dtype=np.int64),
+            "ok": np.array(ok, dtype=bool),
             "error": np.array([r.message if isinstance(r, RowError) else "" for r in results], dtype=object),
+            "warning": np.array(["" if isinstance(r, RowError) else r.warning or "" for r in results], dtype=object),
+            "provider": np.array([self.provider] * len(results), dtype=object),
         }
         if self.options.per_token:
             per_token = np.empty(len(results), dtype=object)  # ragged: one array per row
@@ -75,13 +85,15 @@ class PLLActor:
 
 
 def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
-                   sequences_per_batch: int = SEQUENCES_PER_BATCH) -> tuple[str, Iterator[list[ScoredRow]]]:
+                   sequences_per_batch: int = SEQUENCES_PER_BATCH) -> EngineRun:
     """Start (or join) Ray, and stream the scored rows back in input order."""
     from ..artifact.handle import Artifact
+    from .engine import EngineRun
     from ..runtime.backends import choose_backend, providers_for
     from ..variants import CPU, check_pairing, preferred
 
     ray = _ray()
+    started = False
     # fail here, not in every actor; a slim artifact serves the graphs it holds
     artifact = Artifact.open(job.artifact, public_key=job.public_key)
     variants = artifact.graphs_of("fill-mask")
@@ -100,16 +112,9 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
         raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "
                          f"{', '.join(sorted(variants))}")
     check_pairing(variant, variants[variant].precision, backend, job.artifact, variants)
-    if not ray.is_initialized():
-        address = job.ray_address or os.environ.get("RAY_ADDRESS") or None
-        _check_reachable(address, "--ray-address" if job.ray_address else "RAY_ADDRESS")
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR", configure_logging=True)
-        except ValueError as exc:  # Ray's word for an address it cannot parse: the user's input, not a bug
-            where = "--ray-address" if job.ray_address else "RAY_ADDRESS"
-            raise ConfigError(f"{where} {address!r} is not a Ray address ({_first_line(exc)}); give the cluster's "
-                              "HOST:PORT (e.g. 10.0.0.5:6379), 'auto', or leave it out for a local instance") from exc
+    started = not ray.is_initialized()
+    if started:
+        _init(ray, job)
     if not job.progress:  # -q, --json or no terminal: Ray Data's own INFO lines too
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
@@ -119,7 +124,8 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     workers = job.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
     # The driver reads the input (as the local engine does) and hands it to Ray as Arrow blocks: read
     # tasks would wait for CPUs that the actor pool holds (a 2-CPU machine deadlocked on read_parquet).
-    blocks = _arrow_blocks(rows, workers, sequences_per_batch)
+    kept: dict[int, tuple[Any, ...]] = {}
+    blocks = _arrow_blocks(rows, workers, sequences_per_batch, kept)
     dataset = ray.data.from_arrow(blocks)
     scored = dataset.map_batches(
         PLLActor, batch_size=max(1, blocks[0].num_rows), batch_format="numpy", num_cpus=threads,
@@ -128,35 +134,67 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
         fn_constructor_kwargs={"artifact": str(Path(job.artifact).resolve()), "variant": variant,
                                "threads": threads, "options": job.options, "providers": providers,
                                "public_key": None if job.public_key is None else str(Path(job.public_key).resolve())})
-    return variant, _rows(scored, max(1, blocks[0].num_rows))
+    return EngineRun(variant, backend, _rows(scored, max(1, blocks[0].num_rows), variant, kept),
+                     close=ray.shutdown if started else None)
 
 
-def _arrow_blocks(rows: Iterable[InputRow], workers: int, largest: int) -> list[Any]:
+def _init(ray: Any, job: ScoreJob) -> None:
+    """`ray.init`, keeping the process's own SIGTERM handler: Ray installs one that calls `sys.exit(15)`,
+    which made a terminated run exit 15 with no `Error:` line instead of 143 with one."""
+    import signal
+    import threading
+
+    address = job.ray_address or os.environ.get("RAY_ADDRESS") or None
+    where = "--ray-address" if job.ray_address else "RAY_ADDRESS"
+    _check_reachable(address, where)
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", configure_logging=True)
+    except ValueError as exc:  # Ray's word for an address it cannot parse: the user's input, not a bug
+        raise ConfigError(f"{where} {address!r} is not a Ray address ({_first_line(exc)}); give the cluster's "
+                          "HOST:PORT (e.g. 10.0.0.5:6379), 'auto', or leave it out for a local instance") from exc
+    finally:
+        if main_thread and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _arrow_blocks(rows: Iterable[InputRow], workers: int, largest: int, kept: dict[int, tuple[Any, ...]]) -> list[Any]:
     """The input as Arrow tables of at most `largest` rows, at least four per actor where the input
-    allows, so that every actor gets work."""
+    allows, so that every actor gets work. The rows' kept values go to `kept`, by line."""
     import pyarrow as pa
 
     lines: list[int] = []
     texts: list[Any] = []
+    errors: list[str] = []
     for row in rows:
         lines.append(row.line)
         texts.append(row.text)
-    table = pa.table({"line": pa.array(lines, pa.int64()), "text": pa.array(texts, pa.string())})
+        errors.append(row.error or "")
+        if row.kept:
+            kept[row.line] = row.kept
+    table = pa.table({"line": pa.array(lines, pa.int64()), "text": pa.array(texts, pa.string()),
+                      "read_error": pa.array(errors, pa.string())})
     size = max(1, min(largest, -(-len(lines) // (4 * workers))))
     return [table.slice(start, size) for start in range(0, max(len(lines), 1), size)]
 
 
-def _rows(scored: Any, size: int) -> Iterator[list[ScoredRow]]:
+def _rows(scored: Any, size: int, variant: str, kept: dict[int, tuple[Any, ...]]) -> Iterator[list[ScoredRow]]:
     for batch in scored.iter_batches(batch_size=size, batch_format="numpy"):
         chunk = []
         for i in range(len(batch["text"])):
             line = int(batch["line"][i])
+            provider, values = str(batch["provider"][i]), kept.pop(line, ())
             if not batch["ok"][i]:
-                chunk.append(ScoredRow(line, str(batch["text"][i]), None, None, None, str(batch["error"][i])))
+                chunk.append(ScoredRow(line, str(batch["text"][i]), None, None, None, str(batch["error"][i]),
+                                       variant=variant, provider=provider, kept=values))
                 continue
             per_token = batch["token_log_probs"][i] if "token_log_probs" in batch else None
             chunk.append(ScoredRow(line, str(batch["text"][i]), float(batch["pll"][i]), int(batch["n_tokens"][i]),
-                                   None if per_token is None else tuple(float(v) for v in per_token)))
+                                   None if per_token is None else tuple(float(v) for v in per_token), None,
+                                   int(batch["unknown_tokens"][i]), str(batch["warning"][i]) or None, variant,
+                                   provider, values))
         yield chunk
 
 

@@ -3,39 +3,72 @@
 Inputs are read as a stream, so the local engine never holds a file of millions of sequences whole
 (the Ray engine's driver does, to ship it to the actors):
 - a text file, one sequence per line (`line` is the line number, as `wc -l` counts);
-- CSV (`line` is the line the record ends on) or Parquet (`line` is the 1-based row) with a column.
+- FASTA (`.fa`, `.fasta`, `.faa`, `.fas`): one sequence per record, its lines joined; `line` is the
+  header's line, and the record's `id` (the header's first word) and `description` are kept;
+- CSV (`line` is the line the record ends on) or Parquet (`line` is the 1-based row) with a column
+  of sequences; the other columns are kept (all by default, `keep` to choose).
+A row the reader cannot use (a line that is not UTF-8, a CSV record with the wrong number of fields)
+becomes a row error, as a sequence the model cannot score does; only a file that cannot be read as
+its format at all is refused.
 
-Outputs are JSON Lines (a file, or stdout) or Parquet, one row per input row in input order. A file
-output is written under a temporary name beside it and renamed into place only when complete, so
-an interrupted run leaves no half-written file, and an existing file is replaced only when asked.
+Outputs are JSON Lines (a file, or stdout) or Parquet, one row per input row in input order: the kept
+columns, then ours (`OUTPUT_FIELDS`). A file output is an `OutputFile`: it appears whole or not at all,
+and replaces an existing file only when asked.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import decimal
 import json
+import math
 import os
+import re
+import stat
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import ArtifactError, InputError, StorageError
+from ..errors import InputError
+from ..publish import OutputFile
 
 TEXT_SUFFIXES = (".txt", ".seq", ".text", "")
+FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas")
+FORMATS = ("text", "fasta", "csv", "parquet")
 DEFAULT_COLUMNS = ("text", "sequence")
+FASTA_COLUMNS = ("id", "description")
+OUTPUT_FIELDS = ("line", "text", "pll", "n_tokens", "unknown_tokens", "variant", "provider", "token_log_probs",
+                 "error", "warning")
+CSV_FIELD_LIMIT = 64 << 20  # bytes; the csv module's default (128 KiB) aborted a run on one long field
+_FASTA_HEADER = re.compile(r">\S")  # a quoted e-mail line ("> text") is not one
 
 
 @dataclass(frozen=True)
 class InputRow:
     line: int
     text: str
+    kept: tuple[Any, ...] = ()  # the values of `InputTable.kept`, in order
+    error: str | None = None    # found while reading: the row is reported, not scored
+
+
+@dataclass
+class InputTable:
+    """An input file, checked (format, columns) but not yet read: its rows stream from `rows`."""
+
+    path: Path
+    format: str
+    column: str | None             # the column (CSV, Parquet) that holds the sequences
+    kept: tuple[str, ...]          # input columns copied into every output row
+    kept_types: tuple[Any, ...]    # their Arrow types, for a Parquet output (None: strings)
+    rows: Iterator[InputRow] = field(repr=False)
 
 
 @dataclass(frozen=True)
 class ScoredRow:
-    """One output row: a score, or the reason there is none (`error`)."""
+    """One output row: a score, or the reason there is none (`error`); `warning` flags a doubtful score."""
 
     line: int
     text: str
@@ -43,54 +76,175 @@ class ScoredRow:
     n_tokens: int | None
     token_log_probs: tuple[float, ...] | None = None
     error: str | None = None
+    unknown_tokens: int | None = None
+    warning: str | None = None
+    variant: str = ""
+    provider: str = ""
+    kept: tuple[Any, ...] = ()
 
-    def to_dict(self, per_token: bool) -> dict[str, Any]:
-        row: dict[str, Any] = {"line": self.line, "text": self.text, "pll": self.pll, "n_tokens": self.n_tokens}
+    def to_dict(self, per_token: bool, kept: Sequence[str] = ()) -> dict[str, Any]:
+        row: dict[str, Any] = {name: _jsonable(value) for name, value in zip(kept, self.kept)}
+        row.update({"line": self.line, "text": self.text, "pll": self.pll, "n_tokens": self.n_tokens,
+                    "unknown_tokens": self.unknown_tokens, "variant": self.variant, "provider": self.provider})
         if per_token:
             row["token_log_probs"] = None if self.token_log_probs is None else list(self.token_log_probs)
         if self.error is not None:
             row["error"] = self.error
+        if self.warning is not None:
+            row["warning"] = self.warning
         return row
 
 
-def input_format(path: Path) -> str:
+def _jsonable(value: Any) -> Any:
+    """A kept Parquet value as JSON holds it: dates as ISO 8601, decimals and bytes as text, NaN as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def input_format(path: Path, given: str | None = None) -> str:
+    """The format `given` (--format), else the one the suffix names."""
+    if given is not None:
+        if given not in FORMATS:
+            raise InputError(f"input format must be one of {', '.join(FORMATS)}, got {given!r}")
+        return given
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return "csv"
     if suffix in (".parquet", ".pq"):
         return "parquet"
+    if suffix in FASTA_SUFFIXES:
+        return "fasta"
     if suffix in TEXT_SUFFIXES:
         return "text"
     raise InputError(f"{path}: unknown input format {suffix!r}; give a text file (one sequence per line, "
-                     ".txt), a .csv or a .parquet file")
+                     f".txt), FASTA ({', '.join(FASTA_SUFFIXES)}), a .csv or a .parquet file, or name the "
+                     "format with --format")
 
 
-def read_rows(path: Path, column: str | None = None) -> Iterator[InputRow]:
-    """Stream the sequences of `path`; the file is checked (exists, column present) before the first row."""
+def read_rows(path: Path, column: str | None = None, keep: Sequence[str] | None = None,
+              format: str | None = None) -> InputTable:
+    """Open `path` for streaming; the file is checked (exists, format, columns) before the first row.
+
+    `keep`: the input columns to copy into the output rows; None keeps every one but the sequences'.
+    """
     if not path.is_file():
         raise InputError(f"{path} is not a file")
-    kind = input_format(path)
+    kind = input_format(path, format)
+    if kind in ("text", "fasta") and column is not None:
+        raise InputError(f"--column applies to CSV and Parquet inputs; {path} is read as {kind}")
     if kind == "text":
-        if column is not None:
-            raise InputError("--column applies to CSV and Parquet inputs; a text file holds one sequence per line")
-        return _text_rows(path)
+        if keep:
+            raise InputError(f"{path} is read as text, one sequence per line: it has no columns to keep")
+        return InputTable(path, kind, None, (), (), _text_rows(path, checked=format is None))
+    if kind == "fasta":
+        kept = _kept(path, list(FASTA_COLUMNS), None, keep)
+        picks = [FASTA_COLUMNS.index(name) for name in kept]
+        rows = (InputRow(r.line, r.text, tuple(r.kept[i] for i in picks), r.error) for r in _fasta_rows(path))
+        return InputTable(path, kind, None, kept, (None,) * len(kept), rows)
     if kind == "csv":
-        return _csv_rows(path, column)
-    return _parquet_rows(path, column)
+        return _csv_table(path, column, keep)
+    return _parquet_table(path, column, keep)
 
 
-def _text_rows(path: Path) -> Iterator[InputRow]:
-    """Lines end at \n (\r\n too); a lone \r stays inside its line, so line numbers match `wc -l`."""
+def _kept(path: Path, columns: list[str], sequences: str | None, keep: Sequence[str] | None) -> tuple[str, ...]:
+    """The columns to keep: checked against the input's, and against the names of our own fields."""
+    if keep is None:
+        chosen = [c for c in columns if c != sequences]
+    else:
+        chosen = list(dict.fromkeys(keep))
+        for name in chosen:
+            if name not in columns:
+                raise InputError(f"--keep-columns: {path} has no column {name!r}; it has "
+                                 f"{', '.join(map(repr, columns))}")
+            if name == sequences:
+                raise InputError(f"--keep-columns: {name!r} holds the sequences; they are in every row as `text`")
+    clash = [c for c in chosen if c in OUTPUT_FIELDS]
+    if clash:
+        raise InputError(f"{path} has a column named {clash[0]!r}, which is also a field of the output rows; "
+                         "choose the columns to keep with --keep-columns (--keep-columns '' keeps none)")
+    if any(columns.count(c) > 1 for c in chosen):
+        raise InputError(f"{path} has two columns named {next(c for c in chosen if columns.count(c) > 1)!r}; "
+                         "rename one, or leave it out with --keep-columns")
+    return tuple(chosen)
+
+
+def _decode(raw: bytes, number: int) -> tuple[str, str | None]:
+    """A line as text, and the reason it is not UTF-8 (the row then becomes a row error)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (raw.decode("utf-8", "backslashreplace"),
+                f"not UTF-8 text ({exc.reason} at byte {exc.start} of line {number}); fix the file's encoding")
+    return (line.removeprefix("\ufeff") if number == 1 else line), None  # a byte-order mark, as editors write
+
+
+def _text_rows(path: Path, checked: bool) -> Iterator[InputRow]:
+    """Lines end at \n (\r\n too); a lone \r stays inside its line, so line numbers match `wc -l`.
+
+    A file whose first line is a FASTA header is refused unless the format was given (`checked`
+    False): every header would be scored as a sequence, and every record cut into lines.
+    """
+    handle = open(path, "rb")  # noqa: SIM115 (closed by the generator)
+    first = handle.readline()
+    if checked and _FASTA_HEADER.match(_decode(first, 1)[0]):
+        handle.close()
+        raise InputError(f"{path}, line 1 is a FASTA header ({first[:40].decode('utf-8', 'replace').strip()!r}): "
+                         "name the file .fasta or .fa, or pass --format fasta (--format text scores every line)")
+
+    def rows() -> Iterator[InputRow]:
+        with handle:
+            if first:
+                yield _text_row(1, first)
+            for number, raw in enumerate(handle, 2):
+                yield _text_row(number, raw)
+
+    return rows()
+
+
+def _text_row(number: int, raw: bytes) -> InputRow:
+    line, error = _decode(raw, number)
+    return InputRow(number, line.removesuffix("\n").removesuffix("\r"), (), error)
+
+
+def _fasta_rows(path: Path) -> Iterator[InputRow]:
+    """Records of `>id description` and sequence lines (joined, whitespace dropped); blank lines and
+    `;` comment lines are skipped. Text before the first header is refused: the file is not FASTA."""
     with open(path, "rb") as handle:
+        header: tuple[Any, ...] | None = None
+        parts: list[str] = []
+        error: str | None = None
         for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start} of "
-                                 "the line)") from exc
-            if number == 1:
-                line = line.removeprefix("\ufeff")  # a byte-order mark, as some editors write
-            yield InputRow(number, line.removesuffix("\n").removesuffix("\r"))
+            line, bad = _decode(raw, number)
+            line = line.strip()
+            if not line or line.startswith(";"):
+                continue
+            if line.startswith(">"):
+                if header is not None:
+                    yield InputRow(header[0], "".join(parts), header[1:], error)
+                words = line[1:].split(maxsplit=1)
+                header, parts, error = (number, *(words + ["", ""])[:2]), [], bad
+                continue
+            if header is None:
+                raise InputError(f"{path}, line {number}: a sequence before the first '>' header; a FASTA file "
+                                 "starts with a header line ('>id description'). For one sequence per line, name "
+                                 "the file .txt or pass --format text")
+            parts.append("".join(line.split()))
+            error = error or bad
+        if header is not None:
+            yield InputRow(header[0], "".join(parts), header[1:], error)
 
 
 def _pick_column(path: Path, columns: list[str], column: str | None) -> str:
@@ -108,7 +262,8 @@ def _pick_column(path: Path, columns: list[str], column: str | None) -> str:
     return name
 
 
-def _csv_rows(path: Path, column: str | None) -> Iterator[InputRow]:
+def _csv_table(path: Path, column: str | None, keep: Sequence[str] | None) -> InputTable:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))  # a long field is a row error, later
     handle = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 (closed by the generator)
     reader = csv.reader(handle, strict=True)  # a stray quote is an error, not rows merged into one
     try:
@@ -119,20 +274,28 @@ def _csv_rows(path: Path, column: str | None) -> Iterator[InputRow]:
     if header is None:
         handle.close()
         raise InputError(f"{path} is empty; a CSV input needs a header row")
-    index = header.index(_pick_column(path, header, column))
+    try:
+        name = _pick_column(path, header, column)
+        kept = _kept(path, header, name, keep)
+    except InputError:
+        handle.close()
+        raise
+    index = header.index(name)
+    picks = [header.index(k) for k in kept]
 
     def rows() -> Iterator[InputRow]:
         with handle:
             try:
                 for record in reader:
                     if len(record) != len(header):  # a shifted row would score the wrong field
-                        raise InputError(f"{path}, line {reader.line_num}: {len(record)} fields, the header has "
-                                         f"{len(header)}")
-                    yield InputRow(reader.line_num, record[index])
+                        yield InputRow(reader.line_num, "", tuple(None for _ in picks),
+                                       f"{len(record)} fields, the header has {len(header)}")
+                        continue
+                    yield InputRow(reader.line_num, record[index], tuple(record[i] for i in picks))
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise InputError(f"{path}, line {reader.line_num}: cannot read the CSV ({exc})") from exc
 
-    return rows()
+    return InputTable(path, "csv", name, kept, (None,) * len(kept), rows())
 
 
 def _open_parquet(path: Path, column: str | None) -> tuple[Any, str]:
@@ -151,22 +314,30 @@ def _open_parquet(path: Path, column: str | None) -> tuple[Any, str]:
     return parquet, name
 
 
-def parquet_column(path: Path, column: str | None) -> str:
-    """The column of a Parquet input that holds the sequences (checked, not read)."""
-    return _open_parquet(path, column)[1]
-
-
-def _parquet_rows(path: Path, column: str | None) -> Iterator[InputRow]:
+def _parquet_table(path: Path, column: str | None, keep: Sequence[str] | None) -> InputTable:
     parquet, name = _open_parquet(path, column)
+    schema = parquet.schema_arrow
+    kept = _kept(path, schema.names, name, keep)
 
     def rows() -> Iterator[InputRow]:
         number = 0
-        for batch in parquet.iter_batches(columns=[name], batch_size=4096):
-            for value in batch.column(0).to_pylist():
+        for batch in parquet.iter_batches(columns=[name, *kept], batch_size=4096):
+            texts = batch.column(0).to_pylist()
+            values = [batch.column(i + 1).to_pylist() for i in range(len(kept))]
+            for i, text in enumerate(texts):
                 number += 1
-                yield InputRow(number, "" if value is None else value)  # a null is an empty sequence
+                yield InputRow(number, "" if text is None else text,  # a null is an empty sequence
+                               tuple(v[i] for v in values))
 
-    return rows()
+    return InputTable(path, "parquet", name, kept, tuple(schema.field(k).type for k in kept), rows())
+
+
+def _is_stream(path: Path) -> bool:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 def _pyarrow_parquet(what: str) -> Any:
@@ -181,126 +352,114 @@ class RowWriter:
     """Writes scored rows to JSON Lines or Parquet; a file appears under its name only when complete."""
 
     def __init__(self, path: Path | None, per_token: bool, force: bool = False, stdout: IO[str] | None = None,
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, kept: Sequence[str] = (), kept_types: Sequence[Any] = ()) -> None:
         self.path = path
-        self.force = force
         self.per_token = per_token
+        self.kept = tuple(kept)
+        self.kept_types = tuple(kept_types) or (None,) * len(self.kept)
         self.kind = "jsonl" if path is None or path.suffix.lower() in (".jsonl", ".json", ".ndjson") else None
         if path is not None and path.suffix.lower() in (".parquet", ".pq"):
             self.kind = "parquet"
+        if self.kind is None and path is not None and _is_stream(path):
+            self.kind = "jsonl"  # /dev/stdout, a named pipe: JSON Lines, as on stdout
         if self.kind is None:
             raise InputError(f"{path}: the output is .jsonl or .parquet")
-        self._tmp: Path | None = None
+        self._file: OutputFile | None = None
         self._stream: IO[str] | None = None
         self._parquet: Any = None
+        self._binary: IO[bytes] | None = None  # the Parquet file under the writer, closed after it
         self._pending: list[ScoredRow] = []
         if path is None:
             self._stream = stdout or sys.stdout
             return
-        if path.is_dir():
-            raise InputError(f"{path} is a directory; --output names a file")
         if source is not None and path.exists() and os.path.samefile(path, source):
             raise InputError(f"{path} is the input; choose another --output")
-        if path.exists() and not force:
-            raise InputError(f"{path} exists; pass --force (ScoreJob(force=True)) to replace it, or choose "
-                             "another --output")
-        if not path.parent.is_dir():
-            raise InputError(f"the folder of {path} does not exist")
-        self._tmp = path.parent / f".{path.name}.mlm-export-tmp-{os.getpid()}"
-        try:
-            if self.kind == "jsonl":
-                self._stream = open(self._tmp, "x", encoding="utf-8")  # noqa: SIM115 (closed in close/abort)
-            else:  # opened now: an unwritable folder or a missing pyarrow is found before any scoring
-                self._open_parquet()
-        except OSError as exc:
-            self.abort()
-            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        self._file = OutputFile(path, force=force)
+        if self.kind == "jsonl":
+            self._stream = self._file.open()
+        else:  # opened now: an unwritable folder or a missing pyarrow is found before any scoring
+            pq = _pyarrow_parquet("Parquet output")
+            self._binary = self._file.open(binary=True)
+            try:
+                self._parquet = pq.ParquetWriter(self._binary, self._schema())
+            except OSError as exc:
+                self.abort()
+                raise self._file.storage_error(exc) from exc
 
     def write(self, rows: list[ScoredRow]) -> None:
-        if self.kind == "jsonl":
-            assert self._stream is not None
-            self._stream.write("".join(json.dumps(r.to_dict(self.per_token), allow_nan=False) + "\n" for r in rows))
-            self._stream.flush()
-        else:
-            self._pending.extend(rows)
-            if len(self._pending) >= 8192:
-                self._flush_parquet()
+        try:
+            if self.kind == "jsonl":
+                assert self._stream is not None
+                self._stream.write("".join(json.dumps(r.to_dict(self.per_token, self.kept), allow_nan=False) + "\n"
+                                           for r in rows))
+                self._stream.flush()
+            else:
+                self._pending.extend(rows)
+                if len(self._pending) >= 8192:
+                    self._flush_parquet()
+        except OSError as exc:  # no space, a read-only remount, a quota: the user's to fix
+            if self._file is None:
+                raise
+            raise self._file.storage_error(exc) from exc
 
     def _schema(self) -> Any:
         import pyarrow as pa
 
-        fields = [pa.field("line", pa.int64()), pa.field("text", pa.string()), pa.field("pll", pa.float64()),
-                  pa.field("n_tokens", pa.int64()), pa.field("error", pa.string())]
+        fields = [pa.field(name, pa.string() if kind is None else kind)
+                  for name, kind in zip(self.kept, self.kept_types)]
+        fields += [pa.field("line", pa.int64()), pa.field("text", pa.string()), pa.field("pll", pa.float64()),
+                   pa.field("n_tokens", pa.int64()), pa.field("unknown_tokens", pa.int64()),
+                   pa.field("variant", pa.string()), pa.field("provider", pa.string()),
+                   pa.field("error", pa.string()), pa.field("warning", pa.string())]
         if self.per_token:
             fields.append(pa.field("token_log_probs", pa.list_(pa.float64())))
         return pa.schema(fields)
-
-    def _open_parquet(self) -> None:
-        pq = _pyarrow_parquet("Parquet output")
-        self._parquet = pq.ParquetWriter(self._tmp, self._schema())
 
     def _flush_parquet(self) -> None:
         import pyarrow as pa
 
         schema = self._schema()
-        columns = {f.name: [getattr(r, f.name) for r in self._pending] for f in schema}
+        columns: dict[str, list[Any]] = {name: [r.kept[i] for r in self._pending] for i, name in enumerate(self.kept)}
+        for name in schema.names[len(self.kept):]:
+            columns[name] = [getattr(r, name) for r in self._pending]
         if self.per_token:
             columns["token_log_probs"] = [None if v is None else list(v) for v in columns["token_log_probs"]]
         self._parquet.write_table(pa.Table.from_pydict(columns, schema=schema))
         self._pending = []
 
     def close(self) -> None:
-        """Finish the file and move it into place."""
-        if self.kind == "parquet":
-            if self._pending:
-                self._flush_parquet()
-            self._parquet.close()
-        elif self._stream is not None and self._tmp is not None:
-            self._stream.close()
-        if self._tmp is not None and self.path is not None:
-            tmp, self._tmp = self._tmp, None  # from here on, _publish decides what becomes of it
-            self._publish(tmp, self.path)
-
-    def _publish(self, tmp: Path, path: Path) -> None:
-        """Move the finished file into place. Without `force` the name is taken exclusively (a hard link
-        fails on an existing name): a file that appeared there during the run, a user's or a second run's,
-        is left untouched, and the scores are kept under a name of their own."""
-        if self.force:
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            return
+        """Finish the file and publish it under its name."""
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            kept = path.with_name(f"{path.stem}.mlm-export-{os.getpid()}{path.suffix}")
-            try:
-                os.link(tmp, kept)
-            except OSError:
-                kept = tmp  # the temporary name, then: it is complete
-            else:
-                tmp.unlink()
-            raise ArtifactError(f"{path} appeared while the scores were being written, and mlm-export does not "
-                                f"replace it without --force: it was left untouched. The scores are in {kept}") \
-                from None
-        except OSError:  # a file system without hard links: check, then rename (the old, racier way)
-            if os.path.lexists(path):
-                raise ArtifactError(f"{path} appeared while the scores were being written; it was left "
-                                    f"untouched. The scores are in {tmp}") from None
-            os.replace(tmp, path)
-            return
-        tmp.unlink()
+            if self.kind == "parquet":
+                if self._pending:
+                    self._flush_parquet()
+                self._parquet.close()
+                self._parquet = None
+                assert self._binary is not None
+                self._binary.close()
+                self._binary = None
+            elif self._file is not None and self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        except OSError as exc:
+            self.abort()
+            if self._file is None:
+                raise
+            raise self._file.storage_error(exc) from exc
+        if self._file is not None:
+            self._file.publish()
 
     def abort(self) -> None:
         """Remove the partial file (ours alone: the temporary name)."""
         try:
             if self._parquet is not None:
                 self._parquet.close()
-            if self._stream is not None and self._tmp is not None:
-                self._stream.close()
+            for handle in (self._binary, self._stream if self._file is not None else None):
+                if handle is not None:
+                    handle.close()
+        except OSError:
+            pass  # closing a file on a full disk fails again; it is removed all the same
         finally:
-            if self._tmp is not None:
-                self._tmp.unlink(missing_ok=True)
-                self._tmp = None
+            self._parquet = self._stream = self._binary = None
+            if self._file is not None:
+                self._file.discard()

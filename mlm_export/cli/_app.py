@@ -96,8 +96,8 @@ class _Cli(click.Group):
     @staticmethod
     def _interrupted(output: _Output, exc: KeyboardInterrupt) -> int:
         message = str(exc) or "interrupted (SIGINT)"
-        return output.error("Interrupted", f"{message}; nothing half-written was left (an export leaves its "
-                            "complete artifact or nothing)",
+        return output.error("Interrupted", f"{message}; nothing half-written was left (an output appears "
+                            "whole or not at all)",
                             getattr(exc, "exit_code", INTERRUPT_EXIT), exc)
 
 

@@ -34,7 +34,7 @@ def predict_command(directory: Path, texts: tuple[str, ...], top_k: int, variant
     results: Any = filler(list(texts), top_k=top_k, return_sequence=not no_sequence)
     if len(texts) == 1:  # the filler, like the pipeline, gives a one-element list its element's result
         results = [results]
-    lines = []
+    lines = [f"({filler.variant} on {filler.provider})"]  # the default variant depends on the CPU
     for text, result in zip(texts, results):
         lines.append(text)
         masks = [result] if result and isinstance(result[0], dict) else result

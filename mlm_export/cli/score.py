@@ -17,6 +17,14 @@ from ._common import command, common_options, quiet_option, key_file, providers_
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="A .jsonl or .parquet file [JSON Lines on stdout].")
 @click.option("--column", help="The CSV/Parquet column with the sequences [text, or sequence].")
+@click.option("--format", "input_format", type=click.Choice(["text", "fasta", "csv", "parquet"]),
+              help="How to read INPUT [from its suffix: .txt, .fa/.fasta, .csv, .parquet].")
+@click.option("--keep-columns", metavar="NAMES",
+              help="Comma-separated input columns to copy into every row ('' for none) [all but the "
+                   "sequences; FASTA: id,description].")
+@click.option("--max-unknown", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Warn about a sequence with a larger share of tokens unknown to the model (refuse it "
+                   "with --strict).")
 @click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
               help="sum: Salazar et al.'s PLL; mean: per scored token.")
 @click.option("--exclude-special", is_flag=True,
@@ -37,30 +45,45 @@ from ._common import command, common_options, quiet_option, key_file, providers_
 @click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
 @quiet_option
 @common_options
-def score_command(directory: Path, input_path: Path, output: Path | None, column: str | None, reduction: str,
+def score_command(directory: Path, input_path: Path, output: Path | None, column: str | None,
+                  input_format: str | None, keep_columns: str | None, max_unknown: float, reduction: str,
                   exclude_special: bool, per_token: bool, variant: str | None, providers: str,
                   threads: int | None, batch_size: int, engine: str, ray_address: str | None,
                   workers: int | None, strict: bool, force: bool, key: Path | None, quiet: bool,
                   as_json: bool) -> None:
     """Pseudo-log-likelihood of every sequence in INPUT with the artifact in DIRECTORY.
 
-    INPUT is a text file (one sequence per line), or a .csv/.parquet file with --column. Each output
-    row holds line, text, pll and n_tokens, in input order; a row that cannot be scored holds `error`
-    instead (and a warning names its line) unless --strict.
+    INPUT is a text file (one sequence per line), FASTA, or a .csv/.parquet file with --column. Each
+    output row holds the input's other columns (FASTA: id, description), then line, text, pll,
+    n_tokens, unknown_tokens, variant and provider, in input order; a row that cannot be scored holds
+    `error` instead (and a warning names its line) unless --strict.
     """
     from ..batch import ScoreJob, score_file
     from ..runtime.scoring import ScoreOptions
 
     output_ = _out()
     job = ScoreJob(directory, input_path, output, column,
-                   ScoreOptions(reduction, exclude_special, per_token, batch_size), variant, providers, threads,
-                   strict, force, engine, ray_address, workers, progress=not (quiet or as_json), public_key=key)
+                   ScoreOptions(reduction, exclude_special, per_token, batch_size, max_unknown), variant, providers,
+                   threads, strict, force, engine, ray_address, workers, progress=not (quiet or as_json),
+                   public_key=key, keep_columns=_names(keep_columns), format=input_format)
     output_.jsonl = output is None  # the rows stream to stdout: a failure ends it with one error record
     summary = score_file(job, stdout=output_.stream)
     failed = f"; {len(summary.failed)} not scored (lines {', '.join(str(n) for n, _ in summary.failed[:10])}" \
              f"{', ...' if len(summary.failed) > 10 else ''})" if summary.failed else ""
     rate = f" ({summary.rows / summary.seconds:.1f}/s)" if summary.seconds else ""
-    logging.getLogger("mlm_export").info("scored %d of %d sequences with %s in %.1f s%s%s", summary.scored,
-                                         summary.rows, summary.variant, summary.seconds, rate, failed)
+    log = logging.getLogger("mlm_export")
+    log.info("scored %d of %d sequences with %s on %s in %.1f s%s%s", summary.scored, summary.rows,
+             summary.variant, summary.provider, summary.seconds, rate, failed)
+    if summary.warned:
+        log.warning("%d scored sequences are more than %.0f%% tokens unknown to the model (lines %s%s); their "
+                    "scores mean little: see each row's warning", len(summary.warned), max_unknown * 100,
+                    ", ".join(str(n) for n, _ in summary.warned[:10]), ", ..." if len(summary.warned) > 10 else "")
     if output is not None and as_json:
         output_.result("score", summary.to_dict(), "")
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    """--keep-columns: None keeps every column; '' keeps none."""
+    if value is None:
+        return None
+    return tuple(name.strip() for name in value.split(",") if name.strip())

@@ -13,6 +13,8 @@ Conventions:
   out ("[SEP]"); an unknown-character token (UNK) is scored like a word, since it stands for part
   of the text;
 - `reduction="sum"` is Salazar et al.'s PLL, `"mean"` divides by the number of scored tokens;
+- a sequence with more than `max_unknown` (10%) of its scored tokens UNK gets a `warning` (a
+  lower-case protein chain is all UNK to an upper-case vocabulary: its score means nothing);
 - `exclude_special=True` takes the softmax over the vocabulary without its special tokens
   (AntiBERTy's `pseudo_log_likelihood` convention); a text with a token the vocabulary lacks (UNK)
   is then refused, since that token has no probability at all.
@@ -32,6 +34,7 @@ from .graph import LoadedGraph, require_scoring
 
 REDUCTIONS = ("sum", "mean")
 DEFAULT_COPIES_PER_RUN = 128  # masked copies per graph run; a longer sequence runs in several
+DEFAULT_MAX_UNKNOWN = 0.1  # of a sequence's scored tokens; English BERT text has almost none
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,16 @@ class PLLScore:
     pll: float
     n_tokens: int
     token_log_probs: tuple[float, ...] | None = None  # per scored token, in order, when asked for
+    unknown_tokens: int = 0  # scored tokens that are the vocabulary's UNK: characters it lacks
+    warning: str | None = None  # set when more than `ScoreOptions.max_unknown` of the tokens are UNK
 
     def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"text": self.text, "pll": self.pll, "n_tokens": self.n_tokens}
+        row: dict[str, Any] = {"text": self.text, "pll": self.pll, "n_tokens": self.n_tokens,
+                               "unknown_tokens": self.unknown_tokens}
         if self.token_log_probs is not None:
             row["token_log_probs"] = list(self.token_log_probs)
+        if self.warning is not None:
+            row["warning"] = self.warning
         return row
 
 
@@ -58,6 +66,7 @@ class ScoreOptions:
     exclude_special: bool = False
     per_token: bool = False
     copies_per_run: int = DEFAULT_COPIES_PER_RUN
+    max_unknown: float = DEFAULT_MAX_UNKNOWN  # a larger share of UNK tokens gets a warning (the score is noise)
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
@@ -68,6 +77,9 @@ class ScoreOptions:
         size = self.copies_per_run
         if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
             raise InputError(f"batch_size must be a positive integer, got {size!r}")
+        share = self.max_unknown
+        if not isinstance(share, numbers.Real) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise InputError(f"max_unknown must be a fraction from 0 to 1, got {share!r}")
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,9 @@ class Scorer:
 
     def _unknown(self, text: str) -> str:
         encoding = self.tokenizer.encode(text)
-        spans = [text[a:b] for t, (a, b) in zip(encoding.ids, encoding.offsets) if t == self.unk_id]
-        return f"the sequence has characters the vocabulary lacks ({', '.join(repr(s) for s in spans[:5])})"
+        spans = dict.fromkeys(text[a:b] for t, (a, b) in zip(encoding.ids, encoding.offsets) if t == self.unk_id)
+        shown = ", ".join(repr(s) for s in list(spans)[:5]) + (", ..." if len(spans) > 5 else "")
+        return f"the sequence has characters the vocabulary lacks ({shown})"
 
     def _score_one(self, text: str, ids: list[int], options: ScoreOptions) -> PLLScore:
         positions = [i for i, t in enumerate(ids) if t not in self.unscored]
@@ -154,7 +167,17 @@ class Scorer:
         total = float(log_probs.sum())
         pll = total if options.reduction == "sum" else total / len(positions)
         per_token = tuple(float(v) for v in log_probs) if options.per_token else None
-        return PLLScore(text, pll, len(positions), per_token)
+        unknown = sum(1 for p in positions if ids[p] == self.unk_id)
+        warning = self._unknown_warning(text, unknown, len(positions)) \
+            if unknown > options.max_unknown * len(positions) else None
+        return PLLScore(text, pll, len(positions), per_token, unknown, warning)
+
+    def _unknown_warning(self, text: str, unknown: int, scored: int) -> str:
+        """Counts, the characters, and the fix when upper-casing would help (protein models read upper case)."""
+        message = f"{unknown} of {scored} scored tokens are unknown to the model: {self._unknown(text)}"
+        if text != text.upper() and self.tokenizer.encode(text.upper()).ids.count(self.unk_id) < unknown:
+            message += "; the model's vocabulary is upper case: upper-case the sequences"
+        return message
 
     def _run(self, copies: np.ndarray, targets: np.ndarray, exclude_special: bool) -> np.ndarray:
         feeds = self.graph.feeds(copies, top_k=1, target_ids=targets, exclude_special=exclude_special)
