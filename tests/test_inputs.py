@@ -149,7 +149,7 @@ def test_mostly_unknown_sequences_are_flagged_and_refused_under_strict(runner: C
     """The tiny vocabulary knows 'the cat' but not 'zq' or 'xv': a row over --max-unknown gets a warning
     with counts (scored all the same); --strict refuses it and writes nothing."""
     source = tmp_path / "in.txt"
-    source.write_text("the cat sat\nthe zq xv\n")
+    source.write_text("the cat sat\nthe zq xv\n" + "z" * 1000 + "\n")
     result = runner.invoke(main, ["score", str(tiny_artifact), str(source), "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 0, result.output
     rows = _rows((tmp_path / "o.jsonl").read_text())
@@ -157,6 +157,7 @@ def test_mostly_unknown_sequences_are_flagged_and_refused_under_strict(runner: C
     assert rows[1]["unknown_tokens"] == 2 and rows[1]["pll"] < 0
     assert rows[1]["warning"].startswith("2 of 3 scored tokens are unknown to the model")
     assert "'zq'" in rows[1]["warning"]
+    assert rows[2]["warning"].endswith(f"('{'z' * 20}'...)") and len(rows[2]["warning"]) < 200  # not 1000 z's
     assert "line 2: 2 of 3 scored tokens are unknown" in result.stderr
     lenient = runner.invoke(main, ["score", str(tiny_artifact), str(source), "--max-unknown", "0.7", "-q"])
     assert "warning" not in _rows(lenient.stdout)[1]
@@ -164,3 +165,65 @@ def test_mostly_unknown_sequences_are_flagged_and_refused_under_strict(runner: C
                                   "--strict"])
     assert strict.exit_code == 1 and "more than 10% unknown tokens" in strict.stderr
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_odd_files_are_named_for_what_they_are(runner: CliRunner, tiny_artifact: Path, tmp_path: Path) -> None:
+    """A gzip or UTF-16 file was read as 'a sequence before the first header'; a FASTA header after blank
+    lines in a .txt was scored; files joined with `cat` (a BOM inside) or with CR line ends merged records."""
+    import gzip
+
+    (tmp_path / "a.fa").write_bytes(gzip.compress(FASTA.encode()))
+    (tmp_path / "b.fa").write_text(FASTA, encoding="utf-16")
+    (tmp_path / "c.txt").write_text("\n\n>seq1\nthe cat\n")
+    for name, says in (("a.fa", "compressed with gzip"), ("b.fa", "UTF-16 text"),
+                       ("c.txt", "line 3 is a FASTA header")):
+        result = runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / name), "-q"])
+        assert result.exit_code == 1 and says in result.stderr, (name, result.output)
+    (tmp_path / "d.fa").write_bytes(b">s1\rthe cat\r>s2\rthe dog\r" + b">s3\nthe\n" + "\ufeff>s4\na tree\n".encode())
+    rows = _rows(runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "d.fa"), "-q"]).stdout)
+    assert [(r["id"], r["text"]) for r in rows] == [("s1", "thecat"), ("s2", "thedog"), ("s3", "the"), ("s4", "atree")]
+
+
+def test_a_csv_with_both_default_columns_asks_which(runner: CliRunner, tiny_artifact: Path, tmp_path: Path) -> None:
+    """`text` was scored silently even when the sequences were in `sequence`."""
+    (tmp_path / "in.csv").write_text("sequence,text\nthe cat,1\n")
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "in.csv"), "-q"])
+    assert result.exit_code == 1 and "both 'text' and 'sequence'" in result.stderr
+    chosen = runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "in.csv"), "--column", "sequence",
+                                  "--keep-columns", "", "-q"])
+    assert _rows(chosen.stdout)[0]["text"] == "the cat"
+
+
+def test_a_csv_line_that_is_not_utf8_is_its_rows_error(runner: CliRunner, tiny_artifact: Path, tmp_path: Path) -> None:
+    """One bad byte aborted the run, blamed on the header or on a line far from it."""
+    lines = [b"id,text"] + [b"%d,the cat" % n for n in range(3000)]
+    lines[2500] = b"2499,the ca\xfft"
+    (tmp_path / "in.csv").write_bytes(b"\n".join(lines) + b"\n")
+    rows = _rows(runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "in.csv"), "-q"]).stdout)
+    assert len(rows) == 3000 and [r["line"] for r in rows if "error" in r] == [2501]
+    assert rows[2499]["error"] == "line 2501 is not UTF-8 text; fix the file's encoding" and rows[2499]["id"] is None
+
+
+def test_a_uuid_column_is_kept_as_text(tiny_artifact: Path, tmp_path: Path) -> None:
+    """A Parquet UUID column ended in 'unexpected TypeError ... This is a bug' in JSON Lines."""
+    import uuid
+
+    key = uuid.UUID(int=7)
+    pq.write_table(pa.table({"text": ["the cat"], "key": pa.array([key.bytes], pa.uuid())}), tmp_path / "in.parquet")
+    score_file(ScoreJob(tiny_artifact, tmp_path / "in.parquet", tmp_path / "out.jsonl"))
+    assert _rows((tmp_path / "out.jsonl").read_text())[0]["key"] == str(key)
+
+
+def test_dash_and_dev_stdout_are_the_real_stdout(tiny_artifact: Path, tmp_path: Path) -> None:
+    """The CLI points file descriptor 1 at stderr while a command runs, so `-o /dev/stdout` once sent the
+    rows to stderr (and `| wc` counted nothing)."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "in.txt"
+    source.write_text("the cat sat\nthe dog\n")
+    for name in ("/dev/stdout", "-"):
+        done = subprocess.run([sys.executable, "-m", "mlm_export.cli", "score", str(tiny_artifact), str(source),
+                               "-o", name, "-q"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert [r["line"] for r in _rows(done.stdout)] == [1, 2] and '"pll"' not in done.stderr

@@ -111,7 +111,9 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # a UUID, an extension type: its text
 
 
 def input_format(path: Path, given: str | None = None) -> str:
@@ -143,6 +145,8 @@ def read_rows(path: Path, column: str | None = None, keep: Sequence[str] | None 
     if not path.is_file():
         raise InputError(f"{path} is not a file")
     kind = input_format(path, format)
+    if kind != "parquet":
+        _refuse_binary(path)
     if kind in ("text", "fasta") and column is not None:
         raise InputError(f"--column applies to CSV and Parquet inputs; {path} is read as {kind}")
     if kind == "text":
@@ -172,6 +176,9 @@ def _kept(path: Path, columns: list[str], sequences: str | None, keep: Sequence[
             if name == sequences:
                 raise InputError(f"--keep-columns: {name!r} holds the sequences; they are in every row as `text`")
     clash = [c for c in chosen if c in OUTPUT_FIELDS]
+    if clash and keep is not None:
+        raise InputError(f"--keep-columns: {clash[0]!r} is also a field of the output rows, so it cannot be kept "
+                         "under that name; rename the column in the input")
     if clash:
         raise InputError(f"{path} has a column named {clash[0]!r}, which is also a field of the output rows; "
                          "choose the columns to keep with --keep-columns (--keep-columns '' keeps none)")
@@ -179,6 +186,23 @@ def _kept(path: Path, columns: list[str], sequences: str | None, keep: Sequence[
         raise InputError(f"{path} has two columns named {next(c for c in chosen if columns.count(c) > 1)!r}; "
                          "rename one, or leave it out with --keep-columns")
     return tuple(chosen)
+
+
+_MAGIC = ((b"\x1f\x8b", "compressed with gzip: decompress it first (gunzip)"),
+          (b"(\xb5/\xfd", "compressed with zstd: decompress it first (unzstd)"),
+          (b"BZh", "compressed with bzip2: decompress it first (bunzip2)"),
+          (b"PK\x03\x04", "a zip archive: extract it first"),
+          (b"\xff\xfe", "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"),
+          (b"\xfe\xff", "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"))
+
+
+def _refuse_binary(path: Path) -> None:
+    """A compressed or UTF-16 file would be read as garbage rows; say what it is instead."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    for magic, what in _MAGIC:
+        if start.startswith(magic):
+            raise InputError(f"{path} is {what}; mlm-export reads UTF-8 text")
 
 
 def _decode(raw: bytes, number: int) -> tuple[str, str | None]:
@@ -194,21 +218,26 @@ def _decode(raw: bytes, number: int) -> tuple[str, str | None]:
 def _text_rows(path: Path, checked: bool) -> Iterator[InputRow]:
     """Lines end at \n (\r\n too); a lone \r stays inside its line, so line numbers match `wc -l`.
 
-    A file whose first line is a FASTA header is refused unless the format was given (`checked`
-    False): every header would be scored as a sequence, and every record cut into lines.
+    A file whose first non-blank line is a FASTA header is refused unless the format was given
+    (`checked` False): every header would be scored as a sequence, and every record cut into lines.
     """
     handle = open(path, "rb")  # noqa: SIM115 (closed by the generator)
-    first = handle.readline()
-    if checked and _FASTA_HEADER.match(_decode(first, 1)[0]):
+    head: list[bytes] = []
+    for raw in handle:  # the blank lines before the first text, and that line
+        head.append(raw)
+        if raw.strip() or len(head) >= 10_000:
+            break
+    first = _decode(head[-1], len(head))[0].strip() if head else ""
+    if checked and _FASTA_HEADER.match(first):
         handle.close()
-        raise InputError(f"{path}, line 1 is a FASTA header ({first[:40].decode('utf-8', 'replace').strip()!r}): "
-                         "name the file .fasta or .fa, or pass --format fasta (--format text scores every line)")
+        raise InputError(f"{path}, line {len(head)} is a FASTA header ({first[:40]!r}): name the file .fasta or "
+                         ".fa, or pass --format fasta (--format text scores every line)")
 
     def rows() -> Iterator[InputRow]:
         with handle:
-            if first:
-                yield _text_row(1, first)
-            for number, raw in enumerate(handle, 2):
+            for number, raw in enumerate(head, 1):
+                yield _text_row(number, raw)
+            for number, raw in enumerate(handle, len(head) + 1):
                 yield _text_row(number, raw)
 
     return rows()
@@ -227,22 +256,23 @@ def _fasta_rows(path: Path) -> Iterator[InputRow]:
         parts: list[str] = []
         error: str | None = None
         for number, raw in enumerate(handle, 1):
-            line, bad = _decode(raw, number)
-            line = line.strip()
-            if not line or line.startswith(";"):
-                continue
-            if line.startswith(">"):
-                if header is not None:
-                    yield InputRow(header[0], "".join(parts), header[1:], error)
-                words = line[1:].split(maxsplit=1)
-                header, parts, error = (number, *(words + ["", ""])[:2]), [], bad
-                continue
-            if header is None:
-                raise InputError(f"{path}, line {number}: a sequence before the first '>' header; a FASTA file "
-                                 "starts with a header line ('>id description'). For one sequence per line, name "
-                                 "the file .txt or pass --format text")
-            parts.append("".join(line.split()))
-            error = error or bad
+            decoded, bad = _decode(raw, number)
+            for line in decoded.split("\r"):  # old Mac line ends: a lone CR ends a line too
+                line = line.strip().lstrip("\ufeff")  # a BOM inside: files joined with cat
+                if not line or line.startswith(";"):
+                    continue
+                if line.startswith(">"):
+                    if header is not None:
+                        yield InputRow(header[0], "".join(parts), header[1:], error)
+                    words = line[1:].split(maxsplit=1)
+                    header, parts, error = (number, *(words + ["", ""])[:2]), [], bad
+                    continue
+                if header is None:
+                    raise InputError(f"{path}, line {number}: a sequence before the first '>' header; a FASTA "
+                                     "file starts with a header line ('>id description'). For one sequence per "
+                                     "line, name the file .txt or pass --format text")
+                parts.append("".join(line.split()))
+                error = error or bad
         if header is not None:
             yield InputRow(header[0], "".join(parts), header[1:], error)
 
@@ -253,7 +283,11 @@ def _pick_column(path: Path, columns: list[str], column: str | None) -> str:
             raise InputError(f"{path} has no column {column!r}; it has {', '.join(map(repr, columns))}")
         name = column
     else:
-        name = next((n for n in DEFAULT_COLUMNS if n in columns), "")
+        found = [n for n in DEFAULT_COLUMNS if n in columns]
+        if len(found) > 1:
+            raise InputError(f"{path} has both {' and '.join(map(repr, found))} columns; name the one with the "
+                             "sequences with --column")
+        name = found[0] if found else ""
         if not name:
             raise InputError(f"{path} has columns {', '.join(map(repr, columns))}; name the one with the "
                              "sequences with --column")
@@ -264,35 +298,52 @@ def _pick_column(path: Path, columns: list[str], column: str | None) -> str:
 
 def _csv_table(path: Path, column: str | None, keep: Sequence[str] | None) -> InputTable:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))  # a long field is a row error, later
-    handle = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 (closed by the generator)
-    reader = csv.reader(handle, strict=True)  # a stray quote is an error, not rows merged into one
+    binary = open(path, "rb")  # noqa: SIM115 (closed by the generator)
+    not_utf8: set[int] = set()  # physical lines with bytes that are not UTF-8: their records are row errors
+
+    def lines() -> Iterator[str]:  # decoded one line at a time, so a bad byte is found on its own line
+        for number, raw in enumerate(binary, 1):
+            text, bad = _decode(raw, number)
+            if bad:
+                not_utf8.add(number)
+            yield text
+
+    reader = csv.reader(lines(), strict=True)  # a stray quote is an error, not rows merged into one
     try:
         header = next(reader, None)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        handle.close()
+    except csv.Error as exc:
+        binary.close()
         raise InputError(f"{path}: cannot read the CSV header ({exc})") from exc
     if header is None:
-        handle.close()
+        binary.close()
         raise InputError(f"{path} is empty; a CSV input needs a header row")
     try:
+        if not_utf8:
+            raise InputError(f"{path}: the CSV header is not UTF-8 text; fix the file's encoding")
         name = _pick_column(path, header, column)
         kept = _kept(path, header, name, keep)
     except InputError:
-        handle.close()
+        binary.close()
         raise
     index = header.index(name)
     picks = [header.index(k) for k in kept]
 
     def rows() -> Iterator[InputRow]:
-        with handle:
+        with binary:
+            last = reader.line_num
             try:
                 for record in reader:
-                    if len(record) != len(header):  # a shifted row would score the wrong field
-                        yield InputRow(reader.line_num, "", tuple(None for _ in picks),
+                    first, last = last + 1, reader.line_num
+                    bad = next((n for n in range(first, last + 1) if n in not_utf8), None)
+                    if bad is not None:
+                        yield InputRow(last, "", tuple(None for _ in picks),
+                                       f"line {bad} is not UTF-8 text; fix the file's encoding")
+                    elif len(record) != len(header):  # a shifted row would score the wrong field
+                        yield InputRow(last, "", tuple(None for _ in picks),
                                        f"{len(record)} fields, the header has {len(header)}")
-                        continue
-                    yield InputRow(reader.line_num, record[index], tuple(record[i] for i in picks))
-            except (UnicodeDecodeError, csv.Error) as exc:
+                    else:
+                        yield InputRow(last, record[index], tuple(record[i] for i in picks))
+            except csv.Error as exc:
                 raise InputError(f"{path}, line {reader.line_num}: cannot read the CSV ({exc})") from exc
 
     return InputTable(path, "csv", name, kept, (None,) * len(kept), rows())

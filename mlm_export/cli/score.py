@@ -11,11 +11,14 @@ from ..runtime.threads import max_threads
 from ._common import command, common_options, quiet_option, key_file, providers_choice, _out
 
 
+STDOUT_NAMES = ("-", "/dev/stdout", "/proc/self/fd/1", "/dev/fd/1")
+
+
 @command("score")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path),
-              help="A .jsonl or .parquet file [JSON Lines on stdout].")
+              help="A .jsonl or .parquet file [JSON Lines on stdout, also for '-' and /dev/stdout].")
 @click.option("--column", help="The CSV/Parquet column with the sequences [text, or sequence].")
 @click.option("--format", "input_format", type=click.Choice(["text", "fasta", "csv", "parquet"]),
               help="How to read INPUT [from its suffix: .txt, .fa/.fasta, .csv, .parquet].")
@@ -62,6 +65,10 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
     from ..runtime.scoring import ScoreOptions
 
     output_ = _out()
+    if output is not None and str(output) in STDOUT_NAMES:
+        output = None  # the rows go to the real stdout (the CLI points file descriptor 1 at stderr meanwhile)
+    if max_unknown != max_unknown:
+        raise click.BadParameter("must be a fraction from 0 to 1, not nan", param_hint="--max-unknown")
     job = ScoreJob(directory, input_path, output, column,
                    ScoreOptions(reduction, exclude_special, per_token, batch_size, max_unknown), variant, providers,
                    threads, strict, force, engine, ray_address, workers, progress=not (quiet or as_json),

@@ -151,7 +151,8 @@ class Scorer:
     def _unknown(self, text: str) -> str:
         encoding = self.tokenizer.encode(text)
         spans = dict.fromkeys(text[a:b] for t, (a, b) in zip(encoding.ids, encoding.offsets) if t == self.unk_id)
-        shown = ", ".join(repr(s) for s in list(spans)[:5]) + (", ..." if len(spans) > 5 else "")
+        shown = ", ".join(repr(s[:20]) + ("..." if len(s) > 20 else "") for s in list(spans)[:5]) \
+            + (", ..." if len(spans) > 5 else "")
         return f"the sequence has characters the vocabulary lacks ({shown})"
 
     def _score_one(self, text: str, ids: list[int], options: ScoreOptions) -> PLLScore:
