@@ -131,32 +131,6 @@ def test_the_ray_engine_without_ray_names_the_extra(tiny_artifact: Path, text_in
         score_file(ScoreJob(tiny_artifact, text_input, engine="ray"))
 
 
-def test_ray_engine_equals_local_engine_row_for_row(runner: CliRunner, tiny_variants: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a local Ray instance (ray.init() with no address), up to two actors, the int8 graph (whose dynamic
-    activation scales would show any change of batch). Both engines read the input in the driver, so one
-    input format covers Ray's part; a Ray cluster's start is the costliest thing in this file."""
-    import ray
-
-    monkeypatch.setenv("RAY_prestart_worker_first_driver", "0")  # no idle workers: the actors are all it needs
-    source = tmp_path / "in.parquet"
-    ids = [f"seq-{n}" for n in range(3 * len(SEQUENCES))]  # kept columns stay with the driver: joined back
-    pq.write_table(pa.table({"id": ids, "text": SEQUENCES * 3}), source)
-    results = {}
-    try:
-        for engine in ("local", "ray"):
-            result = runner.invoke(main, ["score", str(tiny_variants), str(source), "--engine", engine,
-                                          "--workers", "2", "--threads", "1", "--variant", "int8",
-                                          "--per-token", "--exclude-special", "-q"])
-            assert result.exit_code == 0, result.output
-            results[engine] = _rows(result.stdout)
-    finally:
-        ray.shutdown()
-    assert results["ray"] == results["local"]
-    assert [r["id"] for r in results["ray"]] == ids
-    assert {(r["variant"], r["provider"]) for r in results["ray"]} == {("int8", "CPUExecutionProvider")}
-
-
 def test_the_output_may_not_be_the_input_even_with_force(runner: CliRunner, tiny_artifact: Path,
                                                         tmp_path: Path) -> None:
     source = tmp_path / "in.parquet"
@@ -322,31 +296,48 @@ def _descendants(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
-def test_sigterm_under_ray_exits_143_with_an_error_line_and_stops_ray(tiny_artifact: Path, tmp_path: Path) -> None:
-    """`ray.init` installs its own SIGTERM handler (`sys.exit(15)`): a terminated Ray run exited 15 with no
-    Error: line. It must exit 143 like the local engine, say so, and leave none of the processes it started."""
+def test_the_ray_engine_streams_the_local_engines_rows_and_sigterm_ends_it_with_143(tiny_variants: Path,
+                                                                                 tmp_path: Path) -> None:
+    """One local Ray start (the costliest thing in this file) checks two things.
+
+    Rows: on a local instance (ray.init() with no address), two actors, the int8 graph (whose dynamic
+    activation scales would show any change of batch), the rows Ray streams are the local engine's, row for
+    row: in order, bad rows included, the kept ids joined back, variant and provider named.
+    Signals: `ray.init` installs its own SIGTERM handler (`sys.exit(15)`), so a terminated Ray run exited 15
+    with no Error: line. It must exit 143 like the local engine, say so, and leave none of the processes it
+    started.
+    """
     import os
     import signal
     import subprocess
     import time
 
-    source = tmp_path / "in.txt"
-    source.write_text("the cat sat on the mat\n" * 20_000)  # minutes of scoring: the signal comes first
-    env = dict(os.environ, RAY_prestart_worker_first_driver="0")
-    process = subprocess.Popen([sys.executable, "-m", "mlm_export.cli", "score", str(tiny_artifact), str(source),
-                                "--engine", "ray", "--workers", "1", "--threads", "1", "-q"],
+    compared = 8 * len(SEQUENCES)  # several 32-row blocks, so both actors' rows are among them
+    texts = SEQUENCES * 3000  # minutes of scoring: the signal comes long before the end
+    ids = [f"seq-{n}" for n in range(len(texts))]
+    pq.write_table(pa.table({"id": ids, "text": texts}), tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": ids[:compared], "text": texts[:compared]}), tmp_path / "head.parquet")
+    options = ["--variant", "int8", "--per-token", "--exclude-special", "--threads", "1", "-q"]
+    local = CliRunner().invoke(main, ["score", str(tiny_variants), str(tmp_path / "head.parquet"), *options])
+    assert local.exit_code == 0, local.output
+    env = dict(os.environ, RAY_prestart_worker_first_driver="0")  # no idle workers: the actors are all it needs
+    process = subprocess.Popen([sys.executable, "-m", "mlm_export.cli", "score", str(tiny_variants),
+                                str(tmp_path / "in.parquet"), "--engine", "ray", "--workers", "2", *options],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout is not None
-        first = process.stdout.readline()  # a scored row: Ray is up and its actor is scoring
-        assert json.loads(first)["line"] == 1, process.stderr.read() if process.stderr else ""
+        streamed = [json.loads(process.stdout.readline() or "null") for _ in range(compared)]
+        assert None not in streamed, process.stderr.read() if process.stderr else ""
         started = _descendants(process.pid)
-        assert started  # Ray's processes (GCS, raylet, the actor's worker)
+        assert started  # Ray's processes (GCS, raylet, the actors' workers)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
+    assert streamed == _rows(local.stdout)
+    assert [r["id"] for r in streamed] == ids[:compared]
+    assert {(r["variant"], r["provider"]) for r in streamed} == {("int8", "CPUExecutionProvider")}
     assert process.returncode == 143, stderr
     assert "Error: interrupted by SIGTERM" in stderr
     deadline = time.monotonic() + 30
