@@ -66,3 +66,17 @@ def deferred_signals() -> Iterator[None]:
         _restore(previous)
         if pending:
             signal.raise_signal(pending[0])
+
+
+@contextlib.contextmanager
+def preserved_signal_handlers() -> Iterator[None]:
+    """Put back, after the block, the handlers a library call replaced (`ray.init` installs its own SIGTERM
+    handler): the host's choice of what a signal does stays the host's."""
+    if not _main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *TERMINATING)}
+    try:
+        yield
+    finally:
+        _restore(previous)

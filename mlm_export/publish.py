@@ -26,14 +26,19 @@ __all__ = ["OutputFile"]
 class OutputFile:
     """One output file, from its checks at the start to its publication (or removal) at the end.
 
-    `option` names the setting that chose the path in messages ("--output", "the key path").
+    `option` names the setting that chose the path in messages ("--output", "key path"); `force_option`
+    the flag that replaces a file (None: the command never replaces one). `keep_on_clash`: a file that
+    took the name meanwhile leaves ours under a name of its own (scores); False removes ours (a key).
     """
 
-    def __init__(self, path: Path, *, force: bool = False, mode: int = 0o666, option: str = "--output") -> None:
+    def __init__(self, path: Path, *, force: bool = False, mode: int = 0o666, option: str = "--output",
+                 force_option: str | None = "--force", keep_on_clash: bool = True) -> None:
         self.path = Path(path)
         self.force = force
         self.mode = mode
         self.option = option
+        self.force_option = force_option
+        self.keep_on_clash = keep_on_clash
         self.stream = False  # a device or FIFO: written in place
         self._tmp: Path | None = None
         if not self.path.name or self.path.name in (".", ".."):
@@ -48,7 +53,8 @@ class OutputFile:
         if info is not None and stat.S_ISDIR(info.st_mode):
             raise InputError(f"{self.path} is a directory; {option} names a file")
         if os.path.lexists(self.path) and not force:
-            raise InputError(f"{self.path} exists; pass --force to replace it, or choose another {option}")
+            how = f"pass {force_option} to replace it, or " if force_option else ""
+            raise InputError(f"{self.path} exists; {how}choose another {option}")
         if not self.path.parent.is_dir():
             raise InputError(f"the folder of {self.path} does not exist; create it or choose another {option}")
 
@@ -92,16 +98,27 @@ class OutputFile:
         try:
             os.link(tmp, self.path)
         except FileExistsError:
+            if not self.keep_on_clash:
+                tmp.unlink(missing_ok=True)
+                raise ArtifactError(f"{self.path} appeared while mlm-export was writing it; it was left untouched "
+                                    f"and nothing was written. Choose another {self.option}") from None
             raise ArtifactError(f"{self.path} appeared while mlm-export was writing it, and mlm-export does not "
-                                f"replace a file without --force: it was left untouched. The output is in "
-                                f"{self._keep(tmp)}") from None
+                                f"replace a file without {self.force_option or 'being asked'}: it was left "
+                                f"untouched. The output is in {self._keep(tmp)}") from None
         except OSError:  # a file system without hard links: check, then rename (racier, the best it allows)
             if os.path.lexists(self.path):
+                if not self.keep_on_clash:
+                    tmp.unlink(missing_ok=True)
                 raise ArtifactError(f"{self.path} appeared while mlm-export was writing it; it was left "
-                                    f"untouched. The output is in {tmp}") from None
-            os.replace(tmp, self.path)
+                                    "untouched" + (f". The output is in {tmp}" if self.keep_on_clash else "")) \
+                    from None
+            try:
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise self.storage_error(exc) from exc
             return self.path
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)  # the name is published: the temporary one is only a second link
         return self.path
 
     def _keep(self, tmp: Path) -> Path:

@@ -236,7 +236,7 @@ def test_an_output_that_appears_during_the_run_is_never_replaced_without_force(t
     """`score -o out.jsonl` checks the name at the start; a file that appears there before the scores are
     published (a user's, a second run's) is left untouched, and the scores are kept under their own name."""
     from mlm_export import ArtifactError
-    from mlm_export.batch.table import RowWriter, ScoredRow
+    from mlm_export.batch.outputs import RowWriter, ScoredRow
 
     out = tmp_path / f"out{suffix}"
     writer = RowWriter(out, per_token=False)
@@ -315,14 +315,16 @@ def test_the_ray_engine_streams_the_local_engines_rows_and_sigterm_ends_it_with_
     compared = 8 * len(SEQUENCES)  # several 32-row blocks, so both actors' rows are among them
     texts = SEQUENCES * 3000  # minutes of scoring: the signal comes long before the end
     ids = [f"seq-{n}" for n in range(len(texts))]
-    pq.write_table(pa.table({"id": ids, "text": texts}), tmp_path / "in.parquet")
-    pq.write_table(pa.table({"id": ids[:compared], "text": texts[:compared]}), tmp_path / "head.parquet")
+    records = [b"id,text"] + [f"{i},{t}".encode() for i, t in zip(ids, texts)]
+    records[20] = b"seq-19,the caf\xe9 sat"  # a line that is not UTF-8: the reader's row error, through Ray too
+    (tmp_path / "in.csv").write_bytes(b"\n".join(records) + b"\n")
+    (tmp_path / "head.csv").write_bytes(b"\n".join(records[: compared + 1]) + b"\n")
     options = ["--variant", "int8", "--per-token", "--exclude-special", "--threads", "1", "-q"]
-    local = CliRunner().invoke(main, ["score", str(tiny_variants), str(tmp_path / "head.parquet"), *options])
+    local = CliRunner().invoke(main, ["score", str(tiny_variants), str(tmp_path / "head.csv"), *options])
     assert local.exit_code == 0, local.output
     env = dict(os.environ, RAY_prestart_worker_first_driver="0")  # no idle workers: the actors are all it needs
     process = subprocess.Popen([sys.executable, "-m", "mlm_export.cli", "score", str(tiny_variants),
-                                str(tmp_path / "in.parquet"), "--engine", "ray", "--workers", "2", *options],
+                                str(tmp_path / "in.csv"), "--engine", "ray", "--workers", "2", *options],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout is not None
@@ -336,7 +338,8 @@ def test_the_ray_engine_streams_the_local_engines_rows_and_sigterm_ends_it_with_
         if process.poll() is None:
             process.kill()
     assert streamed == _rows(local.stdout)
-    assert [r["id"] for r in streamed] == ids[:compared]
+    assert [r["id"] for r in streamed] == ids[:19] + [None] + ids[20:compared]
+    assert "not UTF-8" in streamed[19]["error"]
     assert {(r["variant"], r["provider"]) for r in streamed} == {("int8", "CPUExecutionProvider")}
     assert process.returncode == 143, stderr
     assert "Error: interrupted by SIGTERM" in stderr

@@ -77,9 +77,14 @@ def test_a_fasta_file_saved_as_text_is_refused_not_scored_header_by_header(runne
 
 def test_text_before_the_first_fasta_header_is_refused(runner: CliRunner, tiny_artifact: Path, tmp_path: Path) -> None:
     source = tmp_path / "in.fa"
-    source.write_text("the cat\n>seq1\nthe dog\n")
-    result = runner.invoke(main, ["score", str(tiny_artifact), str(source), "-q"])
-    assert result.exit_code == 1 and "line 1: a sequence before the first '>' header" in result.stderr
+    source.write_text("\n; a comment\nthe cat\n>seq1\nthe dog\n")
+    out = tmp_path / "o.jsonl"
+    result = runner.invoke(main, ["score", str(tiny_artifact), str(source), "-o", str(out), "--json"])
+    assert result.exit_code == 1 and "line 3: a sequence before the first '>' header" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
+    # found before the artifact is even opened: a missing one is not what the error is about
+    early = runner.invoke(main, ["score", str(tmp_path / "no-artifact"), str(source), "-q"])
+    assert "a sequence before the first '>' header" in early.stderr
 
 
 def test_csv_columns_are_kept_all_by_default_or_as_chosen(runner: CliRunner, tiny_artifact: Path,
@@ -182,6 +187,7 @@ def test_odd_files_are_named_for_what_they_are(runner: CliRunner, tiny_artifact:
     (tmp_path / "d.fa").write_bytes(b">s1\rthe cat\r>s2\rthe dog\r" + b">s3\nthe\n" + "\ufeff>s4\na tree\n".encode())
     rows = _rows(runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "d.fa"), "-q"]).stdout)
     assert [(r["id"], r["text"]) for r in rows] == [("s1", "thecat"), ("s2", "thedog"), ("s3", "the"), ("s4", "atree")]
+    assert [r["line"] for r in rows] == [1, 3, 5, 7]  # a lone CR counts as a line end: every record its own line
 
 
 def test_a_csv_with_both_default_columns_asks_which(runner: CliRunner, tiny_artifact: Path, tmp_path: Path) -> None:

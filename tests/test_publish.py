@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlm_export import ArtifactError, InputError, StorageError
+from mlm_export import ArtifactError, InputError
 from mlm_export.cli import main
 from mlm_export.publish import OutputFile
 
@@ -83,7 +83,6 @@ def test_a_full_output_device_is_a_storage_error(tiny_artifact: Path, tmp_path: 
     assert result.exit_code == 1
     error = json.loads(result.stdout)["error"]
     assert error["type"] == "StorageError" and error["message"].startswith("cannot write /dev/full: No space")
-    assert issubclass(StorageError, ArtifactError)
 
 
 def test_keygen_leaves_a_whole_pair_or_nothing(tmp_path: Path) -> None:
@@ -97,3 +96,23 @@ def test_keygen_leaves_a_whole_pair_or_nothing(tmp_path: Path) -> None:
     clash = CliRunner().invoke(main, ["keygen", str(tmp_path / "only")])
     assert clash.exit_code != 0 and not (tmp_path / "only").exists()  # no half of a pair
     assert (tmp_path / "only.pub").read_text() == "someone's public key"
+
+
+def test_a_public_key_that_appears_mid_keygen_removes_the_private_key_too(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """keygen checks both names first; a .pub that appears after that must not leave half a pair, nor a
+    stray copy of the private key under another name."""
+    from mlm_export.artifact.signature import generate_key
+
+    publish = OutputFile.publish
+
+    def racing(self: OutputFile) -> Path:
+        if self.path.name.endswith(".pub"):
+            self.path.write_text("someone's public key")  # takes the name between the check and the link
+        return publish(self)
+
+    monkeypatch.setattr(OutputFile, "publish", racing)
+    with pytest.raises(ArtifactError, match="appeared while mlm-export was writing it"):
+        generate_key(tmp_path / "k")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pub"]
+    assert (tmp_path / "k.pub").read_text() == "someone's public key"

@@ -119,7 +119,7 @@ def generate_key(path: Path) -> tuple[Path, Path]:
     if not path.name or path.name in (".", ".."):
         raise ConfigError(f"{str(path)!r} is not a file name for a key; give one, e.g. keys/signing-key")
     public_path = path.with_name(path.name + ".pub")
-    for target in (path, public_path):
+    for target in (path, public_path):  # both, before either is written
         if os.path.lexists(target):
             raise ConfigError(f"{target} already exists; mlm-export never overwrites a key. Choose another path")
     private = ed25519.Ed25519PrivateKey.generate()
@@ -130,7 +130,7 @@ def generate_key(path: Path) -> tuple[Path, Path]:
     published: list[Path] = []
     try:  # each file appears whole under its name (never a torn key), and never over another file
         for target, data, mode in ((path, pem, 0o600), (public_path, public_pem, 0o644)):
-            output = OutputFile(target, mode=mode, option="key path")
+            output = OutputFile(target, mode=mode, option="key path", force_option=None, keep_on_clash=False)
             try:
                 with output.open(binary=True) as fh:
                     fh.write(data)

@@ -1,6 +1,7 @@
 """Batch scoring: pseudo-log-likelihoods for a file of sequences, on this machine or on Ray.
 
-    table.py       read text/FASTA/CSV/Parquet as a stream; write JSONL/Parquet whole or not at all
+    inputs.py      read text/FASTA/CSV/Parquet as a stream, checked before the first row
+    outputs.py     write JSON Lines/Parquet rows, whole or not at all
     engine.py      what an engine hands back: scored rows in input order, with variant and provider
     ray_engine.py  the same scorer as a Ray Data actor pool (`engine="ray"`)
 
@@ -23,12 +24,14 @@ from ..errors import InputError
 from ..progress import is_terminal, stage
 from ..runtime.scoring import ScoreOptions
 from .engine import EngineRun, score_rows
-from .table import FORMATS, InputRow, RowWriter, ScoredRow, read_rows
+from .inputs import FORMATS, InputRow, read_rows
+from .outputs import OUTPUT_FIELDS, RowWriter, ScoredRow
 
 log = logging.getLogger("mlm_export")
 ENGINES = ("local", "ray")
 CHUNK = 64  # sequences scored between writes and progress updates
 WARNINGS_SHOWN = 5  # rows with a warning logged one by one; the rest are counted in the summary
+WARNINGS_KEPT = 100  # rows with a warning listed in the summary; `warned_rows` counts them all
 
 
 @dataclass(frozen=True)
@@ -90,14 +93,15 @@ class ScoreSummary:
     rows: int = 0
     scored: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
-    warned: list[tuple[int, str]] = field(default_factory=list)  # scored, but mostly unknown tokens
+    warned: list[tuple[int, str]] = field(default_factory=list)  # the first WARNINGS_KEPT rows with a warning
+    warned_rows: int = 0  # scored, but more than `max_unknown` of their tokens unknown to the model
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, "engine": self.engine, "variant": self.variant, "provider": self.provider,
                 "rows": self.rows, "scored": self.scored,
                 "failed": [{"line": n, "error": e} for n, e in self.failed],
-                "warned": [{"line": n, "warning": w} for n, w in self.warned],
+                "warned": [{"line": n, "warning": w} for n, w in self.warned], "warned_rows": self.warned_rows,
                 "seconds": round(self.seconds, 3),
                 "sequences_per_second": round(self.rows / self.seconds, 2) if self.seconds else None}
 
@@ -114,9 +118,13 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
     if job.engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {job.engine!r}")
     # the input is checked before anything is created
-    table = read_rows(job.input, job.column, job.keep_columns, job.format)
-    writer = RowWriter(job.output, job.options.per_token, job.force, stdout, source=job.input, kept=table.kept,
-                       kept_types=table.kept_types)
+    table = read_rows(job.input, job.column, job.keep_columns, job.format, reserved=OUTPUT_FIELDS)
+    try:
+        writer = RowWriter(job.output, job.options.per_token, job.force, stdout, source=job.input,
+                           kept=table.kept, kept_types=table.kept_types)
+    except BaseException:
+        table.close()
+        raise
     run: EngineRun | None = None
     try:
         if job.engine == "ray":
@@ -140,6 +148,7 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
         writer.abort()
         raise
     finally:
+        table.close()
         if run is not None and run.close is not None:
             run.close()  # on an error or a signal too: no Ray process of ours outlives the run
     return summary
@@ -154,8 +163,10 @@ def _check(chunk: list[ScoredRow], job: ScoreJob, summary: ScoreSummary) -> None
                 if job.strict:
                     raise InputError(f"{job.input}, line {row.line}: {row.warning} (--strict refuses a sequence "
                                      f"that is more than {job.options.max_unknown:.0%} unknown tokens)")
-                summary.warned.append((row.line, row.warning))
-                if len(summary.warned) <= WARNINGS_SHOWN:
+                summary.warned_rows += 1
+                if summary.warned_rows <= WARNINGS_KEPT:
+                    summary.warned.append((row.line, row.warning))
+                if summary.warned_rows <= WARNINGS_SHOWN:
                     log.warning("line %d: %s", row.line, row.warning)
             continue
         if job.strict:

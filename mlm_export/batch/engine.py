@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from ..runtime.scoring import PLLScore, RowError, ScoreOptions
-from .table import InputRow, ScoredRow
+from ..runtime.scoring import PLLScore, RowError, ScoreOptions, Scorer
+from .inputs import InputRow
+from .outputs import ScoredRow
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ def to_scored_row(row: InputRow, result: PLLScore | RowError, variant: str, prov
                      result.unknown_tokens, result.warning, variant, provider, row.kept)
 
 
-def score_rows(scorer: Any, rows: list[InputRow], options: ScoreOptions, variant: str,
+def score_rows(scorer: Scorer, rows: list[InputRow], options: ScoreOptions, variant: str,
                provider: str) -> list[ScoredRow]:
     """Score a chunk of rows; a row the reader already found bad is reported, not scored."""
     results = iter(scorer.score_rows([r.text for r in rows if r.error is None], options))

@@ -9,24 +9,27 @@ on every worker (a shared file system); the driver reads the input and ships it 
 
 Rows come back in input order (`preserve_order`) and are written by the caller, so the output
 file is the local engine's, row for row. The kept input columns stay with the driver, which holds
-the input anyway, and are joined back by line; the actors see only lines and texts.
+the input anyway, and are joined back by position; the actors see only lines and texts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..interrupts import preserved_signal_handlers
 from ..runtime.threads import default_threads
 from ..runtime.scoring import RowError, ScoreOptions
 from .engine import EngineRun
-from .table import InputRow, ScoredRow
+from .inputs import InputRow
+from .outputs import ScoredRow
 
 if TYPE_CHECKING:
     from . import ScoreJob
@@ -88,12 +91,10 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
                    sequences_per_batch: int = SEQUENCES_PER_BATCH) -> EngineRun:
     """Start (or join) Ray, and stream the scored rows back in input order."""
     from ..artifact.handle import Artifact
-    from .engine import EngineRun
     from ..runtime.backends import choose_backend, providers_for
     from ..variants import CPU, check_pairing, preferred
 
     ray = _ray()
-    started = False
     # fail here, not in every actor; a slim artifact serves the graphs it holds
     artifact = Artifact.open(job.artifact, public_key=job.public_key)
     variants = artifact.graphs_of("fill-mask")
@@ -115,6 +116,17 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     started = not ray.is_initialized()
     if started:
         _init(ray, job)
+    try:
+        return _start(ray, job, rows, variant, backend, providers, sequences_per_batch, started)
+    except BaseException:
+        if started:  # nothing will close what it started: an error or a signal before the first row
+            ray.shutdown()
+        raise
+
+
+def _start(ray: Any, job: ScoreJob, rows: Iterable[InputRow], variant: str, backend: str,
+           providers: str | Sequence[str], sequences_per_batch: int, started: bool) -> EngineRun:
+    """The actor pool over the input, as an `EngineRun` that stops Ray at the end if this run started it."""
     if not job.progress:  # -q, --json or no terminal: Ray Data's own INFO lines too
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
@@ -124,7 +136,7 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
     workers = job.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
     # The driver reads the input (as the local engine does) and hands it to Ray as Arrow blocks: read
     # tasks would wait for CPUs that the actor pool holds (a 2-CPU machine deadlocked on read_parquet).
-    kept: dict[int, tuple[Any, ...]] = {}
+    kept: deque[tuple[Any, ...]] = deque()
     blocks = _arrow_blocks(rows, workers, sequences_per_batch, kept)
     dataset = ray.data.from_arrow(blocks)
     scored = dataset.map_batches(
@@ -139,30 +151,25 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
 
 
 def _init(ray: Any, job: ScoreJob) -> None:
-    """`ray.init`, keeping the process's own SIGTERM handler: Ray installs one that calls `sys.exit(15)`,
-    which made a terminated run exit 15 with no `Error:` line instead of 143 with one."""
-    import signal
-    import threading
-
+    """`ray.init`, keeping the process's own signal handlers: Ray installs a SIGTERM one that calls
+    `sys.exit(15)`, which made a terminated run exit 15 with no `Error:` line instead of 143 with one."""
     address = job.ray_address or os.environ.get("RAY_ADDRESS") or None
     where = "--ray-address" if job.ray_address else "RAY_ADDRESS"
     _check_reachable(address, where)
-    main_thread = threading.current_thread() is threading.main_thread()
-    handler = signal.getsignal(signal.SIGTERM) if main_thread else None
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=True)
-    except ValueError as exc:  # Ray's word for an address it cannot parse: the user's input, not a bug
-        raise ConfigError(f"{where} {address!r} is not a Ray address ({_first_line(exc)}); give the cluster's "
-                          "HOST:PORT (e.g. 10.0.0.5:6379), 'auto', or leave it out for a local instance") from exc
-    finally:
-        if main_thread and handler is not None:
-            signal.signal(signal.SIGTERM, handler)
+    with preserved_signal_handlers():  # ray.init's SIGTERM handler would turn 143 into a bare exit 15
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR", configure_logging=True)
+        except ValueError as exc:  # Ray's word for an address it cannot parse: the user's input, not a bug
+            raise ConfigError(f"{where} {address!r} is not a Ray address ({_first_line(exc)}); give the cluster's "
+                              "HOST:PORT (e.g. 10.0.0.5:6379), 'auto', or leave it out for a local instance") \
+                from exc
 
 
-def _arrow_blocks(rows: Iterable[InputRow], workers: int, largest: int, kept: dict[int, tuple[Any, ...]]) -> list[Any]:
+def _arrow_blocks(rows: Iterable[InputRow], workers: int, largest: int,
+                  kept: deque[tuple[Any, ...]]) -> list[Any]:
     """The input as Arrow tables of at most `largest` rows, at least four per actor where the input
-    allows, so that every actor gets work. The rows' kept values go to `kept`, by line."""
+    allows, so that every actor gets work. The rows' kept values go to `kept`, in input order."""
     import pyarrow as pa
 
     lines: list[int] = []
@@ -172,29 +179,30 @@ def _arrow_blocks(rows: Iterable[InputRow], workers: int, largest: int, kept: di
         lines.append(row.line)
         texts.append(row.text)
         errors.append(row.error or "")
-        if row.kept:
-            kept[row.line] = row.kept
+        kept.append(row.kept)
     table = pa.table({"line": pa.array(lines, pa.int64()), "text": pa.array(texts, pa.string()),
                       "read_error": pa.array(errors, pa.string())})
     size = max(1, min(largest, -(-len(lines) // (4 * workers))))
     return [table.slice(start, size) for start in range(0, max(len(lines), 1), size)]
 
 
-def _rows(scored: Any, size: int, variant: str, kept: dict[int, tuple[Any, ...]]) -> Iterator[list[ScoredRow]]:
+def _rows(scored: Any, size: int, variant: str, kept: deque[tuple[Any, ...]]) -> Iterator[list[ScoredRow]]:
+    """Rows come back in input order (`preserve_order`): the kept values are joined back by position."""
     for batch in scored.iter_batches(batch_size=size, batch_format="numpy"):
         chunk = []
         for i in range(len(batch["text"])):
             line = int(batch["line"][i])
-            provider, values = str(batch["provider"][i]), kept.pop(line, ())
+            provider, values = str(batch["provider"][i]), kept.popleft()
             if not batch["ok"][i]:
                 chunk.append(ScoredRow(line, str(batch["text"][i]), None, None, None, str(batch["error"][i]),
                                        variant=variant, provider=provider, kept=values))
                 continue
             per_token = batch["token_log_probs"][i] if "token_log_probs" in batch else None
             chunk.append(ScoredRow(line, str(batch["text"][i]), float(batch["pll"][i]), int(batch["n_tokens"][i]),
-                                   None if per_token is None else tuple(float(v) for v in per_token), None,
-                                   int(batch["unknown_tokens"][i]), str(batch["warning"][i]) or None, variant,
-                                   provider, values))
+                                   None if per_token is None else tuple(float(v) for v in per_token),
+                                   unknown_tokens=int(batch["unknown_tokens"][i]),
+                                   warning=str(batch["warning"][i]) or None, variant=variant, provider=provider,
+                                   kept=values))
         yield chunk
 
 

@@ -81,10 +81,10 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
     log = logging.getLogger("mlm_export")
     log.info("scored %d of %d sequences with %s on %s in %.1f s%s%s", summary.scored, summary.rows,
              summary.variant, summary.provider, summary.seconds, rate, failed)
-    if summary.warned:
+    if summary.warned_rows:
         log.warning("%d scored sequences are more than %.0f%% tokens unknown to the model (lines %s%s); their "
-                    "scores mean little: see each row's warning", len(summary.warned), max_unknown * 100,
-                    ", ".join(str(n) for n, _ in summary.warned[:10]), ", ..." if len(summary.warned) > 10 else "")
+                    "scores mean little: see each row's warning", summary.warned_rows, max_unknown * 100,
+                    ", ".join(str(n) for n, _ in summary.warned[:10]), ", ..." if summary.warned_rows > 10 else "")
     if output is not None and as_json:
         output_.result("score", summary.to_dict(), "")
 

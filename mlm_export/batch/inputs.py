@@ -1,49 +1,39 @@
-"""Sequences in, scores out: the file formats of batch scoring.
+"""Files of sequences in: text, FASTA, CSV and Parquet, read as a stream.
 
-Inputs are read as a stream, so the local engine never holds a file of millions of sequences whole
-(the Ray engine's driver does, to ship it to the actors):
+The local engine never holds a file of millions of sequences whole (the Ray engine's driver does, to
+ship it to the actors):
 - a text file, one sequence per line (`line` is the line number, as `wc -l` counts);
 - FASTA (`.fa`, `.fasta`, `.faa`, `.fas`): one sequence per record, its lines joined; `line` is the
-  header's line, and the record's `id` (the header's first word) and `description` are kept;
+  header's line (a lone CR counts as a line end), and the record's `id` (the header's first word)
+  and `description` are kept;
 - CSV (`line` is the line the record ends on) or Parquet (`line` is the 1-based row) with a column
   of sequences; the other columns are kept (all by default, `keep` to choose).
 A row the reader cannot use (a line that is not UTF-8, a CSV record with the wrong number of fields)
 becomes a row error, as a sequence the model cannot score does; only a file that cannot be read as
-its format at all is refused.
-
-Outputs are JSON Lines (a file, or stdout) or Parquet, one row per input row in input order: the kept
-columns, then ours (`OUTPUT_FIELDS`). A file output is an `OutputFile`: it appears whole or not at all,
-and replaces an existing file only when asked.
+its format at all is refused, and as much as can be is checked before the first row.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime
-import decimal
-import json
-import math
-import os
 import re
-import stat
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..errors import InputError
-from ..publish import OutputFile
 
 TEXT_SUFFIXES = (".txt", ".seq", ".text", "")
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas")
 FORMATS = ("text", "fasta", "csv", "parquet")
 DEFAULT_COLUMNS = ("text", "sequence")
 FASTA_COLUMNS = ("id", "description")
-OUTPUT_FIELDS = ("line", "text", "pll", "n_tokens", "unknown_tokens", "variant", "provider", "token_log_probs",
-                 "error", "warning")
 CSV_FIELD_LIMIT = 64 << 20  # bytes; the csv module's default (128 KiB) aborted a run on one long field
 _FASTA_HEADER = re.compile(r">\S")  # a quoted e-mail line ("> text") is not one
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, as surrogateescape keeps them
 
 
 @dataclass(frozen=True)
@@ -64,56 +54,7 @@ class InputTable:
     kept: tuple[str, ...]          # input columns copied into every output row
     kept_types: tuple[Any, ...]    # their Arrow types, for a Parquet output (None: strings)
     rows: Iterator[InputRow] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class ScoredRow:
-    """One output row: a score, or the reason there is none (`error`); `warning` flags a doubtful score."""
-
-    line: int
-    text: str
-    pll: float | None
-    n_tokens: int | None
-    token_log_probs: tuple[float, ...] | None = None
-    error: str | None = None
-    unknown_tokens: int | None = None
-    warning: str | None = None
-    variant: str = ""
-    provider: str = ""
-    kept: tuple[Any, ...] = ()
-
-    def to_dict(self, per_token: bool, kept: Sequence[str] = ()) -> dict[str, Any]:
-        row: dict[str, Any] = {name: _jsonable(value) for name, value in zip(kept, self.kept)}
-        row.update({"line": self.line, "text": self.text, "pll": self.pll, "n_tokens": self.n_tokens,
-                    "unknown_tokens": self.unknown_tokens, "variant": self.variant, "provider": self.provider})
-        if per_token:
-            row["token_log_probs"] = None if self.token_log_probs is None else list(self.token_log_probs)
-        if self.error is not None:
-            row["error"] = self.error
-        if self.warning is not None:
-            row["warning"] = self.warning
-        return row
-
-
-def _jsonable(value: Any) -> Any:
-    """A kept Parquet value as JSON holds it: dates as ISO 8601, decimals and bytes as text, NaN as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)  # a UUID, an extension type: its text
+    close: Callable[[], None] = field(default=lambda: None, repr=False)  # the file, if the rows are never read
 
 
 def input_format(path: Path, given: str | None = None) -> str:
@@ -137,10 +78,11 @@ def input_format(path: Path, given: str | None = None) -> str:
 
 
 def read_rows(path: Path, column: str | None = None, keep: Sequence[str] | None = None,
-              format: str | None = None) -> InputTable:
+              format: str | None = None, reserved: Sequence[str] = ()) -> InputTable:
     """Open `path` for streaming; the file is checked (exists, format, columns) before the first row.
 
     `keep`: the input columns to copy into the output rows; None keeps every one but the sequences'.
+    `reserved`: the names of the output's own fields, which a kept column may not take.
     """
     if not path.is_file():
         raise InputError(f"{path} is not a file")
@@ -152,18 +94,21 @@ def read_rows(path: Path, column: str | None = None, keep: Sequence[str] | None 
     if kind == "text":
         if keep:
             raise InputError(f"{path} is read as text, one sequence per line: it has no columns to keep")
-        return InputTable(path, kind, None, (), (), _text_rows(path, checked=format is None))
+        handle, rows = _text_rows(path, checked=format is None)
+        return InputTable(path, kind, None, (), (), rows, handle.close)
     if kind == "fasta":
-        kept = _kept(path, list(FASTA_COLUMNS), None, keep)
+        _check_fasta_start(path)
+        kept = _kept(path, list(FASTA_COLUMNS), None, keep, reserved)
         picks = [FASTA_COLUMNS.index(name) for name in kept]
         rows = (InputRow(r.line, r.text, tuple(r.kept[i] for i in picks), r.error) for r in _fasta_rows(path))
         return InputTable(path, kind, None, kept, (None,) * len(kept), rows)
     if kind == "csv":
-        return _csv_table(path, column, keep)
-    return _parquet_table(path, column, keep)
+        return _csv_table(path, column, keep, reserved)
+    return _parquet_table(path, column, keep, reserved)
 
 
-def _kept(path: Path, columns: list[str], sequences: str | None, keep: Sequence[str] | None) -> tuple[str, ...]:
+def _kept(path: Path, columns: list[str], sequences: str | None, keep: Sequence[str] | None,
+          reserved: Sequence[str]) -> tuple[str, ...]:
     """The columns to keep: checked against the input's, and against the names of our own fields."""
     if keep is None:
         chosen = [c for c in columns if c != sequences]
@@ -175,7 +120,7 @@ def _kept(path: Path, columns: list[str], sequences: str | None, keep: Sequence[
                                  f"{', '.join(map(repr, columns))}")
             if name == sequences:
                 raise InputError(f"--keep-columns: {name!r} holds the sequences; they are in every row as `text`")
-    clash = [c for c in chosen if c in OUTPUT_FIELDS]
+    clash = [c for c in chosen if c in reserved]
     if clash and keep is not None:
         raise InputError(f"--keep-columns: {clash[0]!r} is also a field of the output rows, so it cannot be kept "
                          "under that name; rename the column in the input")
@@ -190,7 +135,8 @@ def _kept(path: Path, columns: list[str], sequences: str | None, keep: Sequence[
 
 _MAGIC = ((b"\x1f\x8b", "compressed with gzip: decompress it first (gunzip)"),
           (b"(\xb5/\xfd", "compressed with zstd: decompress it first (unzstd)"),
-          (b"BZh", "compressed with bzip2: decompress it first (bunzip2)"),
+          (b"BZh1", "compressed with bzip2: decompress it first (bunzip2)"),
+          (b"BZh9", "compressed with bzip2: decompress it first (bunzip2)"),
           (b"PK\x03\x04", "a zip archive: extract it first"),
           (b"\xff\xfe", "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"),
           (b"\xfe\xff", "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"))
@@ -215,7 +161,7 @@ def _decode(raw: bytes, number: int) -> tuple[str, str | None]:
     return (line.removeprefix("\ufeff") if number == 1 else line), None  # a byte-order mark, as editors write
 
 
-def _text_rows(path: Path, checked: bool) -> Iterator[InputRow]:
+def _text_rows(path: Path, checked: bool) -> tuple[Any, Iterator[InputRow]]:
     """Lines end at \n (\r\n too); a lone \r stays inside its line, so line numbers match `wc -l`.
 
     A file whose first non-blank line is a FASTA header is refused unless the format was given
@@ -240,12 +186,27 @@ def _text_rows(path: Path, checked: bool) -> Iterator[InputRow]:
             for number, raw in enumerate(handle, len(head) + 1):
                 yield _text_row(number, raw)
 
-    return rows()
+    return handle, rows()
 
 
 def _text_row(number: int, raw: bytes) -> InputRow:
     line, error = _decode(raw, number)
     return InputRow(number, line.removesuffix("\n").removesuffix("\r"), (), error)
+
+
+def _check_fasta_start(path: Path) -> None:
+    """Before any work: the first line with text must be a header (the rows repeat the check as they go)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            line = _decode(raw, number)[0].split("\r")[0].strip().lstrip("\ufeff")
+            if line and not line.startswith(";"):
+                if not line.startswith(">"):
+                    raise InputError(_NOT_FASTA.format(path=path, number=number))
+                return
+
+
+_NOT_FASTA = ("{path}, line {number}: a sequence before the first '>' header; a FASTA file starts with a header "
+              "line ('>id description'). For one sequence per line, name the file .txt or pass --format text")
 
 
 def _fasta_rows(path: Path) -> Iterator[InputRow]:
@@ -255,9 +216,11 @@ def _fasta_rows(path: Path) -> Iterator[InputRow]:
         header: tuple[Any, ...] | None = None
         parts: list[str] = []
         error: str | None = None
-        for number, raw in enumerate(handle, 1):
-            decoded, bad = _decode(raw, number)
-            for line in decoded.split("\r"):  # old Mac line ends: a lone CR ends a line too
+        number = 0
+        for raw in handle:
+            decoded, bad = _decode(raw, number + 1)
+            for line in decoded.removesuffix("\n").removesuffix("\r").split("\r"):  # a lone CR ends a line too
+                number += 1
                 line = line.strip().lstrip("\ufeff")  # a BOM inside: files joined with cat
                 if not line or line.startswith(";"):
                     continue
@@ -268,9 +231,7 @@ def _fasta_rows(path: Path) -> Iterator[InputRow]:
                     header, parts, error = (number, *(words + ["", ""])[:2]), [], bad
                     continue
                 if header is None:
-                    raise InputError(f"{path}, line {number}: a sequence before the first '>' header; a FASTA "
-                                     "file starts with a header line ('>id description'). For one sequence per "
-                                     "line, name the file .txt or pass --format text")
+                    raise InputError(_NOT_FASTA.format(path=path, number=number))
                 parts.append("".join(line.split()))
                 error = error or bad
         if header is not None:
@@ -296,40 +257,39 @@ def _pick_column(path: Path, columns: list[str], column: str | None) -> str:
     return name
 
 
-def _csv_table(path: Path, column: str | None, keep: Sequence[str] | None) -> InputTable:
+def _csv_table(path: Path, column: str | None, keep: Sequence[str] | None, reserved: Sequence[str]) -> InputTable:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))  # a long field is a row error, later
-    binary = open(path, "rb")  # noqa: SIM115 (closed by the generator)
-    not_utf8: set[int] = set()  # physical lines with bytes that are not UTF-8: their records are row errors
+    # bytes that are not UTF-8 are kept as surrogates, so one bad line is found on its own line; newline=""
+    # ends lines at \n, \r\n and a lone \r, as the csv module expects
+    handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115 (generator)
+    not_utf8: set[int] = set()  # lines with bytes that are not UTF-8: their records are row errors
 
-    def lines() -> Iterator[str]:  # decoded one line at a time, so a bad byte is found on its own line
-        for number, raw in enumerate(binary, 1):
-            text, bad = _decode(raw, number)
-            if bad:
+    def lines() -> Iterator[str]:
+        for number, line in enumerate(handle, 1):
+            if _NOT_UTF8.search(line):
                 not_utf8.add(number)
-            yield text
+            yield line
 
     reader = csv.reader(lines(), strict=True)  # a stray quote is an error, not rows merged into one
     try:
         header = next(reader, None)
-    except csv.Error as exc:
-        binary.close()
-        raise InputError(f"{path}: cannot read the CSV header ({exc})") from exc
-    if header is None:
-        binary.close()
-        raise InputError(f"{path} is empty; a CSV input needs a header row")
-    try:
+        if header is None:
+            raise InputError(f"{path} is empty; a CSV input needs a header row")
         if not_utf8:
             raise InputError(f"{path}: the CSV header is not UTF-8 text; fix the file's encoding")
         name = _pick_column(path, header, column)
-        kept = _kept(path, header, name, keep)
+        kept = _kept(path, header, name, keep, reserved)
+    except csv.Error as exc:
+        handle.close()
+        raise InputError(f"{path}: cannot read the CSV header ({exc})") from exc
     except InputError:
-        binary.close()
+        handle.close()
         raise
     index = header.index(name)
     picks = [header.index(k) for k in kept]
 
     def rows() -> Iterator[InputRow]:
-        with binary:
+        with handle:
             last = reader.line_num
             try:
                 for record in reader:
@@ -346,29 +306,38 @@ def _csv_table(path: Path, column: str | None, keep: Sequence[str] | None) -> In
             except csv.Error as exc:
                 raise InputError(f"{path}, line {reader.line_num}: cannot read the CSV ({exc})") from exc
 
-    return InputTable(path, "csv", name, kept, (None,) * len(kept), rows())
+    return InputTable(path, "csv", name, kept, (None,) * len(kept), rows(), handle.close)
 
 
 def _open_parquet(path: Path, column: str | None) -> tuple[Any, str]:
     import pyarrow as pa
 
-    pq = _pyarrow_parquet("Parquet input")
+    pq = pyarrow_parquet("Parquet input")
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow's ArrowInvalid and friends
         raise InputError(f"{path} cannot be read as Parquet ({exc})") from exc
     schema = parquet.schema_arrow
-    name = _pick_column(path, schema.names, column)
-    kind = schema.field(name).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise InputError(f"{path}: column {name!r} holds {kind}, not strings")
+    try:
+        name = _pick_column(path, schema.names, column)
+        kind = schema.field(name).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise InputError(f"{path}: column {name!r} holds {kind}, not strings")
+    except InputError:
+        parquet.close()
+        raise
     return parquet, name
 
 
-def _parquet_table(path: Path, column: str | None, keep: Sequence[str] | None) -> InputTable:
+def _parquet_table(path: Path, column: str | None, keep: Sequence[str] | None,
+                   reserved: Sequence[str]) -> InputTable:
     parquet, name = _open_parquet(path, column)
     schema = parquet.schema_arrow
-    kept = _kept(path, schema.names, name, keep)
+    try:
+        kept = _kept(path, schema.names, name, keep, reserved)
+    except InputError:
+        parquet.close()
+        raise
 
     def rows() -> Iterator[InputRow]:
         number = 0
@@ -380,18 +349,11 @@ def _parquet_table(path: Path, column: str | None, keep: Sequence[str] | None) -
                 yield InputRow(number, "" if text is None else text,  # a null is an empty sequence
                                tuple(v[i] for v in values))
 
-    return InputTable(path, "parquet", name, kept, tuple(schema.field(k).type for k in kept), rows())
+    return InputTable(path, "parquet", name, kept, tuple(schema.field(k).type for k in kept), rows(),
+                      parquet.close)
 
 
-def _is_stream(path: Path) -> bool:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
-
-
-def _pyarrow_parquet(what: str) -> Any:
+def pyarrow_parquet(what: str) -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
@@ -399,118 +361,3 @@ def _pyarrow_parquet(what: str) -> Any:
     return pq
 
 
-class RowWriter:
-    """Writes scored rows to JSON Lines or Parquet; a file appears under its name only when complete."""
-
-    def __init__(self, path: Path | None, per_token: bool, force: bool = False, stdout: IO[str] | None = None,
-                 source: Path | None = None, kept: Sequence[str] = (), kept_types: Sequence[Any] = ()) -> None:
-        self.path = path
-        self.per_token = per_token
-        self.kept = tuple(kept)
-        self.kept_types = tuple(kept_types) or (None,) * len(self.kept)
-        self.kind = "jsonl" if path is None or path.suffix.lower() in (".jsonl", ".json", ".ndjson") else None
-        if path is not None and path.suffix.lower() in (".parquet", ".pq"):
-            self.kind = "parquet"
-        if self.kind is None and path is not None and _is_stream(path):
-            self.kind = "jsonl"  # /dev/stdout, a named pipe: JSON Lines, as on stdout
-        if self.kind is None:
-            raise InputError(f"{path}: the output is .jsonl or .parquet")
-        self._file: OutputFile | None = None
-        self._stream: IO[str] | None = None
-        self._parquet: Any = None
-        self._binary: IO[bytes] | None = None  # the Parquet file under the writer, closed after it
-        self._pending: list[ScoredRow] = []
-        if path is None:
-            self._stream = stdout or sys.stdout
-            return
-        if source is not None and path.exists() and os.path.samefile(path, source):
-            raise InputError(f"{path} is the input; choose another --output")
-        self._file = OutputFile(path, force=force)
-        if self.kind == "jsonl":
-            self._stream = self._file.open()
-        else:  # opened now: an unwritable folder or a missing pyarrow is found before any scoring
-            pq = _pyarrow_parquet("Parquet output")
-            self._binary = self._file.open(binary=True)
-            try:
-                self._parquet = pq.ParquetWriter(self._binary, self._schema())
-            except OSError as exc:
-                self.abort()
-                raise self._file.storage_error(exc) from exc
-
-    def write(self, rows: list[ScoredRow]) -> None:
-        try:
-            if self.kind == "jsonl":
-                assert self._stream is not None
-                self._stream.write("".join(json.dumps(r.to_dict(self.per_token, self.kept), allow_nan=False) + "\n"
-                                           for r in rows))
-                self._stream.flush()
-            else:
-                self._pending.extend(rows)
-                if len(self._pending) >= 8192:
-                    self._flush_parquet()
-        except OSError as exc:  # no space, a read-only remount, a quota: the user's to fix
-            if self._file is None:
-                raise
-            raise self._file.storage_error(exc) from exc
-
-    def _schema(self) -> Any:
-        import pyarrow as pa
-
-        fields = [pa.field(name, pa.string() if kind is None else kind)
-                  for name, kind in zip(self.kept, self.kept_types)]
-        fields += [pa.field("line", pa.int64()), pa.field("text", pa.string()), pa.field("pll", pa.float64()),
-                   pa.field("n_tokens", pa.int64()), pa.field("unknown_tokens", pa.int64()),
-                   pa.field("variant", pa.string()), pa.field("provider", pa.string()),
-                   pa.field("error", pa.string()), pa.field("warning", pa.string())]
-        if self.per_token:
-            fields.append(pa.field("token_log_probs", pa.list_(pa.float64())))
-        return pa.schema(fields)
-
-    def _flush_parquet(self) -> None:
-        import pyarrow as pa
-
-        schema = self._schema()
-        columns: dict[str, list[Any]] = {name: [r.kept[i] for r in self._pending] for i, name in enumerate(self.kept)}
-        for name in schema.names[len(self.kept):]:
-            columns[name] = [getattr(r, name) for r in self._pending]
-        if self.per_token:
-            columns["token_log_probs"] = [None if v is None else list(v) for v in columns["token_log_probs"]]
-        self._parquet.write_table(pa.Table.from_pydict(columns, schema=schema))
-        self._pending = []
-
-    def close(self) -> None:
-        """Finish the file and publish it under its name."""
-        try:
-            if self.kind == "parquet":
-                if self._pending:
-                    self._flush_parquet()
-                self._parquet.close()
-                self._parquet = None
-                assert self._binary is not None
-                self._binary.close()
-                self._binary = None
-            elif self._file is not None and self._stream is not None:
-                self._stream.close()
-                self._stream = None
-        except OSError as exc:
-            self.abort()
-            if self._file is None:
-                raise
-            raise self._file.storage_error(exc) from exc
-        if self._file is not None:
-            self._file.publish()
-
-    def abort(self) -> None:
-        """Remove the partial file (ours alone: the temporary name)."""
-        try:
-            if self._parquet is not None:
-                self._parquet.close()
-            for handle in (self._binary, self._stream if self._file is not None else None):
-                if handle is not None:
-                    handle.close()
-        except OSError:
-            pass  # closing a file on a full disk fails again; it is removed all the same
-        finally:
-            self._parquet = self._stream = self._binary = None
-            if self._file is not None:
-                self._file.discard()
