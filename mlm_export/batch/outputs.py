@@ -121,6 +121,9 @@ class RowWriter:
             except OSError as exc:
                 self.abort()
                 raise self._file.storage_error(exc) from exc
+            except BaseException:  # a kept column Parquet cannot hold: no temporary file is left
+                self.abort()
+                raise
 
     def write(self, rows: list[ScoredRow]) -> None:
         try:
