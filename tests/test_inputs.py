@@ -207,7 +207,7 @@ def test_a_csv_line_that_is_not_utf8_is_its_rows_error(runner: CliRunner, tiny_a
     (tmp_path / "in.csv").write_bytes(b"\n".join(lines) + b"\n")
     rows = _rows(runner.invoke(main, ["score", str(tiny_artifact), str(tmp_path / "in.csv"), "-q"]).stdout)
     assert len(rows) == 3000 and [r["line"] for r in rows if "error" in r] == [2501]
-    assert rows[2499]["error"] == "line 2501 is not UTF-8 text; fix the file's encoding" and rows[2499]["id"] is None
+    assert rows[2499]["error"] == "not UTF-8 text; fix the file's encoding" and rows[2499]["id"] == "2499"
 
 
 def test_a_uuid_column_is_kept_as_text(tiny_artifact: Path, tmp_path: Path) -> None:
@@ -233,3 +233,14 @@ def test_dash_and_dev_stdout_are_the_real_stdout(tiny_artifact: Path, tmp_path: 
                                "-o", name, "-q"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert [r["line"] for r in _rows(done.stdout)] == [1, 2] and '"pll"' not in done.stderr
+
+
+def test_a_huge_sequence_is_refused_without_tokenizing_it(runner: CliRunner, tiny_artifact: Path,
+                                                         tmp_path: Path) -> None:
+    """A 100 MB line was tokenized whole (minutes, 15 GB) only to be found too long; a CSV field over 64 MiB
+    ended the run. Now both are their row's error, decided on the length in characters."""
+    source = tmp_path / "in.csv"
+    source.write_text("id,text\na,the cat\nb," + "cat " * 200_000 + "\nc,a tree\n")
+    rows = _rows(runner.invoke(main, ["score", str(tiny_artifact), str(source), "-q"]).stdout)
+    assert [r["id"] for r in rows] == ["a", "b", "c"] and rows[0]["pll"] < 0 and rows[2]["pll"] < 0
+    assert rows[1]["error"].startswith("the sequence is 800000 characters long")

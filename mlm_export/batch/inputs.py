@@ -29,7 +29,7 @@ FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas")
 FORMATS = ("text", "fasta", "csv", "parquet")
 DEFAULT_COLUMNS = ("text", "sequence")
 FASTA_COLUMNS = ("id", "description")
-CSV_FIELD_LIMIT = 64 << 20  # bytes; the csv module's default (128 KiB) aborted a run on one long field
+CSV_FIELD_LIMIT = 2**31 - 1  # characters; the csv module's default (128 KiB) aborted a run on one long field
 _FASTA_HEADER = re.compile(r">\S")  # a quoted e-mail line ("> text") is not one
 
 
@@ -295,9 +295,10 @@ def _csv_table(path: Path, column: str | None, keep: Sequence[str] | None, reser
                 for record in reader:
                     first, last = last + 1, reader.line_num
                     bad = next((n for n in range(first, last + 1) if n in not_utf8), None)
-                    if bad is not None:
-                        yield InputRow(last, "", tuple(None for _ in picks),
-                                       f"line {bad} is not UTF-8 text; fix the file's encoding")
+                    if bad is not None:  # the ids are kept (their bad bytes escaped), so the row can be found
+                        values = tuple(_escaped(record[i]) if len(record) == len(header) else None for i in picks)
+                        where = "" if bad == last else f" (line {bad})"
+                        yield InputRow(last, "", values, f"not UTF-8 text{where}; fix the file's encoding")
                     elif len(record) != len(header):  # a shifted row would score the wrong field
                         yield InputRow(last, "", tuple(None for _ in picks),
                                        f"{len(record)} fields, the header has {len(header)}")
@@ -307,6 +308,11 @@ def _csv_table(path: Path, column: str | None, keep: Sequence[str] | None, reser
                 raise InputError(f"{path}, line {reader.line_num}: cannot read the CSV ({exc})") from exc
 
     return InputTable(path, "csv", name, kept, (None,) * len(kept), rows(), handle.close)
+
+
+def _escaped(value: str) -> str:
+    """A field read with surrogateescape, its bytes that are not UTF-8 written as \\xNN."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _open_parquet(path: Path, column: str | None) -> tuple[Any, str]:

@@ -34,6 +34,7 @@ from .graph import LoadedGraph, require_scoring
 
 REDUCTIONS = ("sum", "mean")
 DEFAULT_COPIES_PER_RUN = 128  # masked copies per graph run; a longer sequence runs in several
+MAX_CHARACTERS = 100_000  # longer texts are refused untokenized (or 100 characters per token the model takes)
 DEFAULT_MAX_UNKNOWN = 0.1  # of a sequence's scored tokens; English BERT text has almost none
 
 
@@ -134,6 +135,11 @@ class Scorer:
             raise InputError(f"a sequence must be a string, got {type(text).__name__}")
         if not text.strip():
             raise InputError("the sequence is empty")
+        limit = max(MAX_CHARACTERS, 100 * self.max_length)
+        if len(text) > limit:  # tokenizing 100 MB took minutes and 15 GB only to find it too long
+            raise InputError(f"the sequence is {len(text)} characters long; this model takes at most "
+                             f"{self.max_length} tokens, and mlm-export does not tokenize more than {limit} "
+                             "characters to find that out")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
