@@ -20,7 +20,16 @@ from typing import IO, Any
 
 from .errors import ArtifactError, InputError, StorageError
 
-__all__ = ["OutputFile"]
+__all__ = ["OutputFile", "is_stream"]
+
+
+def is_stream(path: Path) -> bool:
+    """A character device or FIFO (`/dev/stdout`, a named pipe): written in place, never replaced."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:  # absent, or a dangling link: a file to create
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 class OutputFile:
@@ -43,14 +52,10 @@ class OutputFile:
         self._tmp: Path | None = None
         if not self.path.name or self.path.name in (".", ".."):
             raise InputError(f"{option} {str(path)!r} is not a file name")
-        try:
-            info = self.path.stat() if os.path.lexists(self.path) else None
-        except OSError:  # a dangling link: its target would be created; refuse it like an existing file
-            info = None
-        if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+        if is_stream(self.path):
             self.stream = True
             return
-        if info is not None and stat.S_ISDIR(info.st_mode):
+        if self.path.is_dir():
             raise InputError(f"{self.path} is a directory; {option} names a file")
         if os.path.lexists(self.path) and not force:
             how = f"pass {force_option} to replace it, or " if force_option else ""
@@ -89,37 +94,35 @@ class OutputFile:
         if self.stream or tmp is None:
             return self.path
         if self.force:
-            try:
-                os.replace(tmp, self.path)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise self.storage_error(exc) from exc
-            return self.path
+            return self._rename(tmp)
         try:
             os.link(tmp, self.path)
         except FileExistsError:
-            if not self.keep_on_clash:
-                tmp.unlink(missing_ok=True)
-                raise ArtifactError(f"{self.path} appeared while mlm-export was writing it; it was left untouched "
-                                    f"and nothing was written. Choose another {self.option}") from None
-            raise ArtifactError(f"{self.path} appeared while mlm-export was writing it, and mlm-export does not "
-                                f"replace a file without {self.force_option or 'being asked'}: it was left "
-                                f"untouched. The output is in {self._keep(tmp)}") from None
+            raise self._clash(tmp) from None
         except OSError:  # a file system without hard links: check, then rename (racier, the best it allows)
             if os.path.lexists(self.path):
-                if not self.keep_on_clash:
-                    tmp.unlink(missing_ok=True)
-                raise ArtifactError(f"{self.path} appeared while mlm-export was writing it; it was left "
-                                    "untouched" + (f". The output is in {tmp}" if self.keep_on_clash else "")) \
-                    from None
-            try:
-                os.replace(tmp, self.path)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise self.storage_error(exc) from exc
-            return self.path
+                raise self._clash(tmp) from None
+            return self._rename(tmp)
         tmp.unlink(missing_ok=True)  # the name is published: the temporary one is only a second link
         return self.path
+
+    def _rename(self, tmp: Path) -> Path:
+        try:
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self.storage_error(exc) from exc
+        return self.path
+
+    def _clash(self, tmp: Path) -> ArtifactError:
+        """A file took the name while ours was written: it is left untouched; ours is kept aside or removed."""
+        if not self.keep_on_clash:
+            tmp.unlink(missing_ok=True)
+            return ArtifactError(f"{self.path} appeared while mlm-export was writing it; it was left untouched "
+                                 f"and nothing was written. Choose another {self.option}")
+        return ArtifactError(f"{self.path} appeared while mlm-export was writing it, and mlm-export does not "
+                             f"replace a file without {self.force_option or 'being asked'}: it was left "
+                             f"untouched. The output is in {self._keep(tmp)}")
 
     def _keep(self, tmp: Path) -> Path:
         """The finished file under a visible name of its own (the temporary one if that is taken too)."""

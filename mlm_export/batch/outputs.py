@@ -11,7 +11,6 @@ import decimal
 import json
 import math
 import os
-import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InputError
-from ..publish import OutputFile
+from ..publish import OutputFile, is_stream
 from .inputs import pyarrow_parquet
 
 OUTPUT_FIELDS = ("line", "text", "pll", "n_tokens", "unknown_tokens", "variant", "provider", "token_log_probs",
@@ -76,14 +75,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # a UUID, an extension type: its text
 
 
-def _is_stream(path: Path) -> bool:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
-
-
 class RowWriter:
     """Writes scored rows to JSON Lines or Parquet; a file appears under its name only when complete."""
 
@@ -96,7 +87,7 @@ class RowWriter:
         self.kind = "jsonl" if path is None or path.suffix.lower() in (".jsonl", ".json", ".ndjson") else None
         if path is not None and path.suffix.lower() in (".parquet", ".pq"):
             self.kind = "parquet"
-        if self.kind is None and path is not None and _is_stream(path):
+        if self.kind is None and path is not None and is_stream(path):
             self.kind = "jsonl"  # /dev/stdout, a named pipe: JSON Lines, as on stdout
         if self.kind is None:
             raise InputError(f"{path}: the output is .jsonl or .parquet")
