@@ -1,7 +1,7 @@
 """mlm-export: verified, optimized ONNX artifacts for masked language models (BERT and its kin, ESM).
 
-Importing this package never imports torch or transformers: `OnnxMaskFiller` is for apps that ship
-without them. Everything but the exceptions loads lazily on first use.
+Importing this package never imports torch or transformers: `OnnxMaskFiller`, `SparseEncoder` and
+`Embedder` are for apps that ship without them. Everything but the exceptions loads lazily on first use.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from .errors import (
 __version__ = "0.3.0"
 
 __all__ = [
-    "Artifact", "ArtifactError", "Candidate", "ConfigError", "ExportConfig", "ExportError", "ExportResult",
+    "Artifact", "ArtifactError", "Candidate", "ConfigError", "Embedder", "ExportConfig", "ExportError", "ExportResult",
     "FusionError", "InputError", "IntegrityError", "Interrupted", "LoadedGraph", "MissingHeadError",
     "MlmExportError", "OnnxMaskFiller", "PLLScore", "ParityError", "ProviderError", "ScoreJob", "ScoreOptions",
-    "ScoreSummary", "Scorer", "SignatureError", "SlimResult", "SourceError", "StorageError", "TritonModel",
+    "ScoreSummary", "Scorer", "SignatureError", "SlimResult", "SourceError", "SparseEmbedding", "SparseEncoder",
+    "StorageError", "TritonModel",
     "VerifyReport", "export_model", "generate_key", "score_file", "sign_artifact", "slim_artifact",
     "verify_artifact", "write_triton_repository",
 ]
@@ -44,9 +45,11 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (py.typed)
     from .batch import ScoreJob, ScoreSummary, score_file
     from .config import ExportConfig
     from .exporter.pipeline import ExportResult, export_model
+    from .runtime.embed import Embedder
     from .runtime.graph import LoadedGraph
     from .runtime.predictor import Candidate, OnnxMaskFiller
     from .runtime.scoring import PLLScore, Scorer, ScoreOptions
+    from .runtime.sparse import SparseEmbedding, SparseEncoder
     from .triton import TritonModel, write_triton_repository
     from .verify import VerifyReport, verify_artifact
 
@@ -59,6 +62,7 @@ _LAZY = {
     "ScoreJob": "batch", "ScoreSummary": "batch", "score_file": "batch",
     "ExportConfig": "config", "ExportResult": "exporter.pipeline", "export_model": "exporter.pipeline",
     "LoadedGraph": "runtime.graph", "Candidate": "runtime.predictor", "OnnxMaskFiller": "runtime.predictor",
+    "Embedder": "runtime.embed", "SparseEmbedding": "runtime.sparse", "SparseEncoder": "runtime.sparse",
     "PLLScore": "runtime.scoring", "Scorer": "runtime.scoring", "ScoreOptions": "runtime.scoring",
     "TritonModel": "triton", "write_triton_repository": "triton",
     "VerifyReport": "verify", "verify_artifact": "verify",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .manifest import Tolerance
+from .manifest import TASKS, Tolerance, VectorTolerance
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNormalization
@@ -33,6 +33,10 @@ class ExportConfig:
     # graphs of models whose float32 weights exceed this keep them in ONNX external data (protobuf stops
     # at 2 GB); tests lower it to exercise that path on tiny models
     external_data_above: int = EXTERNAL_DATA_ABOVE
+    # what the artifact serves: "fill-mask" (the default), "sparse" (SPLADE), "embed" (hidden states)
+    tasks: tuple[str, ...] = ("fill-mask",)
+    sparse_pooling: str = "max"  # SPLADE v2/++; "sum" for SPLADE v1
+    layer: int | None = None     # embed: the hidden states given; None the last, 0 the embeddings, -1 the last
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -61,6 +65,20 @@ class ExportConfig:
             raise ConfigError("probe_texts must be a sequence of non-empty texts")
         if any(len(t.splitlines()) != 1 for t in self.probe_texts):
             raise ConfigError("each probe text must be one line: the artifact stores them one per line")
+        if isinstance(self.tasks, str) or not self.tasks or any(t not in TASKS for t in self.tasks):
+            raise ConfigError(f"tasks must be a non-empty list of {', '.join(TASKS)}, got {self.tasks!r}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"a task is named twice in {list(self.tasks)}")
+        if self.sparse_pooling not in ("max", "sum"):
+            raise ConfigError("sparse pooling must be max (SPLADE v2, ++) or sum (SPLADE v1), "
+                              f"got {self.sparse_pooling!r}")
+        if self.layer is not None and (not isinstance(self.layer, int) or isinstance(self.layer, bool)):
+            raise ConfigError(f"layer must be an integer, got {self.layer!r}")
+        if self.layer is not None and "embed" not in self.tasks:
+            raise ConfigError("layer is the embed task's; add the embed task (--task embed) or leave it out")
+        if self.sparse_pooling != "max" and "sparse" not in self.tasks:
+            raise ConfigError("sparse pooling is the sparse task's; add the sparse task (--task sparse) or "
+                              "leave it out")
         if self.int8_recipe != "auto":
             from .passes.int8 import find_int8_recipe  # numpy and onnx tools: not at the CLI's start
 
@@ -83,3 +101,18 @@ TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": INT8_TOLER
 # type) check its export without paying for a second pass over the realistic texts.
 LOGITS_TOLERANCE = Tolerance(max_abs_logit=1e-4, max_rel_logit=2e-5, min_top1_agreement=1.0, min_topk_overlap=1.0,
                              scope="shapes")
+
+# The sparse and embed tasks compare vectors per text with PyTorch's (verify/tasks.py). SPLADE fp32: every
+# weight within 1e-3 and the same top-20 terms, swaps between terms within 1e-4 of each other ignored; reduced
+# precisions keep the vector's direction (cosine >= 0.99) and 90% of its top-20 terms on realistic text.
+SPARSE_TOLERANCES = {
+    "fp32": VectorTolerance(max_abs=1e-3, min_topk_overlap=1.0, top_k=20, tie=1e-4),
+    **{p: VectorTolerance(min_cosine=0.99, min_topk_overlap=0.9, top_k=20, tie=1e-4, scope="realistic")
+       for p in ("fp16", "int8", "bf16")},
+}
+# Embeddings fp32: the mean-pooled vector's cosine >= 0.99999, every token's >= 0.9999; reduced: the pooled
+# vector's >= 0.995 on realistic text.
+EMBED_TOLERANCES = {
+    "fp32": VectorTolerance(min_cosine=0.99999, min_token_cosine=0.9999),
+    **{p: VectorTolerance(min_cosine=0.995, scope="realistic") for p in ("fp16", "int8", "bf16")},
+}

@@ -4,9 +4,10 @@ Every document carries `"schema": "<name>"`, and `mlm_export/schemas/<name>.sche
 in the wheel, printed by `mlm-export schema <name>`) describes it: `export-v2`, `verify-v1`,
 `predict-v1`, `score-v2` (+ `score-row-v2` for the rows), `slim-v1`, `triton-v1`, `info-v2`,
 `sign-v1`, `keygen-v1`, `schemas-v1` (the list `mlm-export schema` prints), and
-`error-v1` for a failure of any command. The artifact's manifest is `manifest-v4` (format 4, whose
-family is a name, not a list; formats 3 and 2, `manifest-v3` and `manifest-v2`, are still read: see
-`manifest.SCHEMAS`). A schema lists every field of its version (`additionalProperties: false`;
+`error-v1` for a failure of any command. The artifact's manifest is `manifest-v5` (format 5: the
+sparse and embed tasks) or, for an artifact that holds neither, `manifest-v4` (format 4, whose family
+is a name, not a list); formats 3 and 2, `manifest-v3` and `manifest-v2`, are still read: see
+`manifest.SCHEMAS`. A schema lists every field of its version (`additionalProperties: false`;
 `info-v2` also carries the manifest's own fields, which its manifest schema checks, and `score-row-v2`
 the input's kept columns), so a field is
 added, renamed or removed only with a new version name. `export-v2` and `info-v2` carry a manifest of

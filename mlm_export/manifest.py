@@ -30,10 +30,16 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # written by `mlm-export sign`; not listed in the manifest it signs
 SLIM = "slim.json"  # written by `mlm-export slim`: the graphs a slim copy left out on purpose
 # 3 added the bf16 variant (`head_input`) and the probability bound of the gates; 4 stores the family as a
-# name (FAMILY_NAME) where 2 and 3 held it to the families of their day, so adding one edits no schema
-FORMAT_VERSION = 4
+# name (FAMILY_NAME) where 2 and 3 held it to the families of their day, so adding one edits no schema; 5
+# adds the sparse and embed tasks. An artifact is written in the oldest format that holds it
+# (`format_for`), so a fill-mask artifact stays readable by the releases that read format 4.
+FORMAT_VERSION = 5
 # the formats this version reads, each checked by its own schema: an older artifact needs no re-export
-SCHEMAS = {2: "manifest-v2.schema.json", 3: "manifest-v3.schema.json", 4: "manifest-v4.schema.json"}
+SCHEMAS = {2: "manifest-v2.schema.json", 3: "manifest-v3.schema.json", 4: "manifest-v4.schema.json",
+           5: "manifest-v5.schema.json"}
+FILL_MASK = "fill-mask"
+TASK_FORMS = ("sparse", "embed")  # the tasks beside fill-mask; their graphs are named TASK.PRECISION
+TASKS = (FILL_MASK,) + TASK_FORMS
 # what a family's name may be (manifest-v4's `family` pattern, without the anchors JSON Schema needs)
 FAMILY_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # real manifests are a few KB; refuse to parse a giant file
@@ -64,6 +70,54 @@ class Tolerance:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tolerance:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class VectorTolerance:
+    """The gate of a sparse or embed graph: vectors per text against PyTorch's. Each bound that is not
+    None holds on every text of the gated probes, except the top-k overlap, which holds on average."""
+
+    max_abs: float | None = None            # largest |difference| of any value
+    min_cosine: float | None = None         # per text: the sparse vector, or the mean-pooled embedding
+    min_token_cosine: float | None = None   # embed: per attended token
+    min_topk_overlap: float | None = None   # sparse: the top-k terms, swaps within `tie` ignored
+    top_k: int = 20
+    tie: float = 1e-4
+    scope: str = "all"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VectorTolerance:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What a sparse or embed graph computes, fixed at export (`task` in the manifest)."""
+
+    pooling: str | None = None       # sparse: "max" (SPLADE v2, ++) or "sum" (SPLADE v1)
+    chunk_tokens: int | None = None  # sparse: rows of the MLM head per iteration of its loop
+    layer: int | None = None         # embed: the hidden states given, 0 the embeddings, num_layers the last
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskOptions:
+        return cls(data.get("pooling"), data.get("chunk_tokens"), data.get("layer"))
+
+
+def graph_name(form: str, precision: str) -> str:
+    """A graph's name in the manifest: fill-mask variants by their precision (as since format 2), the
+    other tasks' as TASK.PRECISION."""
+    return precision if form == FILL_MASK else f"{form}.{precision}"
+
+
+def format_for(graphs: Mapping[str, GraphEntry]) -> int:
+    """The oldest manifest format that holds `graphs`: 4 without the tasks format 5 added."""
+    return 5 if any(g.form in TASK_FORMS for g in graphs.values()) else 4
 
 
 @dataclass(frozen=True)
@@ -252,23 +306,62 @@ class Int8Trial(_Record):
                    data.get("head"), data.get("max_abs_logit"))
 
 
+@dataclass(frozen=True, eq=False)
+class VectorParity(_Record):
+    """A sparse or embed graph's agreement with PyTorch at the probes (`verify.tasks.TaskParity.to_dict()`)."""
+
+    passed: bool
+    texts: int
+    max_abs: float
+    min_cosine: float
+    gated_on: str | None = None
+    provider: str | None = None
+    failures: tuple[str, ...] = ()
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    _TYPED = ("passed", "texts", "max_abs", "min_cosine", "gated_on", "provider", "failures")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.figures)
+        for key in self._TYPED:
+            value = getattr(self, key)
+            if key == "failures":
+                data[key] = list(value)
+            elif value is not None:
+                data[key] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VectorParity:
+        return cls(bool(data["passed"]), data["texts"], data["max_abs"], data["min_cosine"], data.get("gated_on"),
+                   data.get("provider"), tuple(data.get("failures") or ()), dict(data))
+
+
 @dataclass(frozen=True)
 class GraphEntry:
     file: str
-    form: str       # "logits" | "fill-mask"
+    form: str       # "logits" | "fill-mask" | "sparse" | "embed"
     precision: str  # "fp32" | "fp16" | "int8" | "bf16"
     family: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    tolerance: Tolerance
+    tolerance: Tolerance | VectorTolerance  # VectorTolerance for the sparse and embed forms
     fusion: FusionRecord | None = None
-    parity: ParityRecord | None = None  # once verified
+    parity: ParityRecord | VectorParity | None = None  # once verified
     weight_bytes: int | None = None
     recipe: str | None = None    # int8 only
     recipes_tried: tuple[Int8Trial, ...] = ()
     data_file: str | None = None  # the graph's weights, when they are kept in ONNX external data
     head: str | None = None      # int8 only: the MLM decoder, "float" or "int8-blockwise"
     head_input: str | None = None  # bf16 only: the tensor where the float32 head begins (runtime.openvino)
+    task: TaskOptions | None = None  # sparse and embed only
+
+    @property
+    def mask_tolerance(self) -> Tolerance:
+        """The logits and fill-mask forms' gate (a programming error on a task graph)."""
+        if not isinstance(self.tolerance, Tolerance):
+            raise TypeError(f"a {self.form} graph has a vector gate")
+        return self.tolerance
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -296,19 +389,25 @@ class GraphEntry:
             data["head"] = self.head
         if self.head_input is not None:
             data["head_input"] = self.head_input
+        if self.task is not None:
+            data["task"] = self.task.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GraphEntry:
+        vector = data["form"] in TASK_FORMS
+        parity: ParityRecord | VectorParity | None = None
+        if data.get("parity") is not None:
+            parity = (VectorParity if vector else ParityRecord).from_dict(data["parity"])
         return cls(data["file"], data["form"], data["precision"], data["family"],
                    tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
                    tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
-                   Tolerance.from_dict(data["tolerance"]),
+                   (VectorTolerance if vector else Tolerance).from_dict(data["tolerance"]),
                    None if data.get("fusion") is None else FusionRecord.from_dict(data["fusion"]),
-                   None if data.get("parity") is None else ParityRecord.from_dict(data["parity"]),
-                   data.get("weight_bytes"), data.get("recipe"),
+                   parity, data.get("weight_bytes"), data.get("recipe"),
                    tuple(Int8Trial.from_dict(t) for t in data.get("recipes_tried") or ()),
-                   data.get("data_file"), data.get("head"), data.get("head_input"))
+                   data.get("data_file"), data.get("head"), data.get("head_input"),
+                   None if data.get("task") is None else TaskOptions.from_dict(data["task"]))
 
 
 @dataclass(frozen=True)
@@ -330,7 +429,15 @@ class Manifest:
 
     @property
     def fill_mask_graphs(self) -> dict[str, GraphEntry]:
-        return {name: g for name, g in self.graphs.items() if g.form == "fill-mask"}
+        return {name: g for name, g in self.graphs.items() if g.form == FILL_MASK}
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks the artifact's graphs serve, in TASKS order."""
+        return tuple(task for task in TASKS if any(g.form == task for g in self.graphs.values()))
+
+    def with_graph_added(self, name: str, entry: GraphEntry) -> Manifest:
+        return replace(self, graphs=self.graphs | {name: entry})
 
     def with_graph(self, name: str, **changes: Any) -> Manifest:
         return replace(self, graphs=self.graphs | {name: replace(self.graphs[name], **changes)})
@@ -504,6 +611,16 @@ def _check_consistency(manifest: Manifest, origin: Path) -> None:
         if entry.form == "fill-mask" and graph != entry.precision:  # a variant is named by its precision
             raise ArtifactError(f"{origin}: graphs.{graph} has precision {entry.precision!r}; a fill-mask variant "
                                 "is named after its precision. Re-export the artifact")
+        if entry.form in TASK_FORMS and graph != graph_name(entry.form, entry.precision):
+            raise ArtifactError(f"{origin}: graphs.{graph} is a {entry.form} graph of precision {entry.precision!r}, "
+                                f"so it must be named {graph_name(entry.form, entry.precision)!r}. "
+                                "Re-export the artifact")
+        if entry.form == "sparse" and (entry.task is None or entry.task.pooling is None):
+            raise ArtifactError(f"{origin}: graphs.{graph} has no task.pooling; re-export the artifact")
+        if entry.form == "embed" and (entry.task is None or entry.task.layer is None
+                                      or entry.task.layer > manifest.model.num_layers):
+            raise ArtifactError(f"{origin}: graphs.{graph} has no task.layer between 0 and model.num_layers; "
+                                "re-export the artifact")
         if entry.precision == "bf16" and not entry.head_input:  # else OpenVINO would run the head in bf16 too
             raise ArtifactError(f"{origin}: graphs.{graph} has no head_input, where its float32 MLM head "
                                 "begins; re-export the artifact")

@@ -45,7 +45,8 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
         CUDA: "it is OpenVINO's, encoder in bf16 and head in float32"}),
 )}
 
-# Best variant first, per task and backend. A precision missing here is never picked by default.
+# Best precision first, per task and backend. A precision missing here is never picked by default; a task
+# without rows of its own (sparse, embed) takes fill-mask's, whose reasons hold for any encoder.
 PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("fill-mask", CPU): ("int8", "fp32", "fp16"),
     ("fill-mask", CUDA): ("fp16", "fp32"),
@@ -118,9 +119,11 @@ def check_pairing(name: str, precision: str, backend: str, directory: Path | str
 
 
 def preferred(variants: Mapping[str, _Graph], backend: str, task: str = "fill-mask") -> str:
-    """The variant opened by default on `backend`: the first of the task's preference that the artifact
-    has; else (a slim copy) any it has that runs there; else any."""
-    for name in PREFERENCE.get((task, backend), ("fp32",)):
+    """The variant (a graph name among `variants`, all of `task`) opened by default on `backend`: the first
+    of the task's preference that the artifact has; else (a slim copy) any it has that runs there; else any."""
+    row = PREFERENCE.get((task, backend)) or PREFERENCE.get(("fill-mask", backend), ("fp32",))
+    for precision in row:
+        name = precision if task == "fill-mask" else f"{task}.{precision}"
         if name in variants:
             return name
     readable = sorted(name for name, g in variants.items() if runs_on(g.precision, backend))

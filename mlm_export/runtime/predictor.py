@@ -8,20 +8,28 @@ and nothing heavier.
 from __future__ import annotations
 
 import numbers
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, overload
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..artifact.handle import Artifact
 from ..errors import ArtifactError, InputError
 from ..manifest import Manifest
-from ..variants import check_pairing, preferred
-from .backends import Session, choose_backend, providers_for
-from .graph import CONTROL_INPUTS, TOKEN_INPUTS, LoadedGraph, require_scoring, right_padded
+from ..variants import preferred
+from .backends import Session
+from .graph import (
+    CONTROL_INPUTS,
+    TOKEN_INPUTS,
+    LoadedGraph,
+    artifact_from,
+    check_batch_size,
+    require_scoring,
+    right_padded,
+)
+from .texts import as_text_list, check_texts
 from .threads import check_threads
 
 if TYPE_CHECKING:
@@ -88,30 +96,10 @@ class OnnxMaskFiller:
         bytes or a key object) makes the manifest's Ed25519 signature mandatory: an unsigned or edited
         artifact raises `SignatureError`.
         """
-        if not isinstance(directory, (str, os.PathLike, Artifact)):
-            raise InputError(f"directory must be a path to an artifact, got {type(directory).__name__}")
+        artifact = artifact_from(directory, public_key)
         check_threads(threads)
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if variant is not None and not isinstance(variant, str):
-            raise InputError(f"variant must be a name such as 'fp32' or None, got {variant!r}")
-        if isinstance(directory, Artifact) and public_key is None:
-            artifact = directory
-        else:  # a path, or an Artifact to check against this key: (re)open it, the signature checked
-            artifact = Artifact.open(directory.path if isinstance(directory, Artifact) else directory, public_key)
-        variants = artifact.graphs_of("fill-mask")
-        artifact.refuse_left_out(variant)
-        if not variants:
-            raise ArtifactError(f"{artifact.path} has no fill-mask graph")
-        if variant is not None:
-            artifact.graph(variant, form="fill-mask")  # unknown: an error that lists the variants
-        backend = choose_backend(variants, providers, variant)
-        providers = providers_for(backend, providers)
-        first = variant or preferred(variants, backend)
-        check_pairing(first, variants[first].precision, backend, artifact.path, variants)  # auto's choice too
-        graph = LoadedGraph.open(artifact, first, providers, threads, io_binding)
-        if variant is None and preferred(variants, graph.provider) != first:  # landed elsewhere (auto)
-            graph = LoadedGraph.open(artifact, preferred(variants, graph.provider), providers, threads, io_binding)
+        check_batch_size(batch_size)
+        graph = LoadedGraph.open_task(artifact, "fill-mask", variant, providers, threads, io_binding)
         return cls(graph, artifact.tokenizer(), int(batch_size))
 
     def __repr__(self) -> str:
@@ -170,7 +158,7 @@ class OnnxMaskFiller:
         if not isinstance(return_sequence, (bool, np.bool_)):
             raise InputError(f"return_sequence must be True or False, got {return_sequence!r}")
         single = isinstance(inputs, str)
-        texts = [inputs] if single else _as_text_list(inputs)
+        texts = [inputs] if single else as_text_list(inputs)
         if not texts:
             raise InputError("no input texts were given")
         if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
@@ -240,7 +228,7 @@ class OnnxMaskFiller:
         options = ScoreOptions(reduction, exclude_special, per_token,
                                DEFAULT_COPIES_PER_RUN if batch_size is None else batch_size)
         if not isinstance(texts, str):
-            texts = _as_text_list(texts)
+            texts = as_text_list(texts)
             if not texts:
                 raise InputError("no input texts were given")
         return self.scorer().score(texts, options)
@@ -271,18 +259,7 @@ class OnnxMaskFiller:
         return int(length)
 
     def _encode(self, texts: list[str], truncate_to: int | None = None) -> list[list[int]]:
-        for i, text in enumerate(texts):
-            if isinstance(text, (bytes, bytearray)):
-                raise InputError(f"input {i} is bytes, not a string; decode it first, e.g. text.decode('utf-8')")
-            if not isinstance(text, str):
-                raise InputError(f"input {i} is a {type(text).__name__}, not a string")
-            if not text.strip():
-                raise InputError(f"input {i} is empty")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InputError(f"input {i} is not valid Unicode ({exc.reason} at character "
-                                 f"{exc.start}); it cannot be tokenized") from exc
+        check_texts(texts)
         encodings = self.tokenizer.encode_batch(texts)
         ids = [e.ids for e in encodings]
         if truncate_to is not None:
@@ -361,17 +338,3 @@ def preferred_variant(manifest: Manifest, provider: str) -> str | None:
     (a slim copy that kept only the logits form)."""
     variants = manifest.fill_mask_graphs
     return preferred(variants, provider) if variants else None
-
-
-def _as_text_list(inputs: object) -> list[Any]:
-    """A list of the texts in `inputs`; refuses what only looks iterable (bytes, mappings, numbers)."""
-    if isinstance(inputs, (bytes, bytearray)):
-        raise InputError("inputs are bytes, not a string; decode them first, e.g. text.decode('utf-8')")
-    if isinstance(inputs, (list, tuple)):
-        return list(inputs)
-    if isinstance(inputs, Sequence) or (isinstance(inputs, Iterable) and not isinstance(inputs, (Mapping, Set))):
-        try:
-            return list(inputs)
-        except TypeError as exc:  # e.g. a 0-d numpy array: iterable in type, not in fact
-            raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}") from exc
-    raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")

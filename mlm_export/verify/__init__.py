@@ -15,9 +15,10 @@ from typing import Any
 from ..artifact.handle import Artifact
 from ..errors import ArtifactError, InputError, SourceError
 from ..families import family_named
-from ..manifest import MANIFEST
+from ..manifest import MANIFEST, TASK_FORMS
 from ..progress import stage
 from .parity import Agreement, GraphParity, ParityHarness, VerifyReport, runtime_of
+from .tasks import TaskHarness, TaskParity
 from .probes import (
     ARTIFACT_PROBES,
     ARTIFACT_SET,
@@ -34,8 +35,8 @@ from .probes import (
 
 
 __all__ = ["ARTIFACT_PROBES", "ARTIFACT_SET", "PACKAGED_SETS", "Agreement", "GraphParity", "ParityHarness",
-           "ProbeBatch", "ProbeSpec", "VerifyReport", "antibody_sequences", "build_probes", "choose_probe_set",
-           "packaged_texts", "read_probe_file", "runtime_of", "text_probes", "verify_artifact"]
+           "ProbeBatch", "ProbeSpec", "TaskHarness", "TaskParity", "VerifyReport", "antibody_sequences", "build_probes",
+           "choose_probe_set", "packaged_texts", "read_probe_file", "runtime_of", "text_probes", "verify_artifact"]
 
 
 def verify_artifact(directory: Path | str, *, source: Any = None, providers: str = "cpu",
@@ -80,7 +81,10 @@ def verify_artifact(directory: Path | str, *, source: Any = None, providers: str
                                 f"but the source model has {actual}: the manifest was edited; re-export")
     tokenizer = Tokenizer.from_str(artifact.checked_bytes(manifest.tokenizer.file).decode("utf-8"))
     harness = ParityHarness(manifest, tokenizer, model, probe_texts, directory)
-    graphs = []
+    tasks = [entry for entry in artifact.graphs.values() if entry.form in TASK_FORMS]
+    task_harness = TaskHarness.for_entries(manifest, harness.batches, model, tasks) if tasks else None
+    graphs: list[Any] = []
     for name, entry in artifact.graphs.items():
-        graphs.append(harness.check(artifact.path_of(entry.file), name, entry, runtime_of(entry, providers)))
+        judge = task_harness if entry.form in TASK_FORMS and task_harness is not None else harness
+        graphs.append(judge.check(artifact.path_of(entry.file), name, entry, runtime_of(entry, providers)))
     return VerifyReport(str(directory), graphs, artifact.left_out)

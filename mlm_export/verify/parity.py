@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -158,6 +158,13 @@ class GraphParity:
     def passed(self) -> bool:
         return not self.failures
 
+    def summary_lines(self) -> list[str]:
+        d = self.to_dict()
+        return [f"{'PASS' if self.passed else 'FAIL'} {self.graph:<11} {self.file:<20} on {self.gated_on}: "
+                f"positions={d['masked_positions']} max|Δlogit|={d['max_abs_logit']:.2e} "
+                f"top1={d['top1_agreement']:.2%} top{self.tolerance.top_k}-overlap={d['topk_overlap']:.2%} "
+                f"set-equal={d['topk_set_equal']:.2%} [{self.provider}]"] + [f"     {f}" for f in self.failures]
+
     def to_dict(self) -> dict:
         return {"graph": self.graph, "file": self.file, "form": self.form, "provider": self.provider,
                 **self.gated.to_dict(), "gated_on": self.gated_on,
@@ -166,10 +173,23 @@ class GraphParity:
                 "failures": self.failures}
 
 
+class _Judged(Protocol):
+    """A graph's parity: `GraphParity` (logits, fill-mask) or `verify.tasks.TaskParity` (sparse, embed)."""
+
+    graph: str
+
+    @property
+    def passed(self) -> bool: ...
+
+    def to_dict(self) -> dict: ...
+
+    def summary_lines(self) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     artifact: str
-    graphs: list[GraphParity]
+    graphs: list[_Judged]
     absent: tuple[str, ...] = ()  # graphs a slim copy left out: listed in its manifest, not checked
 
     @property
@@ -182,15 +202,7 @@ class VerifyReport:
                 "graphs": {g.graph: g.to_dict() for g in self.graphs}} | slim
 
     def summary(self) -> str:
-        lines = []
-        for g in self.graphs:
-            d = g.to_dict()
-            lines.append(
-                f"{'PASS' if g.passed else 'FAIL'} {g.graph:<7} {g.file:<20} on {g.gated_on}: "
-                f"positions={d['masked_positions']} max|Δlogit|={d['max_abs_logit']:.2e} "
-                f"top1={d['top1_agreement']:.2%} top{g.tolerance.top_k}-overlap={d['topk_overlap']:.2%} "
-                f"set-equal={d['topk_set_equal']:.2%} [{g.provider}]")
-            lines += [f"     {failure}" for failure in g.failures]
+        lines = [line for g in self.graphs for line in g.summary_lines()]
         if self.absent:
             lines.append(f"slim artifact: {', '.join(self.absent)} {'is' if len(self.absent) == 1 else 'are'} not in "
                          "it (slim.json) and could not be checked; the graphs above and every file it holds "
@@ -255,7 +267,7 @@ class ParityHarness:
                                 "such a CPU, or verify a copy without it (mlm-export slim --keep ...)")
         session = create_session(str(path), providers, head_input=entry.head_input)
         provider = getattr(session, "description", None) or session.get_providers()[0]  # OpenVINO's precisions
-        parity = GraphParity(name, entry.file, entry.form, entry.tolerance, provider=provider)
+        parity = GraphParity(name, entry.file, entry.form, entry.mask_tolerance, provider=provider)
         judged = [(batch, reference) for batch, reference in zip(self.batches, self.references)
                   if entry.tolerance.scope != "shapes" or batch.probe_set == "shapes"]
         with stage(f"comparing {entry.file} on {len(judged)} probe batches", len(judged), "batch") as advance:
