@@ -2,8 +2,8 @@
 
 Every document carries `"schema": "<name>"`, and `mlm_export/schemas/<name>.schema.json` (shipped
 in the wheel, printed by `mlm-export schema <name>`) describes it: `export-v2`, `verify-v1`,
-`predict-v1`, `score-v2` (+ `score-row-v2` for the rows), `slim-v1`, `triton-v1`, `info-v2`,
-`sign-v1`, `keygen-v1`, `schemas-v1` (the list `mlm-export schema` prints), and
+`predict-v1`, `score-v2` (+ `score-row-v2` for the rows), `encode-v1` (+ `encode-row-v1`), `slim-v1`,
+`triton-v1`, `info-v2`, `sign-v1`, `keygen-v1`, `schemas-v1` (the list `mlm-export schema` prints), and
 `error-v1` for a failure of any command. The artifact's manifest is `manifest-v5` (format 5: the
 sparse and embed tasks) or, for an artifact that holds neither, `manifest-v4` (format 4, whose family
 is a name, not a list); formats 3 and 2, `manifest-v3` and `manifest-v2`, are still read: see
@@ -25,9 +25,11 @@ from typing import Any
 from .manifest import FORMAT_VERSION, SCHEMAS
 
 DOCUMENTS = {"export": "export-v2", "verify": "verify-v1", "predict": "predict-v1", "score": "score-v2",
+             "encode": "encode-v1",
              "slim": "slim-v1", "triton": "triton-v1", "info": "info-v2", "sign": "sign-v1",
              "keygen": "keygen-v1", "schema": "schemas-v1", "error": "error-v1"}
-ROWS = {"score": "score-row-v2"}  # documents written one per line, which carry no schema field
+# documents written one per line, which carry no schema field
+ROWS = {"score": "score-row-v2", "encode": "encode-row-v1"}
 # the manifest's schemas are manifest.py's, which picks one per format_version
 READ_MANIFEST_SCHEMAS = tuple(file.removesuffix(".schema.json") for file in SCHEMAS.values())  # what is read
 MANIFEST_SCHEMA = SCHEMAS[FORMAT_VERSION].removesuffix(".schema.json")  # what export writes

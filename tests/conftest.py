@@ -36,11 +36,10 @@ REAL_CHECKPOINTS = {"antiberty_export", "antiberty_bert", "antiberty_vocab", "an
 # The costly session fixtures: under pytest-xdist (`-n`, on by default) the tests that share one run on the
 # same worker, so each is built once; everything else spreads over the workers.
 # Costliest first: a test that uses two goes with the costlier.
-SHARED_EXPORTS = (("antiberty", {"antiberty_export", "antiberty_torch"}),
+SHARED_EXPORTS = (("antiberty", {"antiberty_export", "antiberty_torch", "splade_artifact"}),  # docs copy both
                   ("layouts", {"layout_exports", "antiberty_layouts"}),
                   ("english", {"english_artifact", "english_dir"}),
                   ("tiny-variants", {"tiny_variants"}),
-                  ("splade", {"splade_artifact"}),
                   ("tiny-tasks", {"tiny_tasks"}),
                   ("bench", {"bench"}))
 

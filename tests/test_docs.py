@@ -243,11 +243,13 @@ class Workspace:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, antiberty_export: Any) -> Workspace:
+def workspace(tmp_path_factory: pytest.TempPathFactory, antiberty_export: Any, splade_artifact: Path) -> Workspace:
     """The scratch directory, holding at models/antiberty the AntiBERTy artifact the suite exports once
-    (the quick start's export, plus fp16 and bf16): a second export here would cost two minutes."""
+    (the quick start's export, plus fp16 and bf16): a second export here would cost two minutes; and at
+    models/splade the SPLADE artifact of docs/tasks.md, exported once for tests/test_tasks.py."""
     cwd = tmp_path_factory.mktemp("docs-cwd")
     shutil.copytree(antiberty_export.path, cwd / "models" / "antiberty")
+    shutil.copytree(splade_artifact, cwd / "models" / "splade")
     return Workspace(cwd, tmp_path_factory.mktemp("docs-snippets"))
 
 

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..progress import is_terminal, stage
 from ..runtime.scoring import ScoreOptions
 from .engine import EngineRun, score_rows
-from .inputs import FORMATS, InputRow, read_rows
+from .inputs import FORMATS, InputRow, chunked, read_rows
 from .outputs import OUTPUT_FIELDS, RowWriter, ScoredRow
 
 log = logging.getLogger("mlm_export")
@@ -183,19 +183,7 @@ def _score_locally(job: ScoreJob, rows: Iterable[InputRow]) -> EngineRun:
     scorer = filler.scorer()
 
     def chunks() -> Iterator[list[ScoredRow]]:
-        for chunk in _chunked(rows, CHUNK):
+        for chunk in chunked(rows, CHUNK):
             yield score_rows(scorer, chunk, job.options, filler.variant, filler.provider)
 
     return EngineRun(filler.variant, filler.provider, chunks())
-
-
-def _chunked(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
-    chunk: list[InputRow] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-

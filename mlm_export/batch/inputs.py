@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,3 +367,13 @@ def pyarrow_parquet(what: str) -> Any:
     return pq
 
 
+def chunked(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
+    """Rows in lists of `size` (the last one shorter), for engines that work a chunk at a time."""
+    chunk: list[InputRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

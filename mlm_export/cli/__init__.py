@@ -8,6 +8,7 @@ library modules inside their bodies, so `mlm-export --help` loads neither numpy 
 from __future__ import annotations
 
 from ._app import main
+from .encode import encode_command
 from .export import export_command
 from .info import info_command
 from .keygen import keygen_command
@@ -21,7 +22,8 @@ from .verify import verify_command
 
 __all__ = ["main"]
 
-for _command in (export_command, verify_command, predict_command, score_command, triton_command, info_command,
+for _command in (export_command, verify_command, predict_command, score_command, encode_command, triton_command,
+                 info_command,
                  slim_command, schema_command, sign_command, keygen_command):
     main.add_command(_command)
 del _command

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import InputError
-from .tasks import TaskModel, pool_mean
+from .tasks import TaskModel, TaskRow, pool_mean
 
 POOLINGS = ("mean", "cls", "none")
 
@@ -35,6 +35,17 @@ class Embedder(TaskModel):
         """`mean` and `cls`: a float32 `[N, H]` array (`[H]` for one string). `none`: a list of `[L, H]`
         arrays, one per text (one array for a string), without the added special tokens unless
         `include_special`. `truncate` keeps a text's first tokens where it is longer than the model takes."""
+        batch, single = self._texts(texts)
+        values = self._values(self.encode_rows(batch, pooling, batch_size, truncate, include_special))
+        if pooling == "none":
+            return values[0] if single else values
+        pooled = np.stack(values).astype(np.float32, copy=False)
+        return pooled[0] if single else pooled
+
+    def encode_rows(self, texts: Sequence[object], pooling: str = "mean", batch_size: int | None = None,
+                    truncate: bool = False, include_special: bool = False) -> list[TaskRow]:
+        """As `encode`, but one `TaskRow` per text: its embedding (`[H]`, or `[L, H]` for `none`) and token
+        count, or why the text cannot be encoded; a bad text does not stop the others."""
         if pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if not isinstance(include_special, (bool, np.bool_)):
@@ -42,22 +53,15 @@ class Embedder(TaskModel):
         if include_special and pooling != "none":
             raise InputError("include_special applies to pooling='none'; mean pooling always leaves the added "
                              "special tokens out, and cls is one")
-        batch, single = self._texts(texts)
-        rows = self._encode(batch, truncate)
-        hidden_size = self.manifest.model.hidden_size
-        pooled = np.zeros((len(batch), hidden_size), dtype=np.float32)
-        tokens: list[np.ndarray] = [np.empty((0, hidden_size), dtype=np.float32)] * len(batch)
-        for chunk, input_ids, attention_mask, hidden in self._batches(rows, batch_size):
+
+        def convert(input_ids: np.ndarray, attention_mask: np.ndarray, hidden: np.ndarray) -> list[np.ndarray]:
             if pooling == "mean":
-                pooled[chunk] = pool_mean(hidden, input_ids, attention_mask, self.added_ids)
-            elif pooling == "cls":
-                pooled[chunk] = hidden[:, 0]
-            else:
-                keep = attention_mask.astype(bool)
-                if not include_special:
-                    keep &= ~np.isin(input_ids, self.added_ids)
-                for j, index in enumerate(chunk):
-                    tokens[index] = np.ascontiguousarray(hidden[j][keep[j]], dtype=np.float32)
-        if pooling == "none":
-            return tokens[0] if single else tokens
-        return pooled[0] if single else pooled
+                return list(pool_mean(hidden, input_ids, attention_mask, self.added_ids))
+            if pooling == "cls":
+                return list(hidden[:, 0].astype(np.float32))
+            keep = attention_mask.astype(bool)
+            if not include_special:
+                keep &= ~np.isin(input_ids, self.added_ids)
+            return [np.ascontiguousarray(hidden[j][keep[j]], dtype=np.float32) for j in range(len(hidden))]
+
+        return self._rows(texts, truncate, batch_size, convert)

@@ -16,7 +16,7 @@ from typing import overload
 import numpy as np
 
 from ..errors import InputError
-from .tasks import TaskModel
+from .tasks import TaskModel, TaskRow
 
 
 @dataclass(frozen=True)
@@ -52,19 +52,25 @@ class SparseEncoder(TaskModel):
         """One `SparseEmbedding` per text (one for a string): its terms weighing more than `threshold`,
         the `top_k` heaviest of them when given. `truncate` keeps a text's first tokens where it is longer
         than the model takes (otherwise such a text is an `InputError`)."""
+        batch, single = self._texts(texts)
+        done = self._values(self.encode_rows(batch, top_k, threshold, batch_size, truncate))
+        return done[0] if single else done
+
+    def encode_rows(self, texts: Sequence[object], top_k: int | None = None, threshold: float = 0.0,
+                    batch_size: int | None = None, truncate: bool = False) -> list[TaskRow]:
+        """As `encode`, but one `TaskRow` per text: a `SparseEmbedding` and the text's token count, or why the
+        text cannot be encoded; a bad text does not stop the others (what `mlm-export encode` writes)."""
         if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1):
             raise InputError(f"top_k must be a positive integer or None, got {top_k!r}")
         if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not np.isfinite(threshold) \
                 or threshold < 0:
             raise InputError(f"threshold must be a finite number >= 0, got {threshold!r}")
-        batch, single = self._texts(texts)
-        rows = self._encode(batch, truncate)
-        results: list[SparseEmbedding | None] = [None] * len(batch)
-        for chunk, _, _, weights in self._batches(rows, batch_size):
-            for index, row in zip(chunk, weights):
-                results[index] = _terms(row, None if top_k is None else int(top_k), float(threshold))
-        done = [r for r in results if r is not None]
-        return done[0] if single else done
+        k = None if top_k is None else int(top_k)
+
+        def convert(_ids: np.ndarray, _mask: np.ndarray, weights: np.ndarray) -> list[SparseEmbedding]:
+            return [_terms(row, k, float(threshold)) for row in weights]
+
+        return self._rows(texts, truncate, batch_size, convert)
 
     def decode(self, embedding: SparseEmbedding, top_k: int | None = 10) -> list[tuple[str, float]]:
         """The embedding's heaviest terms as (token, weight), heaviest first (all of them for None)."""

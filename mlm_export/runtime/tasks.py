@@ -9,6 +9,7 @@ written in the text is part of the text and stays.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,16 @@ def pool_mean(hidden: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndar
     sums = np.einsum("bs,bsh->bh", keep.astype(np.float64), hidden.astype(np.float64))
     pooled: np.ndarray = (sums / np.maximum(counts, 1)).astype(np.float32)
     return pooled
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One text's result in `encode_rows`: its value and token count, or why it has none (`error`, a
+    predicate: "is empty", "is 600 tokens long ...")."""
+
+    value: Any = None
+    n_tokens: int | None = None
+    error: str | None = None
 
 
 class TaskModel:
@@ -82,22 +93,50 @@ class TaskModel:
         texts = [inputs] if single else as_text_list(inputs)
         if not texts:
             raise InputError("no input texts were given")
-        check_texts(texts)
-        return texts, single  # type: ignore[return-value]  # check_texts: all strings
+        return texts, single  # type: ignore[return-value]  # strings or not, each is checked by _prepare
 
-    def _encode(self, texts: list[str], truncate: bool) -> list[list[int]]:
+    @staticmethod
+    def _values(rows: list[TaskRow]) -> list[Any]:
+        """The rows' values; the first row that has none is an `InputError` naming its input."""
+        for i, row in enumerate(rows):
+            if row.error is not None:
+                raise InputError(f"input {i} {row.error}")
+        return [row.value for row in rows]
+
+    def _prepare(self, texts: Sequence[object], truncate: bool) -> list[list[int] | str]:
+        """Per text: its token ids, or why it cannot be encoded (said of "input i")."""
         if not isinstance(truncate, (bool, np.bool_)):
             raise InputError(f"truncate must be True or False, got {truncate!r}")
-        rows = [e.ids for e in self.tokenizer.encode_batch(texts)]
-        for i, row in enumerate(rows):
-            if len(row) <= self.max_length:
+        rows: list[list[int] | str] = []
+        for text in texts:
+            try:
+                check_texts([text])
+            except InputError as exc:
+                rows.append(str(exc).removeprefix("input 0 "))
                 continue
-            if not truncate:
-                raise InputError(f"input {i} is {len(row)} tokens long (with special tokens); this model takes "
-                                 f"at most {self.max_length}. Shorten it, or pass truncate=True to keep its "
-                                 f"first {self.max_length} tokens")
-            rows[i] = self._truncated(texts[i])
+            ids: list[int] = self.tokenizer.encode(text).ids
+            if len(ids) > self.max_length:
+                if not truncate:
+                    rows.append(f"is {len(ids)} tokens long (with special tokens); this model takes at most "
+                                f"{self.max_length}. Shorten it, or pass truncate=True to keep its first "
+                                f"{self.max_length} tokens")
+                    continue
+                ids = self._truncated(str(text))
+            rows.append(ids)
         return rows
+
+    def _rows(self, texts: Sequence[object], truncate: bool, batch_size: int | None,
+              convert: Any) -> list[TaskRow]:
+        """`convert(input_ids, attention_mask, output)` -> one value per row of a run; a text that cannot be
+        encoded gets its error instead."""
+        prepared = self._prepare(texts, truncate)
+        good = [i for i, row in enumerate(prepared) if not isinstance(row, str)]
+        out = [TaskRow(error=row) if isinstance(row, str) else TaskRow() for row in prepared]
+        rows: list[list[int]] = [prepared[i] for i in good]  # type: ignore[misc]  # the good ones
+        for chunk, input_ids, attention_mask, result in self._batches(rows, batch_size):
+            for j, value in zip(chunk, convert(input_ids, attention_mask, result)):
+                out[good[j]] = TaskRow(value, len(rows[j]))
+        return out
 
     def _truncated(self, text: str) -> list[int]:
         """The text's first tokens, then the special tokens the tokenizer adds: as transformers truncates."""

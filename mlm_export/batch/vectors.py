@@ -1,0 +1,210 @@
+"""Encoded rows out (`mlm-export encode`): JSON Lines (a file, or stdout), Parquet, or for pooled
+embeddings a `.npy` matrix, one row per input row in input order.
+
+JSON Lines and Parquet rows hold the input's kept columns, then ours (`VECTOR_FIELDS`): a sparse row
+its term ids and weights (`indices`, `values`), an embed row its `embedding` (a vector, or one per
+token with `--pooling none`). A `.npy` file is the float32 `[rows, hidden]` matrix, a row that could
+not be encoded left NaN (the summary names its line). Every file is a `publish.OutputFile`: it appears
+whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..publish import OutputFile, is_stream
+from .inputs import pyarrow_parquet
+from .outputs import _jsonable
+
+VECTOR_FIELDS = ("line", "text", "n_tokens", "indices", "values", "embedding", "variant", "provider", "error")
+NPY_SUFFIX = ".npy"
+_NPY_HEADER = 128  # bytes: room for any row count in a version 1.0 header, rewritten once the count is known
+
+
+@dataclass(frozen=True)
+class EncodedRow:
+    """One output row: a sparse vector (`indices`, `values`) or an `embedding`, or the reason there is none."""
+
+    line: int
+    text: str
+    n_tokens: int | None
+    indices: np.ndarray | None = None
+    values: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    error: str | None = None
+    variant: str = ""
+    provider: str = ""
+    kept: tuple[Any, ...] = ()
+
+    def to_dict(self, task: str, kept: Sequence[str] = ()) -> dict[str, Any]:
+        row: dict[str, Any] = {name: _jsonable(value) for name, value in zip(kept, self.kept)}
+        row.update({"line": self.line, "text": self.text, "n_tokens": self.n_tokens})
+        if task == "sparse":
+            row["indices"] = None if self.indices is None else self.indices.tolist()
+            row["values"] = None if self.values is None else self.values.tolist()
+        else:
+            row["embedding"] = None if self.embedding is None else self.embedding.tolist()
+        row.update({"variant": self.variant, "provider": self.provider})
+        if self.error is not None:
+            row["error"] = self.error
+        return row
+
+
+class VectorWriter:
+    """Writes encoded rows as JSON Lines, Parquet or `.npy`; a file appears under its name only when complete."""
+
+    def __init__(self, path: Path | None, task: str, per_token: bool, hidden_size: int, force: bool = False,
+                 stdout: IO[str] | None = None, source: Path | None = None, kept: Sequence[str] = (),
+                 kept_types: Sequence[Any] = ()) -> None:
+        self.path, self.task, self.per_token, self.hidden_size = path, task, per_token, hidden_size
+        self.kept = tuple(kept)
+        self.kept_types = tuple(kept_types) or (None,) * len(self.kept)
+        suffix = "" if path is None else path.suffix.lower()
+        self.kind = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
+                     NPY_SUFFIX: "npy"}.get(suffix)
+        if path is None or (self.kind is None and is_stream(path)):
+            self.kind = "jsonl"
+        if self.kind is None:
+            raise InputError(f"{path}: the output is .jsonl or .parquet" + (", or .npy for embed" if task == "embed"
+                                                                           else ""))
+        if self.kind == "npy" and (task != "embed" or per_token):
+            raise InputError(f"{path}: a .npy output holds one pooled vector per row: it is for --task embed with "
+                             "--pooling mean or cls; write .jsonl or .parquet")
+        self.rows = 0
+        self._file: OutputFile | None = None
+        self._stream: IO[str] | None = None
+        self._binary: IO[bytes] | None = None
+        self._parquet: Any = None
+        self._pending: list[EncodedRow] = []
+        if path is None:
+            self._stream = stdout or sys.stdout
+            return
+        if source is not None and path.exists() and path.resolve() == source.resolve():
+            raise InputError(f"{path} is the input; choose another --output")
+        if self.kind == "npy" and is_stream(path):
+            raise InputError(f"{path} is a stream; a .npy file is written to a regular file")
+        self._file = OutputFile(path, force=force)
+        try:
+            if self.kind == "jsonl":
+                self._stream = self._file.open()
+            elif self.kind == "npy":
+                self._binary = self._file.open(binary=True)
+                self._binary.write(_npy_header(0, hidden_size))
+            else:
+                pq = pyarrow_parquet("Parquet output")
+                self._binary = self._file.open(binary=True)
+                self._parquet = pq.ParquetWriter(self._binary, self._schema())
+        except OSError as exc:
+            self.abort()
+            raise self._file.storage_error(exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, rows: list[EncodedRow]) -> None:
+        try:
+            if self.kind == "jsonl":
+                assert self._stream is not None
+                self._stream.write("".join(json.dumps(r.to_dict(self.task, self.kept), allow_nan=False) + "\n"
+                                           for r in rows))
+                self._stream.flush()
+            elif self.kind == "npy":
+                assert self._binary is not None
+                block = np.full((len(rows), self.hidden_size), np.nan, dtype="<f4")
+                for i, row in enumerate(rows):
+                    if row.embedding is not None:
+                        block[i] = row.embedding
+                self._binary.write(block.tobytes())
+            else:
+                self._pending.extend(rows)
+                if len(self._pending) >= 4096:
+                    self._flush_parquet()
+            self.rows += len(rows)
+        except OSError as exc:
+            if self._file is None:
+                raise
+            raise self._file.storage_error(exc) from exc
+
+    def _schema(self) -> Any:
+        import pyarrow as pa
+
+        fields = [pa.field(name, pa.string() if kind is None else kind)
+                  for name, kind in zip(self.kept, self.kept_types)]
+        fields += [pa.field("line", pa.int64()), pa.field("text", pa.string()), pa.field("n_tokens", pa.int64())]
+        if self.task == "sparse":
+            fields += [pa.field("indices", pa.list_(pa.int64())), pa.field("values", pa.list_(pa.float32()))]
+        elif self.per_token:
+            fields.append(pa.field("embedding", pa.list_(pa.list_(pa.float32()))))
+        else:
+            fields.append(pa.field("embedding", pa.list_(pa.float32())))
+        fields += [pa.field("variant", pa.string()), pa.field("provider", pa.string()), pa.field("error", pa.string())]
+        return pa.schema(fields)
+
+    def _flush_parquet(self) -> None:
+        import pyarrow as pa
+
+        schema = self._schema()
+        columns: dict[str, list[Any]] = {name: [r.kept[i] for r in self._pending] for i, name in enumerate(self.kept)}
+        for name in schema.names[len(self.kept):]:
+            values = [getattr(r, name) for r in self._pending]
+            columns[name] = [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
+        self._parquet.write_table(pa.Table.from_pydict(columns, schema=schema))
+        self._pending = []
+
+    def close(self) -> None:
+        """Finish the file and publish it under its name."""
+        try:
+            if self.kind == "parquet":
+                if self._pending:
+                    self._flush_parquet()
+                self._parquet.close()
+                self._parquet = None
+            if self.kind == "npy":
+                assert self._binary is not None
+                self._binary.seek(0)
+                self._binary.write(_npy_header(self.rows, self.hidden_size))
+            for handle in (self._binary, self._stream if self._file is not None else None):
+                if handle is not None:
+                    handle.close()
+            self._binary = self._stream = None
+        except OSError as exc:
+            self.abort()
+            if self._file is None:
+                raise
+            raise self._file.storage_error(exc) from exc
+        if self._file is not None:
+            self._file.publish()
+
+    def abort(self) -> None:
+        """Remove the partial file (ours alone: the temporary name)."""
+        try:
+            if self._parquet is not None:
+                self._parquet.close()
+            for handle in (self._binary, self._stream if self._file is not None else None):
+                if handle is not None:
+                    handle.close()
+        except OSError:
+            pass  # closing a file on a full disk fails again; it is removed all the same
+        finally:
+            self._parquet = self._stream = self._binary = None
+            if self._file is not None:
+                self._file.discard()
+
+
+def _npy_header(rows: int, columns: int) -> bytes:
+    """A `.npy` version 1.0 header for a float32 `[rows, columns]` C-order array, always _NPY_HEADER bytes long,
+    so the row count can be written once the rows are."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {columns}), }}"
+    room = _NPY_HEADER - 10  # magic (6) + version (2) + header length (2)
+    if len(text) + 1 > room:
+        raise InputError(f"{rows} x {columns} is too large for a .npy header of {_NPY_HEADER} bytes")
+    body = text.ljust(room - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + body.encode("latin1")

@@ -1,0 +1,97 @@
+"""`mlm-export encode` and `encode_file`: a file of sequences to SPLADE vectors or embeddings, rows in input
+order with their kept ids, the variant and provider, bad rows reported, outputs whole or not at all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mlm_export import Embedder, InputError, SparseEncoder
+from mlm_export.batch.encoding import EncodeJob, encode_file
+from mlm_export.cli import main
+from mlm_export.contracts import ROWS, validate
+
+TEXTS = ["the cat sat on the mat .", "a big red dog ran to the house", "blue", "the small tree is not big"]
+
+
+def _fasta(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(f">seq{i} note {i}\n{t}\n" for i, t in enumerate(texts)))
+    return path
+
+
+def test_sparse_rows_match_the_encoder_in_input_order(tiny_tasks: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(TEXTS[:2] + [""] + TEXTS[2:] + ["cat " * 80]) + "\n")
+    result = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "sparse", "--variant", "fp32",
+                                       "--top-k", "4"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    for row in rows:
+        validate(row, ROWS["encode"])
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[2]["error"] == "the sequence is empty" and rows[2]["indices"] is None
+    assert "64" in rows[5]["error"] and "truncate" in rows[5]["error"]
+    encoder = SparseEncoder.from_pretrained(tiny_tasks, variant="fp32", providers="cpu")
+    for row, text in zip([rows[i] for i in (0, 1, 3, 4)], TEXTS):
+        want = encoder.encode(text, top_k=4)
+        assert row["indices"] == want.indices.tolist()
+        assert np.allclose(row["values"], want.values, atol=1e-6)
+        assert row["variant"] == "sparse.fp32" and row["provider"] == "CPUExecutionProvider"
+        assert row["n_tokens"] == len(encoder.tokenizer.encode(text).ids)
+    truncated = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "sparse", "--truncate"])
+    assert json.loads(truncated.stdout.splitlines()[5])["n_tokens"] == 64
+
+
+def test_embed_to_npy_parquet_and_jsonl_keeps_fasta_ids(tiny_tasks: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    source = _fasta(tmp_path / "in.fa", TEXTS)
+    npy, parquet = tmp_path / "e.npy", tmp_path / "e.parquet"
+    done = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "embed", "--variant", "fp32",
+                                     "-o", str(npy), "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == summary["encoded"] == 4 and summary["variant"] == "embed.fp32"
+    want = Embedder.from_pretrained(tiny_tasks, variant="fp32", providers="cpu").encode([t.replace(" ", "")
+                                                                                         for t in TEXTS])
+    assert np.allclose(np.load(npy), want, atol=1e-6)  # FASTA joins a record's lines without spaces
+    done = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "embed", "--pooling", "none",
+                                     "-o", str(parquet)])
+    assert done.exit_code == 0, done.output
+    table = pq.read_table(parquet).to_pylist()
+    assert [r["id"] for r in table] == ["seq0", "seq1", "seq2", "seq3"] and table[0]["description"] == "note 0"
+    assert [len(r["embedding"]) for r in table] == [r["n_tokens"] - 2 for r in table]
+
+
+def test_outputs_are_never_half_written_or_overwritten(tiny_tasks: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(TEXTS + [""]) + "\n")
+    theirs = tmp_path / "theirs.jsonl"
+    theirs.write_text("keep me\n")
+    refused = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "sparse", "-o", str(theirs)])
+    assert refused.exit_code != 0 and theirs.read_text() == "keep me\n"
+    strict = tmp_path / "strict.jsonl"
+    stopped = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "sparse", "-o", str(strict),
+                                        "--strict"])
+    assert stopped.exit_code == 1 and "line 5" in stopped.output and "--strict" in stopped.output
+    assert not strict.exists() and not list(tmp_path.glob(".strict*"))
+    sparse_npy = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "sparse", "-o",
+                                           str(tmp_path / "s.npy")])
+    assert sparse_npy.exit_code == 1 and "a .npy output holds one pooled vector per row" in sparse_npy.output
+
+
+def test_the_task_is_the_artifacts_when_it_has_one(tiny_tasks: Path, tiny_artifact: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("the cat\n")
+    both = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source)])
+    assert both.exit_code == 1 and "both a sparse and an embed graph: say which with --task" in both.output
+    none = CliRunner().invoke(main, ["encode", str(tiny_artifact), str(source), "--json"])
+    assert none.exit_code == 1 and "export it with --task sparse or --task embed" in json.loads(none.stdout)["error"][
+        "message"]
+    with pytest.raises(InputError, match="top_k and threshold are the sparse task's"):
+        encode_file(EncodeJob(tiny_tasks, source, "embed", tmp_path / "x.jsonl", top_k=3))
+    assert not (tmp_path / "x.jsonl").exists()
