@@ -4,10 +4,12 @@ alone in a fresh process; time is the median of the rounds after one warm-up cal
 RSS of the calls (warm-up included) above the RSS once the model was loaded.
 
     python -m benchmarks.sparse --checkpoint CKPT --artifact ART [--shapes 1x64,32x256,128x512]
-                                [--systems ours,ours-fp32,st,optimum] [--rounds 5] [--threads 2]
+                                [--systems ours,ours-int8,ours-bf16,ours-fp32,st,optimum] [--rounds 5]
+                                [--threads 2]
 
 CKPT is the Hugging Face directory (sentence-transformers loads it offline); ART an mlm-export artifact
-exported from it with `--task sparse` (`--int8` for the CPU's default variant). Texts are English
+exported from it with `--task sparse` (`--int8`, `--bf16` for those variants; a system whose variant
+the artifact lacks fails and is reported). Texts are English
 docstrings of the standard library cut to exactly S tokens, so every row of a B x S call is S long.
 Needs the `export` and `bench` extras (sentence-transformers, optimum-onnx).
 """
@@ -29,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
-SYSTEMS = ("ours", "ours-fp32", "st", "optimum")
+SYSTEMS = ("ours", "ours-int8", "ours-bf16", "ours-fp32", "st", "optimum")
+# ours: the default variant where providers="auto" lands; the others name theirs
+OURS = {"ours": (None, "auto"), "ours-int8": ("int8", "cpu"), "ours-bf16": ("bf16", "openvino"),
+        "ours-fp32": ("fp32", "cpu")}
 
 
 def corpus() -> str:
@@ -86,8 +91,8 @@ def worker(system: str, checkpoint: Path, artifact: Path, batch: int, length: in
     if system.startswith("ours"):
         from mlm_export import SparseEncoder
 
-        encoder = SparseEncoder.from_pretrained(artifact, variant="fp32" if system == "ours-fp32" else None,
-                                                providers="cpu", threads=threads)
+        variant, providers = OURS[system]
+        encoder = SparseEncoder.from_pretrained(artifact, variant=variant, providers=providers, threads=threads)
         vocab = encoder.manifest.model.vocab_size
 
         def fn() -> np.ndarray:

@@ -352,7 +352,7 @@ class GraphEntry:
     recipe: str | None = None    # int8 only
     recipes_tried: tuple[Int8Trial, ...] = ()
     data_file: str | None = None  # the graph's weights, when they are kept in ONNX external data
-    head: str | None = None      # int8 only: the MLM decoder, "float" or "int8-blockwise"
+    head: str | None = None      # int8 only: the MLM decoder, "float", "int8-blockwise" or (sparse) "int8-dynamic"
     head_input: str | None = None  # bf16 only: the tensor where the float32 head begins (runtime.openvino)
     task: TaskOptions | None = None  # sparse and embed only
 
@@ -621,7 +621,8 @@ def _check_consistency(manifest: Manifest, origin: Path) -> None:
                                       or entry.task.layer > manifest.model.num_layers):
             raise ArtifactError(f"{origin}: graphs.{graph} has no task.layer between 0 and model.num_layers; "
                                 "re-export the artifact")
-        if entry.precision == "bf16" and not entry.head_input:  # else OpenVINO would run the head in bf16 too
+        if entry.precision == "bf16" and not entry.head_input and entry.form not in TASK_FORMS:
+            # else OpenVINO would run the head in bf16 too (a sparse or embed graph runs whole in bf16, gated so)
             raise ArtifactError(f"{origin}: graphs.{graph} has no head_input, where its float32 MLM head "
                                 "begins; re-export the artifact")
         if entry.form == "fill-mask" and "top_k" not in entry.input_names:

@@ -96,7 +96,8 @@ def check_model_name(name: object) -> str:
 
 
 def select_variant(manifest: Manifest, variant: str | None) -> str:
-    """The graph to serve: the one asked for, else fp32 fill-mask, else the first fill-mask graph."""
+    """The graph to serve: the one asked for, else fp32 fill-mask, else the first fill-mask graph, else the
+    fp32 graph of the artifact's task (sparse, embed) when it has one task."""
     if variant is not None:
         if not isinstance(variant, str):
             raise InputError(f"variant must be a name such as 'fp32' or None, got {variant!r}")
@@ -109,6 +110,9 @@ def select_variant(manifest: Manifest, variant: str | None) -> str:
         return "fp32"
     if fill_mask:
         return next(iter(fill_mask))
+    tasks = [task for task in manifest.tasks if task != "fill-mask"]
+    if len(tasks) == 1 and f"{tasks[0]}.fp32" in manifest.graphs:
+        return f"{tasks[0]}.fp32"
     raise ArtifactError(f"the artifact {manifest.name!r} has no fill-mask graph; pass a variant, one of "
                         f"{', '.join(sorted(manifest.graphs))}")
 

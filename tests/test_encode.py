@@ -41,9 +41,9 @@ def test_sparse_rows_match_the_encoder_in_input_order(tiny_tasks: Path, tmp_path
         assert row["indices"] == want.indices.tolist()
         assert np.allclose(row["values"], want.values, atol=1e-6)
         assert row["variant"] == "sparse.fp32" and row["provider"] == "CPUExecutionProvider"
-        assert row["n_tokens"] == len(encoder.tokenizer.encode(text).ids)
+        assert row["n_tokens"] == len(encoder.tokenizer.encode(text).ids) - 2  # as score counts: CLS, SEP left out
     truncated = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "sparse", "--truncate"])
-    assert json.loads(truncated.stdout.splitlines()[5])["n_tokens"] == 64
+    assert json.loads(truncated.stdout.splitlines()[5])["n_tokens"] == 62
 
 
 def test_embed_to_npy_parquet_and_jsonl_keeps_fasta_ids(tiny_tasks: Path, tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_embed_to_npy_parquet_and_jsonl_keeps_fasta_ids(tiny_tasks: Path, tmp_pa
     assert done.exit_code == 0, done.output
     table = pq.read_table(parquet).to_pylist()
     assert [r["id"] for r in table] == ["seq0", "seq1", "seq2", "seq3"] and table[0]["description"] == "note 0"
-    assert [len(r["embedding"]) for r in table] == [r["n_tokens"] - 2 for r in table]
+    assert [len(r["embedding"]) for r in table] == [r["n_tokens"] for r in table]  # CLS and SEP left out
 
 
 def test_outputs_are_never_half_written_or_overwritten(tiny_tasks: Path, tmp_path: Path) -> None:
@@ -94,4 +94,14 @@ def test_the_task_is_the_artifacts_when_it_has_one(tiny_tasks: Path, tiny_artifa
         "message"]
     with pytest.raises(InputError, match="top_k and threshold are the sparse task's"):
         encode_file(EncodeJob(tiny_tasks, source, "embed", tmp_path / "x.jsonl", top_k=3))
+    with pytest.raises(InputError, match="pooling is the embed task's"):
+        encode_file(EncodeJob(tiny_tasks, source, "sparse", tmp_path / "x.jsonl", pooling="mean"))
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_a_slim_copy_without_the_task_says_so(tiny_tasks: Path, tmp_path: Path) -> None:
+    slim = CliRunner().invoke(main, ["slim", str(tiny_tasks), "--keep", "sparse.int8", "--out", str(tmp_path / "s")])
+    assert slim.exit_code == 0, slim.output
+    assert SparseEncoder.from_pretrained(tmp_path / "s", providers="cpu").variant == "sparse.int8"
+    with pytest.raises(Exception, match=r"slim copy that left out its embed graphs \(embed.fp16, embed.fp32"):
+        Embedder.from_pretrained(tmp_path / "s", providers="cpu")

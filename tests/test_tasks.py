@@ -59,20 +59,31 @@ def test_sparse_matches_transformers_in_one_padded_batch(tiny_tasks: Path, tiny_
         assert np.all(np.diff(got[i].indices) > 0) and got[i].indices.dtype == np.int64
 
 
-def test_sum_pooling_and_an_earlier_layer(tiny_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layer", [1, 0])  # 0, the embeddings: no attention, so no graph reads attention_mask
+def test_sum_pooling_an_earlier_layer_and_bf16(tiny_dir: Path, tmp_path: Path, layer: int) -> None:
+    from mlm_export.runtime.openvino import cpu_has_bf16
+
+    bf16 = cpu_has_bf16() and layer == 0  # OpenVINO's variant, where this CPU computes in bf16 (else refused)
     out = export_model(ExportConfig(str(tiny_dir), out=tmp_path / "a", tasks=("sparse", "embed"),
-                                    sparse_pooling="sum", layer=1)).path
+                                    sparse_pooling="sum", layer=layer, bf16=bf16)).path
     manifest = read_manifest(out)
     assert manifest.format_version == 5 and manifest.tasks == ("sparse", "embed")
     assert manifest.graphs["sparse.fp32"].task.pooling == "sum"  # type: ignore[union-attr]
-    assert manifest.graphs["embed.fp32"].task.layer == 1  # type: ignore[union-attr]
-    assert manifest.graphs["embed.fp32"].fusion.attention == 1  # type: ignore[union-attr]  # one layer's
-    sparse = SparseEncoder.from_pretrained(out, providers="cpu").encode(TEXTS)
-    hidden = Embedder.from_pretrained(out, providers="cpu").encode(TEXTS, pooling="none", include_special=True)
-    for i, (_, logits, states) in enumerate(_torch_outputs(tiny_dir, TEXTS, out)):
-        want = np.log1p(np.maximum(logits, 0)).sum(axis=0)
-        assert np.abs(_dense(sparse[i], len(want)) - want).max() < 1e-4
-        assert np.abs(hidden[i] - states[1]).max() < 1e-4
+    assert manifest.graphs["embed.fp32"].task.layer == layer  # type: ignore[union-attr]
+    assert manifest.graphs["embed.fp32"].fusion.attention == layer  # type: ignore[union-attr]  # that many layers'
+    assert manifest.graphs["embed.fp32"].input_names == ("input_ids", "attention_mask", "token_type_ids")
+    assert ("sparse.bf16" in manifest.graphs) == bf16 == ("embed.bf16" in manifest.graphs)
+    variants = ["fp32"] + (["bf16"] if bf16 else [])
+    for variant in variants:
+        providers = "openvino" if variant == "bf16" else "cpu"
+        sparse = SparseEncoder.from_pretrained(out, variant=variant, providers=providers).encode(TEXTS)
+        hidden = Embedder.from_pretrained(out, variant=variant, providers=providers).encode(
+            TEXTS, pooling="none", include_special=True)
+        tolerance = 1e-4 if variant == "fp32" else 0.1
+        for i, (_, logits, states) in enumerate(_torch_outputs(tiny_dir, TEXTS, out)):
+            want = np.log1p(np.maximum(logits, 0)).sum(axis=0)
+            assert np.abs(_dense(sparse[i], len(want)) - want).max() < tolerance * max(1.0, float(want.max()))
+            assert np.abs(hidden[i] - states[layer]).max() < tolerance * max(1.0, float(np.abs(states[layer]).max()))
 
 
 def test_embed_pooling_drops_the_added_special_tokens(tiny_tasks: Path, tiny_dir: Path) -> None:
@@ -141,6 +152,9 @@ def test_top_k_threshold_and_decode(tiny_tasks: Path) -> None:
     (lambda e: e.encode("cat " * 100), "at most 64; Shorten it, or pass truncate=True"),
     (lambda e: e.decode("cat"), "decode takes a SparseEmbedding"),
     (lambda e: e.decode(SparseEmbedding(np.array([99]), np.array([1.0], dtype=np.float32))), "outside"),
+    (lambda e: e.decode(SparseEmbedding(np.array([1, 2]), np.array([1.0], dtype=np.float32))), "of one length"),
+    (lambda e: e.decode(SparseEmbedding([1], [1.0])), "two 1-D numpy arrays"),  # type: ignore[arg-type]
+    (lambda e: e.decode(SparseEmbedding(np.array([1.5]), np.array([1.0]))), "integer indices"),
 ])
 def test_sparse_bad_input(tiny_tasks: Path, call, message: str) -> None:  # type: ignore[no-untyped-def]
     encoder = SparseEncoder.from_pretrained(tiny_tasks, variant="fp32", providers="cpu")
@@ -159,6 +173,11 @@ def test_truncate_keeps_the_first_tokens(tiny_tasks: Path) -> None:
         embedder.encode("cat", include_special=True)
     with pytest.raises(InputError, match="truncate must be True or False"):
         embedder.encode("cat", truncate="yes")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="input 1 has no tokens besides the special ones"):
+        embedder.encode(["cat", "[CLS] [SEP]"])
+    rows = embedder.encode_rows(["cat", "[SEP]", ""])
+    assert rows[0].n_tokens == 1 and rows[0].error is None and rows[1].value is None and "special" in rows[1].error
+    assert rows[2].error == "is empty"
 
 
 def test_a_task_the_artifact_lacks_says_how_to_get_it(tiny_artifact: Path, tiny_tasks: Path) -> None:

@@ -43,7 +43,7 @@ class EncodeJob:
     batch_size: int = 32
     top_k: int | None = None        # sparse: the heaviest terms only
     threshold: float = 0.0          # sparse: terms weighing more than this
-    pooling: str = "mean"           # embed: mean, cls or none (per token)
+    pooling: str | None = None      # embed: mean (the default), cls or none (per token)
     truncate: bool = False          # keep a long sequence's first tokens instead of refusing it
     strict: bool = False
     force: bool = False
@@ -60,7 +60,7 @@ class EncodeJob:
                 raise InputError(f"EncodeJob.{name} must be a path, got {type(value).__name__}")
         if self.task is not None and self.task not in TASKS:
             raise InputError(f"EncodeJob.task must be sparse, embed or None, got {self.task!r}")
-        if self.pooling not in POOLINGS:
+        if self.pooling is not None and self.pooling not in POOLINGS:
             raise InputError(f"EncodeJob.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.format is not None and self.format not in FORMATS:
             raise InputError(f"EncodeJob.format must be one of {', '.join(FORMATS)} or None, got {self.format!r}")
@@ -104,7 +104,7 @@ def encode_file(job: EncodeJob, stdout: IO[str] | None = None) -> EncodeSummary:
     task = job.task or _only_task(artifact)
     model: SparseEncoder | Embedder = (SparseEncoder if task == "sparse" else Embedder).from_pretrained(
         artifact, variant=job.variant, providers=job.providers, threads=job.threads, batch_size=job.batch_size)
-    if task == "sparse" and job.pooling != "mean":
+    if task == "sparse" and job.pooling is not None:
         raise InputError("pooling is the embed task's; a sparse vector is pooled as the artifact was exported")
     if task == "embed" and (job.top_k is not None or job.threshold):
         raise InputError("top_k and threshold are the sparse task's; leave them out with the embed task")
@@ -149,7 +149,7 @@ def _encode(model: Any, task: str, rows: list[InputRow], job: EncodeJob) -> list
     if task == "sparse":
         results = iter(model.encode_rows(texts, top_k=job.top_k, threshold=job.threshold, truncate=job.truncate))
     else:
-        results = iter(model.encode_rows(texts, pooling=job.pooling, truncate=job.truncate))
+        results = iter(model.encode_rows(texts, pooling=job.pooling or "mean", truncate=job.truncate))
     out = []
     for row in rows:
         common = {"variant": model.variant, "provider": model.provider, "kept": row.kept}

@@ -28,8 +28,9 @@ from .score import STDOUT_NAMES, _names
 @click.option("--top-k", type=click.IntRange(1, None), help="sparse: keep a row's heaviest terms only.")
 @click.option("--threshold", type=click.FloatRange(0, None), default=0.0, show_default=True,
               help="sparse: keep the terms weighing more than this.")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "none"]), default="mean", show_default=True,
-              help="embed: mean over the sequence's own tokens, the first token's state, or none (per token).")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "none"]),
+              help="embed: mean over the sequence's own tokens, the first token's state, or none (per token) "
+                   "[mean].")
 @click.option("--truncate", is_flag=True,
               help="Keep the first tokens of a sequence longer than the model takes (else it is a bad row).")
 @click.option("--variant", help="Graph variant (e.g. int8 or sparse.int8); default: best for the provider.")
@@ -45,7 +46,7 @@ from .score import STDOUT_NAMES, _names
 @common_options
 def encode_command(directory: Path, input_path: Path, task: str | None, output: Path | None, column: str | None,
                    input_format: str | None, keep_columns: str | None, top_k: int | None, threshold: float,
-                   pooling: str, truncate: bool, variant: str | None, providers: str, threads: int | None,
+                   pooling: str | None, truncate: bool, variant: str | None, providers: str, threads: int | None,
                    batch_size: int, strict: bool, force: bool, key: Path | None, quiet: bool, as_json: bool) -> None:
     """SPLADE term weights (--task sparse) or embeddings (--task embed) of every sequence in INPUT.
 

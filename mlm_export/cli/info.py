@@ -117,6 +117,8 @@ def _task_rows(tasks: dict[str, GraphEntry], absent: tuple[str, ...], size_of: A
         size = size_of(g)
         task = g.task
         computes = (f"{task.pooling} pooling" if g.form == "sparse" else f"layer {task.layer}") if task else "-"
+        if g.recipe:
+            computes += f", int8 {g.recipe}" + (f", {g.head} decoder" if g.head else "")
         p = g.parity
         if p is None:
             figures = ["-"] * 6

@@ -136,7 +136,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         if config.bf16 and "bf16" in manifest.graphs:
             bf16 = manifest.graphs["bf16"]
             with stage(f"checking that OpenVINO reads {bf16.file} as ONNX Runtime does (float32)"):
-                check_openvino_reads(tmp / bf16.file, bf16.head_input or "", bf16.input_names,
+                check_openvino_reads(tmp / bf16.file, bf16.head_input, bf16.input_names,
                                      [b for b in harness.batches if b.probe_set == "shapes"][:3])
         manifest = replace(manifest, files=file_entries(tmp))
         report = VerifyReport(str(tmp), [])

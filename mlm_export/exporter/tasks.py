@@ -23,27 +23,36 @@ from ..families import FamilySpec
 from ..manifest import TASK_FORMS, FusionRecord, GraphEntry, Manifest, TaskOptions, graph_name
 from ..passes.fp16 import to_fp16
 from ..passes.fuse import FusionReport, fuse, fused_op_counts
-from ..passes.graph_file import data_path, initializer_bytes, load_graph, save_graph, uses_external_data
+from ..passes.graph_file import (
+    data_path,
+    declare_inputs,
+    initializer_bytes,
+    load_graph,
+    save_graph,
+    uses_external_data,
+)
 from ..passes.int8 import (
     HEAD_BLOCKWISE,
     HEAD_DYNAMIC,
     HEAD_FLOAT,
     INT8_RECIPES,
-    Int8Recipe,
     blockwise_head,
     distinct_recipe,
     dynamic_head,
     find_int8_recipe,
     to_int8,
 )
+from ..passes.portable import check_openvino_reads, write_portable
 from ..passes.sparse import CHUNK_TOKENS, assemble_sparse
+from ..progress import stage
+from ..verify.parity import runtime_of
 from ..verify.tasks import TaskHarness, TaskParity
 from .trace import export_encoder, export_head, graph_io
 
 log = logging.getLogger("mlm_export")
 
 PARTS = ".tasks"  # the build's folder for the tasks' part graphs, removed once their graphs are written
-TASK_PRECISIONS = ("fp32", "fp16", "int8")  # bf16 (OpenVINO) is fill-mask's only, for now
+TASK_PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 # the int8 sparse graph's MLM decoder, fastest first: per-channel dynamic int8 ran the head 1.7x faster than
 # float on Zen 4 (SPLADE, 32 x 256 tokens; docs/tasks.md); 8-bit block-wise keeps more of the ranking
 SPARSE_HEADS = (HEAD_DYNAMIC, HEAD_BLOCKWISE)
@@ -94,9 +103,6 @@ def build_tasks(manifest: Manifest, plan: TaskPlan, family: FamilySpec, config: 
     parts = tmp / PARTS
     fused: dict[str, tuple[Path, FusionReport]] = {}
     precisions = [p for p in config.precisions if p in TASK_PRECISIONS]
-    if config.bf16:
-        log.warning("the sparse and embed tasks have no bf16 variant yet: their artifact graphs are %s",
-                    ", ".join(precisions))
     for task in plan.tasks:
         raw = plan.encoder_file(task)
         if raw not in fused:
@@ -110,6 +116,15 @@ def build_tasks(manifest: Manifest, plan: TaskPlan, family: FamilySpec, config: 
             if precision == "int8":
                 entry, parity = _int8(task, plan, family, config, cfg, harness, calibration, tmp, encoder, fusion,
                                       fill_mask_recipe)
+            elif precision == "bf16":  # OpenVINO's: the unfused encoder in standard ops, the whole graph in bf16
+                part = parts / raw.replace(".raw.", ".bf16.")
+                if not part.exists():
+                    write_portable(parts / raw, part, head=False)
+                entry = _write(task, precision, plan, family, cfg, tmp, part, fusion)
+                shapes = [b for b in harness.batches if b.probe_set == "shapes"][:3]
+                with stage(f"checking that OpenVINO reads {entry.file} as ONNX Runtime does (float32)"):
+                    check_openvino_reads(tmp / entry.file, None, entry.input_names, shapes)
+                parity = harness.check(tmp / entry.file, entry_name(entry), entry, runtime_of(entry))
             else:
                 part = encoder if precision == "fp32" else parts / f"{encoder.stem}.{precision}.onnx"
                 if precision == "fp16" and not part.exists():
@@ -138,12 +153,14 @@ def _write(task: str, precision: str, plan: TaskPlan, family: FamilySpec, cfg: A
         options = TaskOptions(pooling=plan.pooling, chunk_tokens=CHUNK_TOKENS)
         tolerance = SPARSE_TOLERANCES[precision]
     else:
-        save_graph(load_graph(encoder), out, uses_external_data(encoder))
+        graph_model = load_graph(encoder)
+        declare_inputs(graph_model, family.input_names)
+        save_graph(graph_model, out, uses_external_data(encoder))
         options = TaskOptions(layer=plan.layer)
         tolerance = EMBED_TOLERANCES[precision]
     counts = fusion.counts if precision == "fp32" else fused_op_counts(out)
-    record = FusionRecord.from_dict(FusionReport(counts, fusion.expected_attention, fusion.allow_unfused,
-                                                 fusion.mode).to_dict())
+    record = None if precision == "bf16" else FusionRecord.from_dict(  # bf16 is unfused: OpenVINO fuses it
+        FusionReport(counts, fusion.expected_attention, fusion.allow_unfused, fusion.mode).to_dict())
     return GraphEntry(out.name, task, precision, family.name, *graph_io(family, task, cfg.vocab_size, cfg.hidden_size),
                       tolerance, fusion=record, weight_bytes=initializer_bytes(out), recipe=recipe,
                       data_file=data_path(out).name if data_path(out).is_file() else None,
@@ -151,7 +168,8 @@ def _write(task: str, precision: str, plan: TaskPlan, family: FamilySpec, cfg: A
 
 
 def _head(raw: Path, kind: str, vocab_size: int) -> Path:
-    """The sparse head part in `kind`: "fp16", or an int8 variant's decoder (HEAD_*); made once."""
+    """The sparse head part in `kind`: "fp16", or an int8 variant's decoder (HEAD_*); made once. bf16 takes the
+    float head: the unfused graph is computed in bf16 by OpenVINO as a whole."""
     if kind == HEAD_FLOAT:
         return raw
     path = raw.with_name(f"head.{kind}.onnx")
@@ -172,9 +190,11 @@ def _int8(task: str, plan: TaskPlan, family: FamilySpec, config: ExportConfig, c
     that passes this task's gate; none passing keeps the last tried, and the export fails on its gate.
     The sparse graph's head starts float; with a passing encoder, its decoder is tried in int8 (SPARSE_HEADS,
     fastest first), and the first that passes the same gate is kept."""
-    named = config.int8_recipe if config.int8_recipe != "auto" else fill_mask_recipe
-    recipes: list[Int8Recipe] = ([find_int8_recipe(named)] if named else
-                                 [r for r in INT8_RECIPES if distinct_recipe(encoder, r)])
+    if config.int8_recipe != "auto":  # exactly the recipe asked for
+        recipes = [find_int8_recipe(config.int8_recipe)]
+    else:  # fill-mask's first, when it kept one, then the others fastest first
+        recipes = [r for r in INT8_RECIPES if distinct_recipe(encoder, r)]
+        recipes.sort(key=lambda r: r.name != fill_mask_recipe)
     part = encoder.with_name(f"{encoder.stem}.int8.onnx")
     result: tuple[GraphEntry, TaskParity] | None = None
     for recipe in recipes:

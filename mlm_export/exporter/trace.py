@@ -20,7 +20,7 @@ from ..errors import ExportError
 from ..families import FamilySpec
 from ..manifest import TensorSpec
 from ..progress import stage
-from ..passes.graph_file import load_graph, save_graph
+from ..passes.graph_file import declare_inputs, load_graph, save_graph
 
 log = logging.getLogger("mlm_export")
 
@@ -233,7 +233,10 @@ def export_encoder(model: Any, family: FamilySpec, path: Path, opset: int, mask_
         traced = Path(work) / path.name
         _torch_export(EncoderForm().eval(), _sample_inputs(model, family, mask_token_id), traced, names,
                       [HIDDEN_OUTPUT], axes, opset)
-        save_graph(load_graph(traced), path, external)
+        graph_model = load_graph(traced)
+        declare_inputs(graph_model, names)
+        save_graph(graph_model, path, external)
+
 
 
 def export_head(model: Any, family: FamilySpec, path: Path, opset: int) -> None:

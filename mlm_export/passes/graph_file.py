@@ -8,6 +8,7 @@ graph keeps the form it was given: a graph with external data is saved with exte
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,18 @@ def initializer_bytes(path: Path) -> int:
     graph = onnx.load(str(path), load_external_data=False).graph  # the sizes are in the dims
     return sum(int(np.prod(t.dims)) * tensor_dtype_to_np_dtype(t.data_type).itemsize
                for t in graph.initializer)
+
+
+def declare_inputs(graph_model: Any, names: Sequence[str]) -> None:
+    """Declare the inputs `names` first and in order, even one the graph never reads (the embed graph of layer
+    0, the embeddings, has no attention: torch and the optimizer drop its attention_mask), so that the graph
+    takes what the manifest says it takes."""
+    from onnx import TensorProto, helper
+
+    present = {i.name: i for i in graph_model.graph.input}
+    inputs = [present.get(name) or helper.make_tensor_value_info(name, TensorProto.INT64, ["batch_size",
+                                                                                          "sequence_length"])
+              for name in names]
+    inputs += [i for i in graph_model.graph.input if i.name not in names]
+    del graph_model.graph.input[:]
+    graph_model.graph.input.extend(inputs)

@@ -27,13 +27,14 @@ _LOG_REDUCTIONS = ("ReduceLogSumExp", "ReduceLogSum")
 READ_RTOL, READ_ATOL = 1e-3, 1e-4  # float32 on two runtimes: summation order, not meaning
 
 
-def write_portable(raw: Path, path: Path) -> str:
-    """`raw` (the unfused fill-mask graph) as the bf16 variant at `path`; returns where its head begins."""
+def write_portable(raw: Path, path: Path, head: bool = True) -> str | None:
+    """`raw` (an unfused graph) for OpenVINO at `path`; returns where its MLM head begins (the fill-mask
+    graph's; None with `head=False`, for the encoder part of the sparse and embed tasks)."""
     model = load_graph(raw)
     rewrite_for_openvino(model)
     _drop_unused_initializers(model.graph)
     save_graph(model, path, uses_external_data(raw))
-    return head_input_of(model.graph, path.name)
+    return head_input_of(model.graph, path.name) if head else None
 
 
 def head_input_of(graph: Any, name: str) -> str:
@@ -98,7 +99,7 @@ def _drop_unused_initializers(graph: Any) -> None:
         graph.initializer.extend(kept)
 
 
-def check_openvino_reads(path: Path, head_input: str, input_names: tuple[str, ...], batches: list[Any]) -> None:
+def check_openvino_reads(path: Path, head_input: str | None, input_names: tuple[str, ...], batches: list[Any]) -> None:
     """OpenVINO in float32 must give every output ONNX Runtime gives on the same graph and feeds: the masks
     exactly, the float outputs to float32 rounding, and the same top-k ids except where two candidates'
     logits tie within that rounding (random-token probes of a wide vocabulary have near-ties)."""

@@ -132,8 +132,10 @@ def assemble_sparse(encoder: Path, head: Path, dst: Path, *, pooling: str, chunk
         h.make_node("Gather", ["sparse/shape", "sparse/axis1"], ["sparse/sequence_1d"]),
         h.make_node("Squeeze", ["sparse/batch_1d"], ["sparse/batch"]),
         h.make_node("Squeeze", ["sparse/sequence_1d"], ["sparse/sequence"]),
-        # positions per chunk: chunk_tokens rows of the head at most, and at least one position
-        h.make_node("Div", ["sparse/tokens", "sparse/batch"], ["sparse/chunk_raw"]),
+        # positions per chunk: chunk_tokens rows of the head at most, and at least one position (an empty
+        # batch divides by one: it has no chunks to run)
+        h.make_node("Max", ["sparse/batch", "sparse/one_i"], ["sparse/batch_1"]),
+        h.make_node("Div", ["sparse/tokens", "sparse/batch_1"], ["sparse/chunk_raw"]),
         h.make_node("Max", ["sparse/chunk_raw", "sparse/one_i"], ["sparse/chunk"]),
         h.make_node("Add", ["sparse/sequence", "sparse/chunk"], ["sparse/round_up"]),
         h.make_node("Sub", ["sparse/round_up", "sparse/one_i"], ["sparse/round_up_1"]),

@@ -23,6 +23,7 @@ class Embedder(TaskModel):
     """Embed texts with the artifact's encoder. Instances hold no per-call state: many threads may share one."""
 
     task = "embed"
+    needs_content = True  # special tokens alone would pool to nothing
 
     @property
     def layer(self) -> int:

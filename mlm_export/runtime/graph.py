@@ -127,6 +127,10 @@ class LoadedGraph:
         variants = artifact.graphs_of(task)
         artifact.refuse_left_out(variant)
         if not variants:
+            gone = sorted(n for n in artifact.left_out if artifact.manifest.graphs[n].form == task)
+            if gone:
+                raise ArtifactError(f"{artifact.path} is a slim copy that left out its {task} graphs "
+                                    f"({', '.join(gone)}; slim.json); load the full artifact for {task}")
             hint = "" if task == FILL_MASK else f": export it with --task {task}"
             raise ArtifactError(f"{artifact.path} has no {task} graph{hint}")
         if variant is not None:

@@ -76,6 +76,11 @@ class SparseEncoder(TaskModel):
         """The embedding's heaviest terms as (token, weight), heaviest first (all of them for None)."""
         if not isinstance(embedding, SparseEmbedding):
             raise InputError(f"decode takes a SparseEmbedding, got {type(embedding).__name__}")
+        indices, values = embedding.indices, embedding.values
+        if not (isinstance(indices, np.ndarray) and isinstance(values, np.ndarray) and indices.ndim == values.ndim == 1
+                and len(indices) == len(values) and indices.dtype.kind in "iu"):
+            raise InputError("a SparseEmbedding holds two 1-D numpy arrays of one length: integer indices and "
+                             "their values")
         if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1):
             raise InputError(f"top_k must be a positive integer or None, got {top_k!r}")
         vocab = self.manifest.model.vocab_size

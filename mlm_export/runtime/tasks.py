@@ -1,9 +1,9 @@
 """What the sparse and embed tasks share: opening their graph, tokenizing texts, running them in batches
 of similar length, and mean pooling. Torch-free, like the filler.
 
-Pooling leaves out the special tokens the tokenizer adds around a text (CLS, SEP, their ESM and RoBERTa
-counterparts) and padding, as esm's `extract.py` and AntiBERTy's `embed` do; a mask or unknown token
-written in the text is part of the text and stays.
+Pooling leaves out the tokens whose ids are those the tokenizer adds around a text (CLS, SEP, their ESM
+and RoBERTa counterparts) and padding, as esm's `extract.py` and AntiBERTy's `embed` do, wherever they
+are (a "[CLS]" written in the text too); a mask or unknown token written in the text stays.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class TaskRow:
     predicate: "is empty", "is 600 tokens long ...")."""
 
     value: Any = None
-    n_tokens: int | None = None
+    n_tokens: int | None = None  # the text's own tokens, without the CLS/SEP-like ones added around it
     error: str | None = None
 
 
@@ -118,12 +118,21 @@ class TaskModel:
             if len(ids) > self.max_length:
                 if not truncate:
                     rows.append(f"is {len(ids)} tokens long (with special tokens); this model takes at most "
-                                f"{self.max_length}. Shorten it, or pass truncate=True to keep its first "
-                                f"{self.max_length} tokens")
+                                f"{self.max_length}. Shorten it, or pass truncate=True (--truncate) to keep its "
+                                f"first {self.max_length} tokens")
                     continue
                 ids = self._truncated(str(text))
+            if self.needs_content and not self._own_tokens(ids):
+                rows.append("has no tokens besides the special ones the tokenizer adds, so it has no embedding")
+                continue
             rows.append(ids)
         return rows
+
+    needs_content = False  # True where a text of special tokens alone has no value (a mean embedding)
+
+    def _own_tokens(self, ids: Sequence[int]) -> int:
+        """The text's own tokens: those that are not the CLS, SEP or PAD the tokenizer adds (score's n_tokens)."""
+        return int(np.count_nonzero(~np.isin(np.asarray(ids, dtype=np.int64), self.added_ids)))
 
     def _rows(self, texts: Sequence[object], truncate: bool, batch_size: int | None,
               convert: Any) -> list[TaskRow]:
@@ -135,7 +144,7 @@ class TaskModel:
         rows: list[list[int]] = [prepared[i] for i in good]  # type: ignore[misc]  # the good ones
         for chunk, input_ids, attention_mask, result in self._batches(rows, batch_size):
             for j, value in zip(chunk, convert(input_ids, attention_mask, result)):
-                out[good[j]] = TaskRow(value, len(rows[j]))
+                out[good[j]] = TaskRow(value, self._own_tokens(rows[j]))
         return out
 
     def _truncated(self, text: str) -> list[int]:
