@@ -36,11 +36,13 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         pytest.fail(f"the family {family!r} has no builder in tests/layouts.py BUILDERS")
     root = tmp_path_factory.mktemp("pipeline-families")
     source = layouts.BUILDERS[family](root / family)
-    artifact = export_model(ExportConfig(str(source), out=root / "artifact")).path
+    # every task: the sparse and embed graphs of each family are gated against its model here too
+    artifact = export_model(ExportConfig(str(source), out=root / "artifact",
+                                         tasks=("fill-mask", "sparse", "embed"))).path
     assert read_manifest(artifact).family == family
     filler = OnnxMaskFiller.from_pretrained(artifact, providers="cpu")
-    reference = pipeline("fill-mask", model=AutoModelForMaskedLM.from_pretrained(source).eval(),
-                         tokenizer=AutoTokenizer.from_pretrained(source), device="cpu")
+    model = AutoModelForMaskedLM.from_pretrained(source).eval()
+    reference = pipeline("fill-mask", model=model, tokenizer=AutoTokenizer.from_pretrained(source), device="cpu")
     return read_manifest(artifact).tokenizer.char_level, filler, reference
 
 
@@ -90,3 +92,27 @@ def test_every_call_shape_equals_the_pipeline(pair: Any, call: str) -> None:
     residues, filler, reference = pair
     args, kwargs = CALLS[call](_texts(residues, filler.mask_token))
     _same(filler(*args, **kwargs), reference(*args, **kwargs), unspaced=residues)
+
+
+def test_sparse_and_embed_equal_the_familys_own_model(pair: Any) -> None:
+    """SPLADE from the family's MaskedLM logits and mean embeddings from its last hidden states, computed
+    here with torch on each text alone; the artifact's graphs run the texts as one padded batch."""
+    import torch
+
+    from mlm_export import Embedder, SparseEncoder
+
+    residues, filler, reference = pair
+    texts = ["MKTLLAGVK", "GGHW", "AKGVLKMNPQ"] if residues else ["the cat sat on the mat .", "a dog",
+                                                                  "is the tree on the big mat ?"]
+    sparse = SparseEncoder.from_pretrained(filler.artifact, variant="fp32", providers="cpu").encode(texts)
+    embedder = Embedder.from_pretrained(filler.artifact, variant="fp32", providers="cpu")
+    tokens = embedder.encode(texts, pooling="none", include_special=True)
+    for i, text in enumerate(texts):
+        ids = filler.tokenizer.encode(text).ids
+        with torch.no_grad():
+            out = reference.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        want = torch.log1p(torch.relu(out.logits[0])).amax(dim=0).numpy()
+        dense = np.zeros_like(want)
+        dense[sparse[i].indices] = sparse[i].values
+        np.testing.assert_allclose(dense, want, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(tokens[i], out.hidden_states[-1][0].numpy(), rtol=0, atol=1e-4)
