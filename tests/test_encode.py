@@ -105,3 +105,25 @@ def test_a_slim_copy_without_the_task_says_so(tiny_tasks: Path, tmp_path: Path) 
     assert SparseEncoder.from_pretrained(tmp_path / "s", providers="cpu").variant == "sparse.int8"
     with pytest.raises(Exception, match=r"slim copy that left out its embed graphs \(embed.fp16, embed.fp32"):
         Embedder.from_pretrained(tmp_path / "s", providers="cpu")
+
+
+def test_h5_keys_each_embedding_by_its_record_id(tiny_tasks: Path, tmp_path: Path) -> None:
+    import h5py
+
+    source = _fasta(tmp_path / "in.fa", TEXTS)
+    out = tmp_path / "e.h5"
+    done = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "embed", "--variant", "fp32",
+                                     "--pooling", "none", "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    embedder = Embedder.from_pretrained(tiny_tasks, variant="fp32", providers="cpu")
+    with h5py.File(out) as f:
+        assert sorted(f) == ["seq0", "seq1", "seq2", "seq3"] and f.attrs["variant"] == "embed.fp32"
+        for i, text in enumerate(TEXTS):
+            want = embedder.encode(text.replace(" ", ""), pooling="none")
+            assert np.allclose(f[f"seq{i}"][()], want, atol=1e-6) and f[f"seq{i}"].attrs["line"] == 2 * i + 1
+    twice = tmp_path / "twice.fa"
+    twice.write_text(">a\nthe cat\n>b\na dog\n>a\nthe mat\n")
+    refused = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(twice), "--task", "embed", "-o",
+                                        str(tmp_path / "t.h5")])
+    assert refused.exit_code == 1 and "the id 'a' is the one of line 1" in refused.output
+    assert not list(tmp_path.glob("*t.h5*"))  # nothing half-written, under either name

@@ -1,11 +1,13 @@
-"""Encoded rows out (`mlm-export encode`): JSON Lines (a file, or stdout), Parquet, or for pooled
-embeddings a `.npy` matrix, one row per input row in input order.
+"""Encoded rows out (`mlm-export encode`): JSON Lines (a file, or stdout), Parquet, or for embeddings a
+`.npy` matrix (pooled) or an HDF5 file keyed by record id, one row per input row in input order.
 
 JSON Lines and Parquet rows hold the input's kept columns, then ours (`VECTOR_FIELDS`): a sparse row
 its term ids and weights (`indices`, `values`), an embed row its `embedding` (a vector, or one per
 token with `--pooling none`). A `.npy` file is the float32 `[rows, hidden]` matrix, a row that could
-not be encoded left NaN (the summary names its line). Every file is a `publish.OutputFile`: it appears
-whole or not at all.
+not be encoded left NaN (the summary names its line). An `.h5` file holds one float32 dataset per
+encoded record, named by its `id` column (FASTA's record id) or else its line number, with the line and
+token count as attributes, as esm's `extract.py` keys its outputs by label; a repeated id ends the run.
+Every file is a `publish.OutputFile`: it appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .outputs import _jsonable
 
 VECTOR_FIELDS = ("line", "text", "n_tokens", "indices", "values", "embedding", "variant", "provider", "error")
 NPY_SUFFIX = ".npy"
+H5_SUFFIXES = (".h5", ".hdf5")
 _NPY_HEADER = 128  # bytes: room for any row count in a version 1.0 header, rewritten once the count is known
 
 
@@ -69,16 +72,21 @@ class VectorWriter:
         self.kept_types = tuple(kept_types) or (None,) * len(self.kept)
         suffix = "" if path is None else path.suffix.lower()
         self.kind = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
-                     NPY_SUFFIX: "npy"}.get(suffix)
+                     NPY_SUFFIX: "npy", **dict.fromkeys(H5_SUFFIXES, "h5")}.get(suffix)
         if path is None or (self.kind is None and is_stream(path)):
             self.kind = "jsonl"
         if self.kind is None:
-            raise InputError(f"{path}: the output is .jsonl or .parquet" + (", or .npy for embed" if task == "embed"
-                                                                           else ""))
+            raise InputError(f"{path}: the output is .jsonl or .parquet" + (", or .npy or .h5 for embed"
+                                                                           if task == "embed" else ""))
         if self.kind == "npy" and (task != "embed" or per_token):
             raise InputError(f"{path}: a .npy output holds one pooled vector per row: it is for --task embed with "
                              "--pooling mean or cls; write .jsonl or .parquet")
+        if self.kind == "h5" and task != "embed":
+            raise InputError(f"{path}: an .h5 output holds embeddings: it is for --task embed; write .jsonl or "
+                             ".parquet")
         self.rows = 0
+        self._h5: Any = None
+        self._keys: dict[str, int] = {}  # dataset name -> the line that took it
         self._file: OutputFile | None = None
         self._stream: IO[str] | None = None
         self._binary: IO[bytes] | None = None
@@ -89,8 +97,9 @@ class VectorWriter:
             return
         if source is not None and path.exists() and path.resolve() == source.resolve():
             raise InputError(f"{path} is the input; choose another --output")
-        if self.kind == "npy" and is_stream(path):
-            raise InputError(f"{path} is a stream; a .npy file is written to a regular file")
+        if self.kind in ("npy", "h5") and is_stream(path):
+            raise InputError(f"{path} is a stream; a .{self.kind} file is written to a regular file")
+        h5py: Any = _h5py() if self.kind == "h5" else None
         self._file = OutputFile(path, force=force)
         try:
             if self.kind == "jsonl":
@@ -98,6 +107,9 @@ class VectorWriter:
             elif self.kind == "npy":
                 self._binary = self._file.open(binary=True)
                 self._binary.write(_npy_header(0, hidden_size))
+            elif self.kind == "h5":
+                self._file.open(binary=True).close()  # created exclusively, then HDF5's own
+                self._h5 = h5py.File(self._file.target, "w")
             else:
                 pq = pyarrow_parquet("Parquet output")
                 self._binary = self._file.open(binary=True)
@@ -123,6 +135,8 @@ class VectorWriter:
                     if row.embedding is not None:
                         block[i] = row.embedding
                 self._binary.write(block.tobytes())
+            elif self.kind == "h5":
+                self._write_h5(rows)
             else:
                 self._pending.extend(rows)
                 if len(self._pending) >= 4096:
@@ -132,6 +146,29 @@ class VectorWriter:
             if self._file is None:
                 raise
             raise self._file.storage_error(exc) from exc
+
+    def _write_h5(self, rows: list[EncodedRow]) -> None:
+        """One dataset per encoded row, named by the record's id (else its line); a name taken twice, or one
+        HDF5 cannot hold, ends the run rather than overwrite or nest."""
+        id_at = self.kept.index("id") if "id" in self.kept else None
+        for row in rows:
+            if row.embedding is None:
+                continue  # not encoded: the summary names its line
+            key = str(row.line if id_at is None else row.kept[id_at])
+            if not key or "/" in key or key == ".":
+                raise InputError(f"line {row.line}: the id {key!r} cannot name an HDF5 dataset (empty, '.', or "
+                                 "holding '/'); give plain ids, or write .jsonl or .parquet")
+            if key in self._keys:
+                raise InputError(f"line {row.line}: the id {key!r} is the one of line {self._keys[key]}; an .h5 "
+                                 "output keys each embedding by its id, so ids must be unique (or write .jsonl, "
+                                 ".parquet or .npy)")
+            self._keys[key] = row.line
+            dataset = self._h5.create_dataset(key, data=np.asarray(row.embedding, dtype=np.float32))
+            dataset.attrs["line"] = row.line
+            dataset.attrs["n_tokens"] = -1 if row.n_tokens is None else row.n_tokens
+            if not self._h5.attrs.get("variant"):
+                self._h5.attrs.update({"task": self.task, "variant": row.variant, "provider": row.provider,
+                                       "per_token": self.per_token})
 
     def _schema(self) -> Any:
         import pyarrow as pa
@@ -171,6 +208,9 @@ class VectorWriter:
                 assert self._binary is not None
                 self._binary.seek(0)
                 self._binary.write(_npy_header(self.rows, self.hidden_size))
+            if self._h5 is not None:
+                self._h5.close()
+                self._h5 = None
             for handle in (self._binary, self._stream if self._file is not None else None):
                 if handle is not None:
                     handle.close()
@@ -188,13 +228,15 @@ class VectorWriter:
         try:
             if self._parquet is not None:
                 self._parquet.close()
+            if self._h5 is not None:
+                self._h5.close()
             for handle in (self._binary, self._stream if self._file is not None else None):
                 if handle is not None:
                     handle.close()
         except OSError:
             pass  # closing a file on a full disk fails again; it is removed all the same
         finally:
-            self._parquet = self._stream = self._binary = None
+            self._parquet = self._stream = self._binary = self._h5 = None
             if self._file is not None:
                 self._file.discard()
 
@@ -208,3 +250,11 @@ def _npy_header(rows: int, columns: int) -> bytes:
         raise InputError(f"{rows} x {columns} is too large for a .npy header of {_NPY_HEADER} bytes")
     body = text.ljust(room - 1) + "\n"
     return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + body.encode("latin1")
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError as exc:
+        raise InputError("an .h5 output needs h5py: pip install 'mlm-export[hdf5]'") from exc
+    return h5py

@@ -18,7 +18,8 @@ from .score import STDOUT_NAMES, _names
 @click.option("--task", type=click.Choice(["sparse", "embed"]),
               help="What to compute [the one of the two the artifact has].")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
-              help="A .jsonl or .parquet file, or .npy for pooled embeddings [JSON Lines on stdout, also for '-'].")
+              help="A .jsonl or .parquet file, or for embeddings .npy (pooled) or .h5 (keyed by record id) "
+                   "[JSON Lines on stdout, also for '-'].")
 @click.option("--column", help="The CSV/Parquet column with the sequences [text, or sequence].")
 @click.option("--format", "input_format", type=click.Choice(["text", "fasta", "csv", "parquet"]),
               help="How to read INPUT [from its suffix: .txt, .fa/.fasta, .csv, .parquet].")
