@@ -68,7 +68,8 @@ def worker(system: str, artifact: Path, count: int, rounds: int, threads: int, s
         from mlm_export.exporter.source import resolve
 
         torch.set_num_threads(threads)
-        transformer = Transformer(str(resolve("antiberty").model_dir))
+        # the checkpoint folder has a bare vocab.txt that AutoTokenizer cannot place: the artifact's tokenizer
+        transformer = Transformer(str(resolve("antiberty").model_dir), tokenizer_name_or_path=str(artifact))
         model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")],
                                     device="cpu")
         spaced = [" ".join(s) for s in sequences]

@@ -127,3 +127,24 @@ def test_h5_keys_each_embedding_by_its_record_id(tiny_tasks: Path, tmp_path: Pat
                                         str(tmp_path / "t.h5")])
     assert refused.exit_code == 1 and "the id 'a' is the one of line 1" in refused.output
     assert not list(tmp_path.glob("*t.h5*"))  # nothing half-written, under either name
+
+
+def test_the_ray_engine_gives_the_local_engines_rows(tiny_tasks: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """One local Ray instance, one actor: the same rows, ids and errors as the local engine, in input order."""
+    monkeypatch.setenv("RAY_prestart_worker_first_driver", "0")  # no idle workers on 2 cores (test_batch.py)
+    source = _fasta(tmp_path / "in.fa", TEXTS + [""] + TEXTS)
+    rows = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.jsonl"
+        done = CliRunner().invoke(main, ["encode", str(tiny_tasks), str(source), "--task", "sparse", "--variant",
+                                         "fp32", "--engine", engine, "--workers", "1", "-o", str(out), "-q", "--json"])
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout)["engine"] == engine
+        rows[engine] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows["ray"]) == len(TEXTS) * 2 + 1
+    for got, want in zip(rows["ray"], rows["local"]):
+        assert {k: v for k, v in got.items() if k != "values"} == {k: v for k, v in want.items() if k != "values"}
+        assert (got["values"] is None) == (want["values"] is None)
+        if want["values"] is not None:
+            assert np.allclose(got["values"], want["values"], rtol=1e-5, atol=1e-6)

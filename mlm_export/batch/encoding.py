@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -50,6 +51,10 @@ class EncodeJob:
     public_key: Path | None = None
     keep_columns: tuple[str, ...] | None = None
     format: str | None = None
+    engine: str = "local"           # or "ray", as for score
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    workers: int | None = None      # Ray actors; default: the cluster's CPUs / threads
+    progress: bool = True           # Ray Data's own bars and INFO lines
 
     def __post_init__(self) -> None:
         for name in ("artifact", "input", "output", "public_key"):
@@ -64,7 +69,13 @@ class EncodeJob:
             raise InputError(f"EncodeJob.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.format is not None and self.format not in FORMATS:
             raise InputError(f"EncodeJob.format must be one of {', '.join(FORMATS)} or None, got {self.format!r}")
-        for name in ("strict", "force", "truncate"):
+        if self.engine not in ("local", "ray"):
+            raise InputError(f"EncodeJob.engine must be local or ray, got {self.engine!r}")
+        for name in ("threads", "workers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InputError(f"EncodeJob.{name} must be a positive integer or None, got {value!r}")
+        for name in ("strict", "force", "truncate", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"EncodeJob.{name} must be True or False, got {getattr(self, name)!r}")
         keep = self.keep_columns
@@ -82,13 +93,15 @@ class EncodeSummary:
     task: str
     variant: str
     provider: str
+    engine: str = "local"
     rows: int = 0
     encoded: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "task": self.task, "variant": self.variant, "provider": self.provider,
+        return {"output": self.output, "engine": self.engine, "task": self.task, "variant": self.variant,
+                "provider": self.provider,
                 "rows": self.rows, "encoded": self.encoded,
                 "failed": [{"line": n, "error": e} for n, e in self.failed], "seconds": round(self.seconds, 3),
                 "sequences_per_second": round(self.rows / self.seconds, 2) if self.seconds else None}
@@ -102,26 +115,41 @@ def encode_file(job: EncodeJob, stdout: IO[str] | None = None) -> EncodeSummary:
 
     artifact = Artifact.open(job.artifact, job.public_key)
     task = job.task or _only_task(artifact)
-    model: SparseEncoder | Embedder = (SparseEncoder if task == "sparse" else Embedder).from_pretrained(
-        artifact, variant=job.variant, providers=job.providers, threads=job.threads, batch_size=job.batch_size)
     if task == "sparse" and job.pooling is not None:
         raise InputError("pooling is the embed task's; a sparse vector is pooled as the artifact was exported")
     if task == "embed" and (job.top_k is not None or job.threshold):
         raise InputError("top_k and threshold are the sparse task's; leave them out with the embed task")
+    options: dict[str, Any] = ({"top_k": job.top_k, "threshold": job.threshold, "truncate": job.truncate,
+                                "batch_size": job.batch_size} if task == "sparse" else
+                               {"pooling": job.pooling or "mean", "truncate": job.truncate,
+                                "batch_size": job.batch_size})
+    model: SparseEncoder | Embedder | None = None
+    if job.engine == "local":  # the Ray engine checks its variant in the driver, and opens it in each actor
+        model = (SparseEncoder if task == "sparse" else Embedder).from_pretrained(
+            artifact, variant=job.variant, providers=job.providers, threads=job.threads, batch_size=job.batch_size)
     table = read_rows(job.input, job.column, job.keep_columns, job.format, reserved=VECTOR_FIELDS)
     try:
-        writer = VectorWriter(job.output, task, job.pooling == "none", model.manifest.model.hidden_size, job.force,
-                              stdout, job.input, table.kept, table.kept_types)
+        writer = VectorWriter(job.output, task, job.pooling == "none", artifact.manifest.model.hidden_size,
+                              job.force, stdout, job.input, table.kept, table.kept_types)
     except BaseException:
         table.close()
         raise
-    summary = EncodeSummary(None if job.output is None else str(job.output), task, model.variant, model.provider)
+    close = None
     try:
+        if model is not None:
+            variant, provider = model.variant, model.provider
+            chunks: Iterator[list[EncodedRow]] = (_encode(model, task, chunk, options)
+                                                  for chunk in chunked(table.rows, CHUNK))
+        else:
+            from .ray_engine import encode_with_ray
+
+            variant, provider, chunks, close = encode_with_ray(job, table.rows, task, options)
+        summary = EncodeSummary(None if job.output is None else str(job.output), task, variant, provider,
+                                engine=job.engine)
         start = time.perf_counter()
         on_terminal = job.output is None and is_terminal(stdout if stdout is not None else sys.stdout)
         with stage(f"encoding ({task})", unit="seq", lines=False, bar=not on_terminal) as advance:
-            for chunk in chunked(table.rows, CHUNK):
-                rows = _encode(model, task, chunk, job)
+            for rows in chunks:
                 _check(rows, job, summary)
                 writer.write(rows)
                 advance(len(rows))
@@ -132,6 +160,8 @@ def encode_file(job: EncodeJob, stdout: IO[str] | None = None) -> EncodeSummary:
         raise
     finally:
         table.close()
+        if close is not None:
+            close()  # on an error or a signal too: no Ray process of ours outlives the run
     return summary
 
 
@@ -144,12 +174,9 @@ def _only_task(artifact: Any) -> str:
     raise InputError(f"{artifact.path} has both a sparse and an embed graph: say which with --task")
 
 
-def _encode(model: Any, task: str, rows: list[InputRow], job: EncodeJob) -> list[EncodedRow]:
+def _encode(model: Any, task: str, rows: list[InputRow], options: dict[str, Any]) -> list[EncodedRow]:
     texts = [r.text for r in rows if r.error is None]
-    if task == "sparse":
-        results = iter(model.encode_rows(texts, top_k=job.top_k, threshold=job.threshold, truncate=job.truncate))
-    else:
-        results = iter(model.encode_rows(texts, pooling=job.pooling or "mean", truncate=job.truncate))
+    results = iter(model.encode_rows(texts, **options))
     out = []
     for row in rows:
         common = {"variant": model.variant, "provider": model.provider, "kept": row.kept}

@@ -1,4 +1,5 @@
-"""PLL scoring as Ray Data `map_batches` on an actor pool: the same `Scorer`, one per actor.
+"""PLL scoring and encoding (sparse, embed) as Ray Data `map_batches` on an actor pool: the same `Scorer`,
+`SparseEncoder` or `Embedder` as the local engine, one per actor.
 
 Each actor opens the artifact once, with its thread count, and holds the session for its life;
 `compute=ActorPoolStrategy(min_size=1, max_size=N)` sizes the pool (`concurrency=` is deprecated in
@@ -33,6 +34,7 @@ from .outputs import ScoredRow
 
 if TYPE_CHECKING:
     from . import ScoreJob
+    from .encoding import EncodeJob
 
 SEQUENCES_PER_BATCH = 32
 
@@ -87,32 +89,90 @@ class PLLActor:
         return out
 
 
+class EncodeActor:
+    """A Ray Data callable class: opens the artifact's sparse or embed graph once, then encodes batches."""
+
+    def __init__(self, artifact: str, task: str, variant: str, threads: int | None, options: dict[str, Any],
+                 public_key: str | None = None, providers: str = "cpu") -> None:
+        from ..runtime.embed import Embedder
+        from ..runtime.sparse import SparseEncoder
+
+        model_class = SparseEncoder if task == "sparse" else Embedder
+        self.model = model_class.from_pretrained(artifact, variant=variant, providers=providers, threads=threads,
+                                                 public_key=public_key)
+        self.task = task
+        self.options = options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = ["" if t is None else t for t in batch["text"].tolist()]
+        found = [str(e or "") for e in batch["read_error"].tolist()]
+        encoded = iter(self.model.encode_rows([t for t, e in zip(texts, found) if not e], **self.options))
+        results = [None if e else next(encoded) for e in found]
+        vectors = {name: np.empty(len(texts), dtype=object) for name in (("indices", "values") if self.task == "sparse"
+                                                                         else ("embedding",))}
+        for i, result in enumerate(results):  # ragged: one array per row, empty where there is none
+            value = None if result is None else result.value
+            if self.task == "sparse":
+                vectors["indices"][i] = np.zeros(0, np.int64) if value is None else value.indices
+                vectors["values"][i] = np.zeros(0, np.float32) if value is None else value.values
+            else:
+                vectors["embedding"][i] = np.zeros(0, np.float32) if value is None else value
+        # the reader's verdict as it is; an encoding error as the local engine words it
+        errors = [e or (f"the sequence {r.error}" if r is not None and r.error else "") for e, r in zip(found, results)]
+        return {"line": batch["line"], "text": np.array(texts, dtype=object),
+                "n_tokens": np.array([-1 if r is None or r.n_tokens is None else r.n_tokens for r in results],
+                                     dtype=np.int64),
+                "error": np.array(errors, dtype=object),
+                "provider": np.array([self.model.provider] * len(texts), dtype=object)} | vectors
+
+
+def encode_with_ray(job: EncodeJob, rows: Iterable[InputRow], task: str, options: dict[str, Any],
+                    sequences_per_batch: int = SEQUENCES_PER_BATCH) -> tuple[str, str, Iterator[list[Any]],
+                                                                             Any]:
+    """Start (or join) Ray; the variant, backend, encoded rows in input order (`EncodedRow` chunks) and what
+    stops Ray at the end (None when this run did not start it)."""
+    from .vectors import EncodedRow
+
+    ray = _ray()
+    variant, backend, providers = _pick(job, task)
+    started = not ray.is_initialized()
+    if started:
+        _init(ray, job)
+    try:
+        kept: deque[tuple[Any, ...]] = deque()
+        mapped, size = _pool(ray, job, rows, EncodeActor, {"task": task, "variant": variant, "options": options,
+                                                           "providers": providers}, sequences_per_batch, kept)
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
+
+    def chunks() -> Iterator[list[Any]]:
+        for batch in mapped.iter_batches(batch_size=size, batch_format="numpy"):
+            chunk = []
+            for i in range(len(batch["text"])):
+                error = str(batch["error"][i]) or None
+                common: dict[str, Any] = {"variant": variant, "provider": str(batch["provider"][i]),
+                                          "kept": kept.popleft()}
+                if error is not None:
+                    chunk.append(EncodedRow(int(batch["line"][i]), str(batch["text"][i]), None, error=error, **common))
+                elif task == "sparse":
+                    chunk.append(EncodedRow(int(batch["line"][i]), str(batch["text"][i]), int(batch["n_tokens"][i]),
+                                            indices=np.asarray(batch["indices"][i], dtype=np.int64),
+                                            values=np.asarray(batch["values"][i], dtype=np.float32), **common))
+                else:
+                    chunk.append(EncodedRow(int(batch["line"][i]), str(batch["text"][i]), int(batch["n_tokens"][i]),
+                                            embedding=np.asarray(batch["embedding"][i], dtype=np.float32), **common))
+            yield chunk
+
+    return variant, backend, chunks(), ray.shutdown if started else None
+
+
 def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
                    sequences_per_batch: int = SEQUENCES_PER_BATCH) -> EngineRun:
     """Start (or join) Ray, and stream the scored rows back in input order."""
-    from ..artifact.handle import Artifact
-    from ..runtime.backends import choose_backend, providers_for
-    from ..variants import CPU, check_pairing, preferred
-
     ray = _ray()
-    # fail here, not in every actor; a slim artifact serves the graphs it holds
-    artifact = Artifact.open(job.artifact, public_key=job.public_key)
-    variants = artifact.graphs_of("fill-mask")
-    # CPU workers: ONNX Runtime's CPU provider, or OpenVINO (the bf16 variant); auto picks as the local
-    # engine does on a machine without a GPU
-    key = job.providers.lower() if isinstance(job.providers, str) else None
-    if key not in ("auto", "cpu", "openvino"):
-        raise InputError(f"the Ray engine's workers run on CPUs: providers must be auto, cpu or openvino, "
-                         f"got {job.providers!r}")
-    backend = choose_backend(variants, key, job.variant, cpu_only=True) if variants else CPU
-    providers = providers_for(backend, key)
-    variant = job.variant or (preferred(variants, backend) if variants else None)
-    if variant is None:
-        raise InputError(f"{job.artifact} has no fill-mask graph to score with")
-    if variant not in variants:
-        raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "
-                         f"{', '.join(sorted(variants))}")
-    check_pairing(variant, variants[variant].precision, backend, job.artifact, variants)
+    variant, backend, providers = _pick(job, "fill-mask")
     started = not ray.is_initialized()
     if started:
         _init(ray, job)
@@ -124,9 +184,49 @@ def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],
         raise
 
 
+def _pick(job: ScoreJob | EncodeJob, task: str) -> tuple[str, str, str | Sequence[str]]:
+    """The variant of `task` the actors open, the backend and the `providers` they open it with: checked
+    here, not in every actor (a slim artifact serves the graphs it holds)."""
+    from ..artifact.handle import Artifact
+    from ..runtime.backends import choose_backend, providers_for
+    from ..variants import CPU, check_pairing, preferred
+
+    artifact = Artifact.open(job.artifact, public_key=job.public_key)
+    variants = artifact.graphs_of(task)
+    # CPU workers: ONNX Runtime's CPU provider, or OpenVINO (the bf16 variant); auto picks as the local
+    # engine does on a machine without a GPU
+    key = job.providers.lower() if isinstance(job.providers, str) else None
+    if key not in ("auto", "cpu", "openvino"):
+        raise InputError(f"the Ray engine's workers run on CPUs: providers must be auto, cpu or openvino, "
+                         f"got {job.providers!r}")
+    asked = job.variant
+    if asked is not None and task != "fill-mask" and "." not in asked:
+        asked = f"{task}.{asked}"
+    backend = choose_backend(variants, key, asked, cpu_only=True) if variants else CPU
+    providers = providers_for(backend, key)
+    variant = asked or (preferred(variants, backend, task) if variants else None)
+    if variant is None:
+        raise InputError(f"{job.artifact} has no {task} graph to run")
+    if variant not in variants:
+        raise InputError(f"variant {variant!r} is not in {job.artifact}; it has "
+                         f"{', '.join(sorted(variants))}")
+    check_pairing(variant, variants[variant].precision, backend, job.artifact, variants)
+    return variant, backend, providers
+
+
 def _start(ray: Any, job: ScoreJob, rows: Iterable[InputRow], variant: str, backend: str,
            providers: str | Sequence[str], sequences_per_batch: int, started: bool) -> EngineRun:
     """The actor pool over the input, as an `EngineRun` that stops Ray at the end if this run started it."""
+    kept: deque[tuple[Any, ...]] = deque()
+    scored, size = _pool(ray, job, rows, PLLActor, {"variant": variant, "options": job.options,
+                                                   "providers": providers}, sequences_per_batch, kept)
+    return EngineRun(variant, backend, _rows(scored, size, variant, kept), close=ray.shutdown if started else None)
+
+
+def _pool(ray: Any, job: ScoreJob | EncodeJob, rows: Iterable[InputRow], actor: type, kwargs: dict[str, Any],
+          sequences_per_batch: int, kept: deque[tuple[Any, ...]]) -> tuple[Any, int]:
+    """The input mapped by an actor pool of `actor` (built with `kwargs` plus the artifact, threads and key);
+    the rows' kept values go to `kept`. Returns the mapped dataset and its batch size."""
     if not job.progress:  # -q, --json or no terminal: Ray Data's own INFO lines too
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
@@ -136,21 +236,20 @@ def _start(ray: Any, job: ScoreJob, rows: Iterable[InputRow], variant: str, back
     workers = job.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
     # The driver reads the input (as the local engine does) and hands it to Ray as Arrow blocks: read
     # tasks would wait for CPUs that the actor pool holds (a 2-CPU machine deadlocked on read_parquet).
-    kept: deque[tuple[Any, ...]] = deque()
     blocks = _arrow_blocks(rows, workers, sequences_per_batch, kept)
     dataset = ray.data.from_arrow(blocks)
-    scored = dataset.map_batches(
-        PLLActor, batch_size=max(1, blocks[0].num_rows), batch_format="numpy", num_cpus=threads,
+    size = max(1, blocks[0].num_rows)
+    mapped = dataset.map_batches(
+        actor, batch_size=size, batch_format="numpy", num_cpus=threads,
         # up to `workers` actors, as CPUs allow: a fixed size the cluster cannot place would wait forever
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-        fn_constructor_kwargs={"artifact": str(Path(job.artifact).resolve()), "variant": variant,
-                               "threads": threads, "options": job.options, "providers": providers,
-                               "public_key": None if job.public_key is None else str(Path(job.public_key).resolve())})
-    return EngineRun(variant, backend, _rows(scored, max(1, blocks[0].num_rows), variant, kept),
-                     close=ray.shutdown if started else None)
+        fn_constructor_kwargs=kwargs | {
+            "artifact": str(Path(job.artifact).resolve()), "threads": threads,
+            "public_key": None if job.public_key is None else str(Path(job.public_key).resolve())})
+    return mapped, size
 
 
-def _init(ray: Any, job: ScoreJob) -> None:
+def _init(ray: Any, job: ScoreJob | EncodeJob) -> None:
     """`ray.init`, keeping the process's own signal handlers: Ray installs a SIGTERM one that calls
     `sys.exit(15)`, which made a terminated run exit 15 with no `Error:` line instead of 143 with one."""
     address = job.ray_address or os.environ.get("RAY_ADDRESS") or None

@@ -36,10 +36,14 @@ from .score import STDOUT_NAMES, _names
               help="Keep the first tokens of a sequence longer than the model takes (else it is a bad row).")
 @click.option("--variant", help="Graph variant (e.g. int8 or sparse.int8); default: best for the provider.")
 @click.option("--providers", type=providers_choice, default="auto", show_default=True,
-              help="auto, cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1, max_threads()), help="Inference threads.")
+              help="auto, cpu, cuda, or openvino (the bf16 variant); Ray's CPU workers take auto, cpu or openvino.")
+@click.option("--threads", type=click.IntRange(1, max_threads()),
+              help="Inference threads, ONNX Runtime intra-op or OpenVINO (per actor with --engine ray).")
 @click.option("--batch-size", type=click.IntRange(1, None), default=32, show_default=True,
               help="Sequences per graph run.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", help="Join this Ray cluster [RAY_ADDRESS, else a local instance].")
+@click.option("--workers", type=click.IntRange(1, None), help="Ray actors [cluster CPUs / threads].")
 @click.option("--strict", is_flag=True, help="Stop at the first bad row; no --output file is written.")
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 @click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
@@ -48,7 +52,8 @@ from .score import STDOUT_NAMES, _names
 def encode_command(directory: Path, input_path: Path, task: str | None, output: Path | None, column: str | None,
                    input_format: str | None, keep_columns: str | None, top_k: int | None, threshold: float,
                    pooling: str | None, truncate: bool, variant: str | None, providers: str, threads: int | None,
-                   batch_size: int, strict: bool, force: bool, key: Path | None, quiet: bool, as_json: bool) -> None:
+                   batch_size: int, engine: str, ray_address: str | None, workers: int | None, strict: bool,
+                   force: bool, key: Path | None, quiet: bool, as_json: bool) -> None:
     """SPLADE term weights (--task sparse) or embeddings (--task embed) of every sequence in INPUT.
 
     INPUT is read as `score` reads it (text, FASTA, CSV, Parquet; the other columns kept). Each output
@@ -64,7 +69,8 @@ def encode_command(directory: Path, input_path: Path, task: str | None, output: 
     if threshold != threshold:
         raise click.BadParameter("must be a number >= 0, not nan", param_hint="--threshold")
     job = EncodeJob(directory, input_path, task, output, column, variant, providers, threads, batch_size, top_k,
-                    threshold, pooling, truncate, strict, force, key, _names(keep_columns), input_format)
+                    threshold, pooling, truncate, strict, force, key, _names(keep_columns), input_format, engine,
+                    ray_address, workers, progress=not (quiet or as_json))
     output_.jsonl = output is None
     summary = encode_file(job, stdout=output_.stream)
     failed = f"; {len(summary.failed)} not encoded (lines {', '.join(str(n) for n, _ in summary.failed[:10])}" \
