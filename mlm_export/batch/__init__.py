@@ -1,9 +1,12 @@
-"""Batch scoring: pseudo-log-likelihoods for a file of sequences, on this machine or on Ray.
+"""Batch jobs on files of sequences, on this machine or on Ray: scoring (pseudo-log-likelihoods, here) and
+encoding (SPLADE vectors, embeddings: encoding.py).
 
     inputs.py      read text/FASTA/CSV/Parquet as a stream, checked before the first row
-    outputs.py     write JSON Lines/Parquet rows, whole or not at all
+    outputs.py     write scored JSON Lines/Parquet rows, whole or not at all
+    vectors.py     write encoded rows: JSON Lines, Parquet, .npy, .h5
+    encoding.py    EncodeJob and encode_file (`mlm-export encode`)
     engine.py      what an engine hands back: scored rows in input order, with variant and provider
-    ray_engine.py  the same scorer as a Ray Data actor pool (`engine="ray"`)
+    ray_engine.py  the same scorer or encoder as a Ray Data actor pool (`engine="ray"`)
 
 Both engines give the same rows: a sequence's score depends only on the sequence (see
 `runtime.scoring`), never on its batch or its worker. Every row names the variant and the provider
