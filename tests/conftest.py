@@ -40,13 +40,16 @@ SHARED_EXPORTS = (("antiberty", {"antiberty_export", "antiberty_torch", "splade_
                   ("layouts", {"layout_exports", "antiberty_layouts"}),
                   ("english", {"english_artifact", "english_dir"}),
                   ("tiny-variants", {"tiny_variants"}),
+                  ("ray", {"ray_instance"}),
                   ("tiny-tasks", {"tiny_tasks"}),
                   ("bench", {"bench"}))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """An xdist worker runs ONNX Runtime and torch on one thread: the workers are the parallelism, and
-    two-thread sessions in two workers would fight over two cores."""
+    two-thread sessions in two workers would fight over two cores. A Ray instance a test starts gets no
+    idle workers either: on 2 cores they slowed each Ray test's start several times over."""
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["MLM_EXPORT_THREADS"] = "1"
         os.environ["OMP_NUM_THREADS"] = "1"  # for the CLI subprocesses the tests start; torch here:
@@ -265,3 +268,15 @@ def tiny_tasks(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-tasks"
     return export_model(ExportConfig(str(tiny_dir), out=out, fp16=True, int8=True, tasks=("sparse", "embed"))).path
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[None]:
+    """One local Ray instance for the tests that run an engine in this process (the engines leave an instance
+    they did not start running): each start costs seconds, tens of them on a busy machine. The tests that
+    send signals start their own, in a subprocess (test_batch.py)."""
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
