@@ -40,7 +40,6 @@ SHARED_EXPORTS = (("antiberty", {"antiberty_export", "antiberty_torch", "splade_
                   ("layouts", {"layout_exports", "antiberty_layouts"}),
                   ("english", {"english_artifact", "english_dir"}),
                   ("tiny-variants", {"tiny_variants"}),
-                  ("ray", {"ray_instance"}),
                   ("tiny-tasks", {"tiny_tasks"}),
                   ("bench", {"bench"}))
 
@@ -268,15 +267,3 @@ def tiny_tasks(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-tasks"
     return export_model(ExportConfig(str(tiny_dir), out=out, fp16=True, int8=True, tasks=("sparse", "embed"))).path
-
-
-@pytest.fixture(scope="session")
-def ray_instance() -> Iterator[None]:
-    """One local Ray instance for the tests that run an engine in this process (the engines leave an instance
-    they did not start running): each start costs seconds, tens of them on a busy machine. The tests that
-    send signals start their own, in a subprocess (test_batch.py)."""
-    import ray
-
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()

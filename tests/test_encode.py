@@ -129,7 +129,7 @@ def test_h5_keys_each_embedding_by_its_record_id(tiny_tasks: Path, tmp_path: Pat
     assert not list(tmp_path.glob("*t.h5*"))  # nothing half-written, under either name
 
 
-def test_the_ray_engine_gives_the_local_engines_rows(tiny_tasks: Path, tmp_path: Path, ray_instance: None) -> None:
+def test_the_ray_engine_gives_the_local_engines_rows(tiny_tasks: Path, tmp_path: Path) -> None:
     """One local Ray instance, one actor: the same rows, ids and errors as the local engine, in input order."""
     source = _fasta(tmp_path / "in.fa", TEXTS + [""] + TEXTS)
     rows = {}

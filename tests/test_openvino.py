@@ -272,8 +272,7 @@ def test_ray_scoring_pairs_bf16_with_openvino_before_starting_ray(tiny_bf16: Pat
     assert result.exit_code == 1 and "runs on OpenVINO" in result.output and "--providers openvino" in result.output
 
 
-def test_ray_and_local_engines_both_score_with_bf16_under_auto(tiny_bf16: Path, tmp_path: Path,
-                                                               ray_instance: None) -> None:
+def test_ray_and_local_engines_both_score_with_bf16_under_auto(tiny_bf16: Path, tmp_path: Path) -> None:
     texts = tmp_path / "texts.txt"
     texts.write_text("the cat sat on the mat .\na big dog ran to the red tree .\n")
     rows = {}
