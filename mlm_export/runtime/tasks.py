@@ -55,6 +55,7 @@ class TaskModel:
     """One task graph and the artifact's tokenizer; holds no per-call state, so many threads may share it."""
 
     task = ""
+    needs_content = False  # True where a text of special tokens alone has no value (an embedding)
 
     def __init__(self, graph: LoadedGraph, tokenizer: Any, batch_size: int = 32) -> None:
         if graph.entry.form != self.task:
@@ -127,8 +128,6 @@ class TaskModel:
                 continue
             rows.append(ids)
         return rows
-
-    needs_content = False  # True where a text of special tokens alone has no value (a mean embedding)
 
     def _own_tokens(self, ids: Sequence[int]) -> int:
         """The text's own tokens: those that are not the CLS, SEP or PAD the tokenizer adds (score's n_tokens)."""
