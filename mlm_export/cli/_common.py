@@ -124,6 +124,38 @@ def common_options(command: F) -> F:
                         help="Print machine-readable JSON on stdout; errors too.")(command)
 
 
+def _options(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """Several click options as one decorator, shown in the order given."""
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+# INPUT as `score` and `encode` read it (batch/inputs.py)
+input_options = _options(
+    click.option("--column", help="The CSV/Parquet column with the sequences [text, or sequence]."),
+    click.option("--format", "input_format", type=click.Choice(["text", "fasta", "csv", "parquet"]),
+                 help="How to read INPUT [from its suffix: .txt, .fa/.fasta, .csv, .parquet]."),
+    click.option("--keep-columns", metavar="NAMES",
+                 help="Comma-separated input columns to copy into every row ('' for none) [all but the "
+                      "sequences; FASTA: id,description]."))
+# the engine of a batch job: this process, or a Ray Data actor pool (batch/ray_engine.py)
+engine_options = _options(
+    click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True),
+    click.option("--ray-address", help="Join this Ray cluster [RAY_ADDRESS, else a local instance]."),
+    click.option("--workers", type=click.IntRange(1, None), help="Ray actors [cluster CPUs / threads]."))
+STDOUT_NAMES = ("-", "/dev/stdout", "/proc/self/fd/1", "/dev/fd/1")  # an --output that means stdout
+
+
+def kept_names(value: str | None) -> tuple[str, ...] | None:
+    """--keep-columns: None keeps every column; '' keeps none."""
+    if value is None:
+        return None
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
 key_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 # the strings the library takes (its explicit lists of ONNX Runtime providers are for Python callers):

@@ -8,8 +8,18 @@ from pathlib import Path
 import click
 
 from ..runtime.threads import max_threads
-from ._common import command, common_options, key_file, providers_choice, quiet_option, _out
-from .score import STDOUT_NAMES, _names
+from ._common import (
+    STDOUT_NAMES,
+    command,
+    common_options,
+    engine_options,
+    input_options,
+    kept_names,
+    key_file,
+    providers_choice,
+    quiet_option,
+    _out,
+)
 
 
 @command("encode")
@@ -20,12 +30,7 @@ from .score import STDOUT_NAMES, _names
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="A .jsonl or .parquet file, or for embeddings .npy (pooled) or .h5 (keyed by record id) "
                    "[JSON Lines on stdout, also for '-'].")
-@click.option("--column", help="The CSV/Parquet column with the sequences [text, or sequence].")
-@click.option("--format", "input_format", type=click.Choice(["text", "fasta", "csv", "parquet"]),
-              help="How to read INPUT [from its suffix: .txt, .fa/.fasta, .csv, .parquet].")
-@click.option("--keep-columns", metavar="NAMES",
-              help="Comma-separated input columns to copy into every row ('' for none) [all but the "
-                   "sequences; FASTA: id,description].")
+@input_options
 @click.option("--top-k", type=click.IntRange(1, None), help="sparse: keep a row's heaviest terms only.")
 @click.option("--threshold", type=click.FloatRange(0, None), default=0.0, show_default=True,
               help="sparse: keep the terms weighing more than this.")
@@ -41,9 +46,7 @@ from .score import STDOUT_NAMES, _names
               help="Inference threads, ONNX Runtime intra-op or OpenVINO (per actor with --engine ray).")
 @click.option("--batch-size", type=click.IntRange(1, None), default=32, show_default=True,
               help="Sequences per graph run.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
-@click.option("--ray-address", help="Join this Ray cluster [RAY_ADDRESS, else a local instance].")
-@click.option("--workers", type=click.IntRange(1, None), help="Ray actors [cluster CPUs / threads].")
+@engine_options
 @click.option("--strict", is_flag=True, help="Stop at the first bad row; no --output file is written.")
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 @click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
@@ -69,7 +72,7 @@ def encode_command(directory: Path, input_path: Path, task: str | None, output: 
     if threshold != threshold:
         raise click.BadParameter("must be a number >= 0, not nan", param_hint="--threshold")
     job = EncodeJob(directory, input_path, task, output, column, variant, providers, threads, batch_size, top_k,
-                    threshold, pooling, truncate, strict, force, key, _names(keep_columns), input_format, engine,
+                    threshold, pooling, truncate, strict, force, key, kept_names(keep_columns), input_format, engine,
                     ray_address, workers, progress=not (quiet or as_json))
     output_.jsonl = output is None
     summary = encode_file(job, stdout=output_.stream)

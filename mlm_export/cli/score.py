@@ -8,10 +8,19 @@ from pathlib import Path
 import click
 
 from ..runtime.threads import max_threads
-from ._common import command, common_options, quiet_option, key_file, providers_choice, _out
+from ._common import (
+    STDOUT_NAMES,
+    command,
+    common_options,
+    engine_options,
+    input_options,
+    kept_names,
+    key_file,
+    providers_choice,
+    quiet_option,
+    _out,
+)
 
-
-STDOUT_NAMES = ("-", "/dev/stdout", "/proc/self/fd/1", "/dev/fd/1")
 
 
 @command("score")
@@ -19,12 +28,7 @@ STDOUT_NAMES = ("-", "/dev/stdout", "/proc/self/fd/1", "/dev/fd/1")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="A .jsonl or .parquet file [JSON Lines on stdout, also for '-' and /dev/stdout].")
-@click.option("--column", help="The CSV/Parquet column with the sequences [text, or sequence].")
-@click.option("--format", "input_format", type=click.Choice(["text", "fasta", "csv", "parquet"]),
-              help="How to read INPUT [from its suffix: .txt, .fa/.fasta, .csv, .parquet].")
-@click.option("--keep-columns", metavar="NAMES",
-              help="Comma-separated input columns to copy into every row ('' for none) [all but the "
-                   "sequences; FASTA: id,description].")
+@input_options
 @click.option("--max-unknown", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Warn about a sequence with a larger share of tokens unknown to the model (refuse it "
                    "with --strict).")
@@ -40,9 +44,7 @@ STDOUT_NAMES = ("-", "/dev/stdout", "/proc/self/fd/1", "/dev/fd/1")
               help="Inference threads, ONNX Runtime intra-op or OpenVINO (per actor with --engine ray).")
 @click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True,
               help="Masked copies per graph run.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
-@click.option("--ray-address", help="Join this Ray cluster [RAY_ADDRESS, else a local instance].")
-@click.option("--workers", type=click.IntRange(1, None), help="Ray actors [cluster CPUs / threads].")
+@engine_options
 @click.option("--strict", is_flag=True, help="Stop at the first bad row; no --output file is written.")
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 @click.option("--key", type=key_file, help="Public key: refuse an artifact without a valid signature.")
@@ -72,7 +74,7 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
     job = ScoreJob(directory, input_path, output, column,
                    ScoreOptions(reduction, exclude_special, per_token, batch_size, max_unknown), variant, providers,
                    threads, strict, force, engine, ray_address, workers, progress=not (quiet or as_json),
-                   public_key=key, keep_columns=_names(keep_columns), format=input_format)
+                   public_key=key, keep_columns=kept_names(keep_columns), format=input_format)
     output_.jsonl = output is None  # the rows stream to stdout: a failure ends it with one error record
     summary = score_file(job, stdout=output_.stream)
     failed = f"; {len(summary.failed)} not scored (lines {', '.join(str(n) for n, _ in summary.failed[:10])}" \
@@ -87,10 +89,3 @@ def score_command(directory: Path, input_path: Path, output: Path | None, column
                     ", ".join(str(n) for n, _ in summary.warned[:10]), ", ..." if summary.warned_rows > 10 else "")
     if output is not None and as_json:
         output_.result("score", summary.to_dict(), "")
-
-
-def _names(value: str | None) -> tuple[str, ...] | None:
-    """--keep-columns: None keeps every column; '' keeps none."""
-    if value is None:
-        return None
-    return tuple(name.strip() for name in value.split(",") if name.strip())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -115,12 +115,7 @@ class GraphParity:
 
     @property
     def gated_on(self) -> str:
-        realistic = [n for n in self.sets if n not in ("all", "shapes")]
-        if self.tolerance.scope == "shapes":
-            return "shapes"
-        if self.tolerance.scope == "realistic" and realistic:
-            return realistic[0]
-        return "all"
+        return gated_set(self.sets, self.tolerance.scope)
 
     @property
     def gated(self) -> Agreement:
@@ -208,6 +203,17 @@ class VerifyReport:
                          "it (slim.json) and could not be checked; the graphs above and every file it holds "
                          "were checked")
         return "\n".join(lines)
+
+
+def gated_set(sets: Iterable[str], scope: str) -> str:
+    """The probe set a gate of `scope` is judged on, among the sets a graph was compared on: the synthetic
+    "shapes", the first realistic set (when the scope is "realistic" and there is one), else "all"."""
+    realistic = [n for n in sets if n not in ("all", "shapes")]
+    if scope == "shapes":
+        return "shapes"
+    if scope == "realistic" and realistic:
+        return realistic[0]
+    return "all"
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from ..progress import stage
 from ..runtime.backends import create_session
 from ..runtime.openvino import cpu_has_bf16
 from ..runtime.tasks import added_special_ids, pool_mean
+from .parity import gated_set
 from .probes import ProbeBatch
 
 
@@ -85,12 +86,7 @@ class TaskParity:
 
     @property
     def gated_on(self) -> str:
-        realistic = [n for n in self.sets if n not in ("all", "shapes")]
-        if self.tolerance.scope == "shapes":
-            return "shapes"
-        if self.tolerance.scope == "realistic" and realistic:
-            return realistic[0]
-        return "all"
+        return gated_set(self.sets, self.tolerance.scope)
 
     @property
     def gated(self) -> VectorAgreement:
