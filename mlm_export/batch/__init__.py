@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InputError
-from ..progress import is_terminal, stage
+from ..progress import is_terminal
 from ..runtime.scoring import ScoreOptions
-from .engine import EngineRun, score_rows
+from .engine import EngineRun, drain, score_rows
 from .inputs import FORMATS, InputRow, chunked, read_rows
 from .outputs import OUTPUT_FIELDS, RowWriter, ScoredRow
 
@@ -116,8 +116,6 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
     warning naming its line; with `strict` it raises `InputError` and no output file is written
     (rows already streamed to stdout stay printed).
     """
-    import time
-
     if job.engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {job.engine!r}")
     # the input is checked before anything is created
@@ -138,15 +136,10 @@ def score_file(job: ScoreJob, stdout: IO[str] | None = None) -> ScoreSummary:
             run = _score_locally(job, table.rows)
         summary = ScoreSummary(None if job.output is None else str(job.output), job.engine, run.variant,
                                run.provider)
-        start = time.perf_counter()  # scoring only: the artifact is open (Ray starts on the first rows)
         rows_on_terminal = job.output is None and is_terminal(stdout if stdout is not None else sys.stdout)
-        with stage("scoring", unit="seq", lines=False, bar=not rows_on_terminal) as advance:  # own summary
-            for chunk in run.chunks:
-                _check(chunk, job, summary)
-                writer.write(chunk)
-                advance(len(chunk))
-        summary.seconds = time.perf_counter() - start
-        writer.close()
+        # timed from here: the artifact is open (Ray starts on the first rows)
+        summary.seconds = drain(run, writer, lambda chunk: _check(chunk, job, summary), "scoring",
+                                bar=not rows_on_terminal)
     except BaseException:
         writer.abort()
         raise

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InputError
-from ..progress import is_terminal, stage
+from ..progress import is_terminal
+from .engine import EngineRun, drain
 from .inputs import FORMATS, InputRow, chunked, read_rows
 from .vectors import VECTOR_FIELDS, EncodedRow, VectorWriter
 
@@ -134,34 +133,27 @@ def encode_file(job: EncodeJob, stdout: IO[str] | None = None) -> EncodeSummary:
     except BaseException:
         table.close()
         raise
-    close = None
+    run: EngineRun | None = None
     try:
         if model is not None:
-            variant, provider = model.variant, model.provider
-            chunks: Iterator[list[EncodedRow]] = (_encode(model, task, chunk, options)
-                                                  for chunk in chunked(table.rows, CHUNK))
+            run = EngineRun(model.variant, model.provider,
+                            (_encode(model, task, chunk, options) for chunk in chunked(table.rows, CHUNK)))
         else:
             from .ray_engine import encode_with_ray
 
-            variant, provider, chunks, close = encode_with_ray(job, table.rows, task, options)
-        summary = EncodeSummary(None if job.output is None else str(job.output), task, variant, provider,
+            run = encode_with_ray(job, table.rows, task, options)
+        summary = EncodeSummary(None if job.output is None else str(job.output), task, run.variant, run.provider,
                                 engine=job.engine)
-        start = time.perf_counter()
         on_terminal = job.output is None and is_terminal(stdout if stdout is not None else sys.stdout)
-        with stage(f"encoding ({task})", unit="seq", lines=False, bar=not on_terminal) as advance:
-            for rows in chunks:
-                _check(rows, job, summary)
-                writer.write(rows)
-                advance(len(rows))
-        summary.seconds = time.perf_counter() - start
-        writer.close()
+        summary.seconds = drain(run, writer, lambda rows: _check(rows, job, summary), f"encoding ({task})",
+                                bar=not on_terminal)
     except BaseException:
         writer.abort()
         raise
     finally:
         table.close()
-        if close is not None:
-            close()  # on an error or a signal too: no Ray process of ours outlives the run
+        if run is not None and run.close is not None:
+            run.close()  # on an error or a signal too: no Ray process of ours outlives the run
     return summary
 
 

@@ -75,7 +75,60 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # a UUID, an extension type: its text
 
 
-class RowWriter:
+class RowFile:
+    """What the row writers share: the output (an `OutputFile`, or stdout) and its open handles, published
+    whole by `close` or removed by `abort`. A subclass writes what is pending in `_finish`."""
+
+    _file: OutputFile | None = None
+    _stream: IO[str] | None = None
+    _binary: IO[bytes] | None = None  # the Parquet (or .npy) file under its writer, closed after it
+    _parquet: Any = None
+    _h5: Any = None
+
+    def write(self, rows: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Write what is pending (the last Parquet rows, a header) before the handles close."""
+
+    def close(self) -> None:
+        """Finish the file and publish it under its name."""
+        try:
+            self._finish()
+            for writer in (self._parquet, self._h5):
+                if writer is not None:
+                    writer.close()
+            self._parquet = self._h5 = None
+            for handle in (self._binary, self._stream if self._file is not None else None):
+                if handle is not None:
+                    handle.close()
+            self._binary = self._stream = None
+        except OSError as exc:
+            self.abort()
+            if self._file is None:
+                raise
+            raise self._file.storage_error(exc) from exc
+        if self._file is not None:
+            self._file.publish()
+
+    def abort(self) -> None:
+        """Remove the partial file (ours alone: the temporary name)."""
+        try:
+            for writer in (self._parquet, self._h5):
+                if writer is not None:
+                    writer.close()
+            for handle in (self._binary, self._stream if self._file is not None else None):
+                if handle is not None:
+                    handle.close()
+        except OSError:
+            pass  # closing a file on a full disk fails again; it is removed all the same
+        finally:
+            self._parquet = self._stream = self._binary = self._h5 = None
+            if self._file is not None:
+                self._file.discard()
+
+
+class RowWriter(RowFile):
     """Writes scored rows to JSON Lines or Parquet; a file appears under its name only when complete."""
 
     def __init__(self, path: Path | None, per_token: bool, force: bool = False, stdout: IO[str] | None = None,
@@ -91,10 +144,6 @@ class RowWriter:
             self.kind = "jsonl"  # /dev/stdout, a named pipe: JSON Lines, as on stdout
         if self.kind is None:
             raise InputError(f"{path}: the output is .jsonl or .parquet")
-        self._file: OutputFile | None = None
-        self._stream: IO[str] | None = None
-        self._parquet: Any = None
-        self._binary: IO[bytes] | None = None  # the Parquet file under the writer, closed after it
         self._pending: list[ScoredRow] = []
         if path is None:
             self._stream = stdout or sys.stdout
@@ -157,39 +206,6 @@ class RowWriter:
         self._parquet.write_table(pa.Table.from_pydict(columns, schema=schema))
         self._pending = []
 
-    def close(self) -> None:
-        """Finish the file and publish it under its name."""
-        try:
-            if self.kind == "parquet":
-                if self._pending:
-                    self._flush_parquet()
-                self._parquet.close()
-                self._parquet = None
-                assert self._binary is not None
-                self._binary.close()
-                self._binary = None
-            elif self._file is not None and self._stream is not None:
-                self._stream.close()
-                self._stream = None
-        except OSError as exc:
-            self.abort()
-            if self._file is None:
-                raise
-            raise self._file.storage_error(exc) from exc
-        if self._file is not None:
-            self._file.publish()
-
-    def abort(self) -> None:
-        """Remove the partial file (ours alone: the temporary name)."""
-        try:
-            if self._parquet is not None:
-                self._parquet.close()
-            for handle in (self._binary, self._stream if self._file is not None else None):
-                if handle is not None:
-                    handle.close()
-        except OSError:
-            pass  # closing a file on a full disk fails again; it is removed all the same
-        finally:
-            self._parquet = self._stream = self._binary = None
-            if self._file is not None:
-                self._file.discard()
+    def _finish(self) -> None:
+        if self.kind == "parquet" and self._pending:
+            self._flush_parquet()

@@ -127,10 +127,8 @@ class EncodeActor:
 
 
 def encode_with_ray(job: EncodeJob, rows: Iterable[InputRow], task: str, options: dict[str, Any],
-                    sequences_per_batch: int = SEQUENCES_PER_BATCH) -> tuple[str, str, Iterator[list[Any]],
-                                                                             Any]:
-    """Start (or join) Ray; the variant, backend, encoded rows in input order (`EncodedRow` chunks) and what
-    stops Ray at the end (None when this run did not start it)."""
+                    sequences_per_batch: int = SEQUENCES_PER_BATCH) -> EngineRun:
+    """Start (or join) Ray, and stream the encoded rows (`EncodedRow` chunks) back in input order."""
     from .vectors import EncodedRow
 
     ray = _ray()
@@ -165,7 +163,7 @@ def encode_with_ray(job: EncodeJob, rows: Iterable[InputRow], task: str, options
                                             embedding=np.asarray(batch["embedding"][i], dtype=np.float32), **common))
             yield chunk
 
-    return variant, backend, chunks(), ray.shutdown if started else None
+    return EngineRun(variant, backend, chunks(), close=ray.shutdown if started else None)
 
 
 def score_with_ray(job: ScoreJob, rows: Iterable[InputRow],

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..publish import OutputFile, is_stream
 from .inputs import pyarrow_parquet
-from .outputs import _jsonable
+from .outputs import RowFile, _jsonable
 
 VECTOR_FIELDS = ("line", "text", "n_tokens", "indices", "values", "embedding", "variant", "provider", "error")
 NPY_SUFFIX = ".npy"
@@ -61,7 +61,7 @@ class EncodedRow:
         return row
 
 
-class VectorWriter:
+class VectorWriter(RowFile):
     """Writes encoded rows as JSON Lines, Parquet or `.npy`; a file appears under its name only when complete."""
 
     def __init__(self, path: Path | None, task: str, per_token: bool, hidden_size: int, force: bool = False,
@@ -85,12 +85,7 @@ class VectorWriter:
             raise InputError(f"{path}: an .h5 output holds embeddings: it is for --task embed; write .jsonl or "
                              ".parquet")
         self.rows = 0
-        self._h5: Any = None
         self._keys: dict[str, int] = {}  # dataset name -> the line that took it
-        self._file: OutputFile | None = None
-        self._stream: IO[str] | None = None
-        self._binary: IO[bytes] | None = None
-        self._parquet: Any = None
         self._pending: list[EncodedRow] = []
         if path is None:
             self._stream = stdout or sys.stdout
@@ -196,49 +191,13 @@ class VectorWriter:
         self._parquet.write_table(pa.Table.from_pydict(columns, schema=schema))
         self._pending = []
 
-    def close(self) -> None:
-        """Finish the file and publish it under its name."""
-        try:
-            if self.kind == "parquet":
-                if self._pending:
-                    self._flush_parquet()
-                self._parquet.close()
-                self._parquet = None
-            if self.kind == "npy":
-                assert self._binary is not None
-                self._binary.seek(0)
-                self._binary.write(_npy_header(self.rows, self.hidden_size))
-            if self._h5 is not None:
-                self._h5.close()
-                self._h5 = None
-            for handle in (self._binary, self._stream if self._file is not None else None):
-                if handle is not None:
-                    handle.close()
-            self._binary = self._stream = None
-        except OSError as exc:
-            self.abort()
-            if self._file is None:
-                raise
-            raise self._file.storage_error(exc) from exc
-        if self._file is not None:
-            self._file.publish()
-
-    def abort(self) -> None:
-        """Remove the partial file (ours alone: the temporary name)."""
-        try:
-            if self._parquet is not None:
-                self._parquet.close()
-            if self._h5 is not None:
-                self._h5.close()
-            for handle in (self._binary, self._stream if self._file is not None else None):
-                if handle is not None:
-                    handle.close()
-        except OSError:
-            pass  # closing a file on a full disk fails again; it is removed all the same
-        finally:
-            self._parquet = self._stream = self._binary = self._h5 = None
-            if self._file is not None:
-                self._file.discard()
+    def _finish(self) -> None:
+        if self.kind == "parquet" and self._pending:
+            self._flush_parquet()
+        if self.kind == "npy":
+            assert self._binary is not None
+            self._binary.seek(0)
+            self._binary.write(_npy_header(self.rows, self.hidden_size))
 
 
 def _npy_header(rows: int, columns: int) -> bytes:
