@@ -171,8 +171,9 @@ class TaskHarness:
                 with torch.no_grad():
                     feeds = {k: torch.from_numpy(v) for k, v in batch.feeds(names).items()}
                     out = model(**feeds, output_hidden_states=bool(layers))
-                    attended = feeds["attention_mask"].unsqueeze(-1).to(out.logits.dtype)
-                    weights = torch.log1p(torch.relu(out.logits)) * attended
+                    if poolings:  # an embed-only artifact needs no vocabulary-wide weights
+                        attended = feeds["attention_mask"].unsqueeze(-1).to(out.logits.dtype)
+                        weights = torch.log1p(torch.relu(out.logits)) * attended
                     for pooling in poolings:
                         pooled = weights.amax(dim=1) if pooling == "max" else weights.sum(dim=1)
                         self.sparse[pooling].append(pooled.numpy())
