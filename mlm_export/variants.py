@@ -53,15 +53,18 @@ PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("fill-mask", OPENVINO): ("bf16",),
 }
 
-# Which backend `providers="auto"` takes on a CPU, by CPU class (`runtime.backends.cpu_class`), best
-# first, when the artifact has a variant for it and the backend is usable here (OpenVINO: installed and
-# computing in bf16). bf16 on OpenVINO ran batches of 32 1.4-1.65x faster than int8 on a Xeon with AMX
-# (docs/benchmarks.md). On Zen 4 (avx512_bf16, no AMX) int8 was measured faster (issue 26); the rows
-# stay as they were until that issue's measurements change them.
-AUTO_CPU_BACKENDS: dict[str, tuple[str, ...]] = {
-    "amx": (OPENVINO, CPU),
-    "avx512_bf16": (OPENVINO, CPU),
-    "other": (OPENVINO, CPU),
+# Which precision `providers="auto"` runs on a CPU, by CPU class (`runtime.backends.cpu_class`), fastest
+# first; the first the artifact has whose backend is usable here (OpenVINO: installed and computing in bf16)
+# wins. Measured, each system in its own process (docs/benchmarks.md):
+# - AMX (Xeon): bf16 on OpenVINO ran batches of 32 1.4-1.65x faster than int8, PLL 5.43x the runner vs 2.9x;
+# - avx512_bf16 without AMX (AMD Zen 4): int8 is the faster: fill-mask 1.23x / 1.27x optimum's int8 where
+#   bf16 gave 0.79x / 0.96x (1 x 120, 32 x 120), PLL 2.79x the runner vs 2.33x, a saturation scan 2.6x
+#   PyTorch vs 2.2x, SPLADE 3.83x sentence-transformers vs 3.56x;
+# - other CPUs compute bf16 in float32 (OpenVINO is not usable for it there): int8.
+AUTO_CPU_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "amx": ("bf16", "int8", "fp32", "fp16"),
+    "avx512_bf16": ("int8", "bf16", "fp32", "fp16"),
+    "other": ("int8", "fp32", "fp16", "bf16"),
 }
 
 
@@ -138,9 +141,13 @@ def auto_backend(variants: Mapping[str, _Graph], gpu_backend: str | None, varian
     wanted = [variants[variant]] if variant is not None and variant in variants else list(variants.values())
     if gpu_backend is not None and any(runs_on(g.precision, gpu_backend) for g in wanted):
         return gpu_backend  # else (an int8-only slim copy) the CPU rows below
-    for backend in AUTO_CPU_BACKENDS.get(cpu, (CPU,)):
-        if usable.get(backend, backend == CPU) and any(runs_on(g.precision, backend) for g in wanted):
-            return backend
+    present = {g.precision for g in wanted}
+    for precision in AUTO_CPU_PRECISIONS.get(cpu, AUTO_CPU_PRECISIONS["other"]):
+        if precision not in present:
+            continue
+        for backend in (CPU, OPENVINO):
+            if runs_on(precision, backend) and usable.get(backend, backend == CPU):
+                return backend
     return CPU
 
 

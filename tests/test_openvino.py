@@ -272,7 +272,14 @@ def test_ray_scoring_pairs_bf16_with_openvino_before_starting_ray(tiny_bf16: Pat
     assert result.exit_code == 1 and "runs on OpenVINO" in result.output and "--providers openvino" in result.output
 
 
-def test_ray_and_local_engines_both_score_with_bf16_under_auto(tiny_bf16: Path, tmp_path: Path) -> None:
+def auto_default() -> str:
+    """The variant auto runs here: bf16 on a CPU with AMX, int8 on the others (variants.AUTO_CPU_PRECISIONS)."""
+    from mlm_export.runtime.backends import cpu_class
+
+    return "bf16" if cpu_class() == "amx" and cpu_has_bf16() else "int8"
+
+
+def test_ray_and_local_engines_both_score_with_the_auto_default(tiny_bf16: Path, tmp_path: Path) -> None:
     texts = tmp_path / "texts.txt"
     texts.write_text("the cat sat on the mat .\na big dog ran to the red tree .\n")
     rows = {}
@@ -281,19 +288,21 @@ def test_ray_and_local_engines_both_score_with_bf16_under_auto(tiny_bf16: Path, 
         result = CliRunner().invoke(main, ["score", str(tiny_bf16), str(texts), "--engine", engine, "--workers", "1",
                                            "-o", str(out), "--json", "-q"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["variant"] == "bf16"
+        assert json.loads(result.stdout)["variant"] == auto_default()
         rows[engine] = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["pll"] for r in rows["ray"]] == pytest.approx([r["pll"] for r in rows["local"]], abs=1e-5)
 
 
-def test_auto_runs_bf16_on_openvino_where_the_artifact_and_the_cpu_have_it(tiny_bf16: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_runs_the_variant_measured_fastest_on_this_cpu_class(tiny_bf16: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     auto = OnnxMaskFiller.from_pretrained(tiny_bf16, threads=1)
-    assert (auto.variant, auto.provider) == ("bf16", "OpenVINO")
-    asked = OnnxMaskFiller.from_pretrained(tiny_bf16, variant="int8", threads=1)  # another variant: its runtime
-    assert (asked.variant, asked.provider) == ("int8", "CPUExecutionProvider")
+    expected = auto_default()
+    provider = "OpenVINO" if expected == "bf16" else "CPUExecutionProvider"
+    assert (auto.variant, auto.provider) == (expected, provider)
+    asked = OnnxMaskFiller.from_pretrained(tiny_bf16, variant="bf16", threads=1)  # another variant: its runtime
+    assert (asked.variant, asked.provider) == ("bf16", "OpenVINO")
     info = json.loads(CliRunner().invoke(main, ["info", str(tiny_bf16), "--json"]).stdout)
-    assert info["default_variant"] == {"provider": "OpenVINO", "variant": "bf16"}
+    assert info["default_variant"] == {"provider": provider, "variant": expected}
     monkeypatch.setitem(sys.modules, "openvino", None)  # not installed: the best ONNX Runtime variant
     assert OnnxMaskFiller.from_pretrained(tiny_bf16, threads=1).variant == "int8"
 

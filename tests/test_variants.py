@@ -9,7 +9,7 @@ import pytest
 
 from mlm_export import ProviderError
 from mlm_export.variants import (
-    AUTO_CPU_BACKENDS,
+    AUTO_CPU_PRECISIONS,
     CPU,
     CUDA,
     OPENVINO,
@@ -51,13 +51,25 @@ def test_default_variant_per_backend() -> None:
     assert preferred({"bf16": G("bf16"), "fp16": G("fp16")}, CPU) == "fp16"
 
 
-@pytest.mark.parametrize("cpu", sorted(AUTO_CPU_BACKENDS))
+@pytest.mark.parametrize("cpu", sorted(AUTO_CPU_PRECISIONS))
 def test_auto_takes_openvino_only_where_it_is_usable_and_the_artifact_has_bf16(cpu: str) -> None:
-    assert auto_backend(FULL, None, None, cpu, {OPENVINO: True}) == OPENVINO
+    bf16_first = AUTO_CPU_PRECISIONS[cpu][0] == "bf16"
+    assert auto_backend(FULL, None, None, cpu, {OPENVINO: True}) == (OPENVINO if bf16_first else CPU)
     assert auto_backend(FULL, None, None, cpu, {OPENVINO: False}) == CPU
     without_bf16 = {k: v for k, v in FULL.items() if k != "bf16"}
     assert auto_backend(without_bf16, None, None, cpu, {OPENVINO: True}) == CPU
     assert auto_backend(FULL, None, "int8", cpu, {OPENVINO: True}) == CPU  # a variant asked for decides
+    assert auto_backend(FULL, None, "bf16", cpu, {OPENVINO: True}) == OPENVINO
+
+
+def test_auto_runs_the_precision_measured_fastest_on_each_cpu_class() -> None:
+    """AMX: bf16 on OpenVINO; AVX-512 BF16 without AMX (Zen 4): int8, else bf16 over fp32; others: int8."""
+    assert auto_backend(FULL, None, None, "amx", {OPENVINO: True}) == OPENVINO
+    assert auto_backend(FULL, None, None, "avx512_bf16", {OPENVINO: True}) == CPU
+    assert auto_backend(FULL, None, None, "other", {OPENVINO: True}) == CPU
+    no_int8 = {k: v for k, v in FULL.items() if k != "int8"}  # bf16 beats fp32 wherever it is usable
+    assert auto_backend(no_int8, None, None, "avx512_bf16", {OPENVINO: True}) == OPENVINO
+    assert auto_backend(no_int8, None, None, "amx", {OPENVINO: False}) == CPU
 
 
 def test_auto_takes_the_gpu_only_for_an_artifact_with_a_variant_for_it() -> None:

@@ -71,9 +71,9 @@ def create_session(model: str | bytes, spec: str | Sequence[str] = "auto", threa
 def choose_backend(variants: dict[str, Any], providers: str | Sequence[str], variant: str | None = None,
                    cpu_only: bool = False) -> str:
     """The backend `providers` resolves to for an artifact with these `variants`: for "auto", the GPU where
-    ONNX Runtime sees one (unless `cpu_only`: Ray's workers), else the CPU class's row of
-    `variants.AUTO_CPU_BACKENDS` (OpenVINO only where the artifact has a variant for it, openvino imports
-    and computes in bf16 here); else what was asked."""
+    ONNX Runtime sees one (unless `cpu_only`: Ray's workers), else the backend of the fastest
+    precision the artifact has for the CPU class (`variants.AUTO_CPU_PRECISIONS`; OpenVINO only where
+    openvino imports and computes in bf16 here); else what was asked."""
     auto = isinstance(providers, str) and providers.lower() == "auto"
     primary = CPU if auto and cpu_only else requested_providers(providers)[0]
     if not auto:
