@@ -31,12 +31,13 @@ SIGNATURE = "manifest.sig"  # written by `mlm-export sign`; not listed in the ma
 SLIM = "slim.json"  # written by `mlm-export slim`: the graphs a slim copy left out on purpose
 # 3 added the bf16 variant (`head_input`) and the probability bound of the gates; 4 stores the family as a
 # name (FAMILY_NAME) where 2 and 3 held it to the families of their day, so adding one edits no schema; 5
-# adds the sparse and embed tasks. An artifact is written in the oldest format that holds it
-# (`format_for`), so a fill-mask artifact stays readable by the releases that read format 4.
-FORMAT_VERSION = 5
+# adds the sparse and embed tasks; 6 the fill-mask graph's `score_positions` input (the head at unmasked
+# positions: wild-type marginals), which a reader of format 5 could not feed. An artifact is written in the
+# oldest format that holds it (`format_for`).
+FORMAT_VERSION = 6
 # the formats this version reads, each checked by its own schema: an older artifact needs no re-export
 SCHEMAS = {2: "manifest-v2.schema.json", 3: "manifest-v3.schema.json", 4: "manifest-v4.schema.json",
-           5: "manifest-v5.schema.json"}
+           5: "manifest-v5.schema.json", 6: "manifest-v6.schema.json"}
 FILL_MASK = "fill-mask"
 TASK_FORMS = ("sparse", "embed")  # the tasks beside fill-mask; their graphs are named TASK.PRECISION
 TASKS = (FILL_MASK,) + TASK_FORMS
@@ -116,7 +117,10 @@ def graph_name(form: str, precision: str) -> str:
 
 
 def format_for(graphs: Mapping[str, GraphEntry]) -> int:
-    """The oldest manifest format that holds `graphs`: 4 without the tasks format 5 added."""
+    """The oldest manifest format that holds `graphs`: 6 with a graph that takes `score_positions`, 5 with
+    a task graph, else 4."""
+    if any("score_positions" in g.input_names for g in graphs.values()):
+        return 6
     return 5 if any(g.form in TASK_FORMS for g in graphs.values()) else 4
 
 

@@ -23,7 +23,7 @@ from mlm_export.contracts import (
     validate,
 )
 
-FILL_MASK_FORMAT = 4  # a fill-mask artifact is written in the oldest format that holds it (manifest.format_for)
+FILL_MASK_FORMAT = 6  # the fill-mask graph takes score_positions (format 6; manifest.format_for)
 
 
 def _json(args: list[str], code: int = 0) -> dict:
@@ -70,7 +70,7 @@ def test_info_is_the_manifest_plus_what_this_machine_would_load(tiny_artifact: P
     document = _json(["info", str(tiny_artifact)])
     assert document["schema"] == "info-v2" and document["format_version"] == FILL_MASK_FORMAT
     validate({k: v for k, v in document.items() if k not in ("schema", "default_variant", "default_variants",
-                                                          "signature")}, "manifest-v4")
+                                                          "signature")}, "manifest-v6")
     broken = dict(document)
     del broken["graphs"]  # a manifest field: the info schema checks it through the manifest's
     with pytest.raises(jsonschema.ValidationError, match="'graphs' is a required property"):

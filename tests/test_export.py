@@ -20,7 +20,7 @@ from mlm_export.passes.fuse import fuse
 
 MASK, PAD, CLS, SEP = 4, 0, 2, 3
 
-FILL_MASK_FORMAT = 4  # a fill-mask artifact is written in the oldest format that holds it (manifest.format_for)
+FILL_MASK_FORMAT = 6  # the fill-mask graph takes score_positions (format 6; manifest.format_for)
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -37,7 +37,7 @@ def _torch_logits(model_dir: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndar
 def _feeds(ids: np.ndarray, mask: np.ndarray, top_k: int | None = None) -> dict:
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     if top_k is not None:
-        feeds |= control_feeds(("top_k", "target_ids", "exclude_special"), top_k)
+        feeds |= control_feeds(("top_k", "target_ids", "exclude_special", "score_positions"), top_k)
     return feeds
 
 

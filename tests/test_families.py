@@ -102,7 +102,7 @@ def test_rewritten_layouts_pass_antibertys_gates(layout_exports: dict[str, Any],
     assert manifest.family == family and manifest.model.architecture == FAMILIES[family].model_class
     assert manifest.model.max_length == 512  # RoBERTa: 513 positions, pad id 0
     for name, graph in manifest.graphs.items():
-        controls = () if graph.form == "logits" else ("target_ids", "exclude_special", "top_k")
+        controls = () if graph.form == "logits" else ("target_ids", "exclude_special", "score_positions", "top_k")
         expected = LAYOUT_INPUTS[family] + controls
         assert graph.input_names == expected and graph.family == family
         assert graph.parity["passed"], (name, graph.parity["failures"])
@@ -222,6 +222,7 @@ def test_esm_exports_unfused_and_says_so(tmp_path: Path, positions: str, usable:
     assert manifest.family == "esm" and manifest.tokenizer.scheme == "characters"
     assert manifest.model.max_length == usable  # the synthetic probes reach it: a wrong length crashes them
     assert manifest.graphs["fp32"].input_names == ("input_ids", "attention_mask", "target_ids", "exclude_special",
+                                                   "score_positions",
                                                    "top_k")
     for name in ("fp32", "int8"):
         fusion = manifest.graphs[name].fusion

@@ -123,8 +123,8 @@ def test_a_missing_key_is_an_artifact_error_naming_it(tiny_copy: Path, key: tupl
     (lambda m: m["graphs"]["fp32"].update(form="embeddings"), "graphs.fp32.form"),
     (lambda m: m["graphs"]["fp32"].update(precision="int4"), "graphs.fp32.precision"),
     (lambda m: m["files"]["model.onnx"].update(sha256="not-a-hash"), "files.model.onnx.sha256"),
-    (lambda m: m.update(format_version=6), "format_version 6"),
-    (lambda m: m.update(format_version=1), "format_version 1; this mlm-export reads 2, 3, 4 and 5. Re-export"),
+    (lambda m: m.update(format_version=True), "format_version True"),
+    (lambda m: m.update(format_version=1), "format_version 1; this mlm-export reads 2, 3, 4, 5 and 6. Re-export"),
     (lambda m: m.update(format_version=[3]), "format_version \\[3\\]; this mlm-export reads"),
     (lambda m: m.update(family="GPT 2"), "malformed at family: 'GPT 2' does not match"),
     (lambda m: m.update(family=""), "malformed at family"),
@@ -134,7 +134,7 @@ def test_a_missing_key_is_an_artifact_error_naming_it(tiny_copy: Path, key: tupl
     (lambda m: m["graphs"]["fp32"].update(inputs=[{"name": "x", "dtype": "int64", "shape": ["batch"]}]),
      "lack input_ids"),
     (lambda m: m.update(graphs={}), "graphs"),
-    (lambda m: m.update(format_version=7), "newer than the 5 this mlm-export reads: upgrade"),
+    (lambda m: m.update(format_version=7), "newer than the 6 this mlm-export reads: upgrade"),
     (lambda m: m["graphs"]["fp32"].update(inputs=m["graphs"]["logits"]["inputs"]), "lack top_k"),
     (lambda m: m["graphs"]["fp32"].update(data_file="tokenizer.json"), "graphs.fp32.data_file is 'tokenizer.json'"),
     (lambda m: m["files"].pop("fill_mask.fp32.onnx"),
@@ -283,7 +283,7 @@ def test_a_format_2_artifact_is_still_read_and_served(tiny_copy: Path) -> None:
     from mlm_export.manifest import FORMAT_VERSION
 
     manifest = json.loads((tiny_copy / "manifest.json").read_text())
-    assert manifest["format_version"] == 4 < FORMAT_VERSION  # fill-mask alone: the oldest format that holds it
+    assert manifest["format_version"] == 6 == FORMAT_VERSION  # score_positions: format 6
     manifest["format_version"] = 2
     for graph in manifest["graphs"].values():
         graph["tolerance"].pop("max_abs_prob", None)

@@ -24,7 +24,7 @@ from mlm_export.cli import main
 from mlm_export.manifest import read_manifest
 from mlm_export.artifact.staging import OWNER, atomic_directory, heal_stale_stagings
 
-FILL_MASK_FORMAT = 4  # a fill-mask artifact is written in the oldest format that holds it (manifest.format_for)
+FILL_MASK_FORMAT = 6  # the fill-mask graph takes score_positions (format 6; manifest.format_for)
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

@@ -67,7 +67,7 @@ def test_sum_pooling_an_earlier_layer_and_bf16(tiny_dir: Path, tmp_path: Path, l
     out = export_model(ExportConfig(str(tiny_dir), out=tmp_path / "a", tasks=("sparse", "embed"),
                                     sparse_pooling="sum", layer=layer, bf16=bf16)).path
     manifest = read_manifest(out)
-    assert manifest.format_version == 5 and manifest.tasks == ("sparse", "embed")
+    assert manifest.format_version == 5 and manifest.tasks == ("sparse", "embed")  # no fill-mask graph: format 5
     assert manifest.graphs["sparse.fp32"].task.pooling == "sum"  # type: ignore[union-attr]
     assert manifest.graphs["embed.fp32"].task.layer == layer  # type: ignore[union-attr]
     assert manifest.graphs["embed.fp32"].fusion.attention == layer  # type: ignore[union-attr]  # that many layers'
@@ -185,7 +185,7 @@ def test_a_task_the_artifact_lacks_says_how_to_get_it(tiny_artifact: Path, tiny_
         SparseEncoder.from_pretrained(tiny_artifact, providers="cpu")
     with pytest.raises(ArtifactError, match="variant 'embed.bf16' is not in .*embed.fp16, embed.fp32, embed.int8"):
         Embedder.from_pretrained(tiny_tasks, variant="bf16", providers="cpu")
-    assert read_manifest(tiny_artifact).format_version == 4  # fill-mask alone: readable by format-4 releases
+    assert read_manifest(tiny_artifact).format_version == 6  # its fill-mask graph takes score_positions
 
 
 def test_manifest_refuses_a_misnamed_or_impossible_task_graph(tiny_tasks: Path, tmp_path: Path) -> None:
@@ -239,7 +239,7 @@ def test_export_cli_with_tasks(tiny_dir: Path, tmp_path: Path) -> None:
                                        "--task", "fill-mask", "--json", "-q"])
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)["manifest"]
-    assert sorted(manifest["graphs"]) == ["fp32", "logits", "sparse.fp32"] and manifest["format_version"] == 5
+    assert sorted(manifest["graphs"]) == ["fp32", "logits", "sparse.fp32"] and manifest["format_version"] == 6
     info = CliRunner().invoke(main, ["info", str(tmp_path / "a"), "--json"])
     assert json.loads(info.stdout)["default_variants"]["sparse"]["variant"] == "sparse.fp32"
     bad = CliRunner().invoke(main, ["export", str(tiny_dir), "--out", str(tmp_path / "b"), "--layer", "1"])

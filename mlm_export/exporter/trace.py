@@ -25,7 +25,9 @@ from ..passes.graph_file import declare_inputs, load_graph, save_graph
 log = logging.getLogger("mlm_export")
 
 FILL_MASK_OUTPUTS = ["mask_batch_index", "mask_position", "scores", "token_ids", "logits", "target_log_probs"]
-SCORING_INPUTS = ["target_ids", "exclude_special"]  # fed by every caller; the predictor's defaults ask for nothing
+# fed by every caller; the predictor's defaults ask for nothing. `score_positions` (format 6) runs the head at
+# unmasked positions as well: wild-type marginals read every position of one unmasked pass
+SCORING_INPUTS = ["target_ids", "exclude_special", "score_positions"]
 HIDDEN_OUTPUT = "hidden_states"
 HEAD_INPUT = "rows"
 _TRACE_TOP_K = 3  # any constant; graph surgery replaces it with the `top_k` input
@@ -46,7 +48,8 @@ def graph_io(family: FamilySpec, form: str, vocab_size: int,
                 "logits": ("float32", ("num_masks", "top_k")),
                 "target_log_probs": ("float32", ("num_masks", "num_targets"))}
     scoring = (TensorSpec("target_ids", "int64", ("target_rows", "num_targets")),
-               TensorSpec("exclude_special", "bool", ()))
+               TensorSpec("exclude_special", "bool", ()),
+               TensorSpec("score_positions", "bool", ("score_rows", "score_columns")))
     return (inputs + scoring + (TensorSpec("top_k", "int64", ()),),
             tuple(TensorSpec(name, *per_mask[name]) for name in FILL_MASK_OUTPUTS))
 
@@ -72,7 +75,9 @@ def _hidden_sample(model: Any) -> Any:
 def _scoring_sample() -> tuple:
     import torch
 
-    return torch.tensor([[5, 6], [7, 5]]), torch.tensor(False)
+    score_positions = torch.zeros(2, 8, dtype=torch.bool)
+    score_positions[0, 1] = score_positions[1, 6] = True
+    return torch.tensor([[5, 6], [7, 5], [6, 7], [5, 7]]), torch.tensor(False), score_positions  # a row per head row
 
 
 def _torch_export(module: Any, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -119,9 +124,10 @@ def _forms(model: Any, family: FamilySpec) -> tuple[Any, Any]:
             self.register_buffer("special_bias", bias)
 
         def forward(self, *args):
-            inputs, target_ids, exclude_special = args[:-2], args[-2], args[-1]
+            inputs, (target_ids, exclude_special, score_positions) = args[:-3], args[-3:]
             hidden = self.hidden(inputs)
-            where = torch.nonzero(inputs[0] == self.mask_token_id)
+            # the head's rows: every mask, and the positions the caller asks for ([1, 1] False: none)
+            where = torch.nonzero((inputs[0] == self.mask_token_id) | score_positions)
             batch_index, position = where[:, 0], where[:, 1]
             logits = self.head(hidden[batch_index, position])
             top_logits, top_ids = torch.topk(logits, _TRACE_TOP_K, dim=-1)
@@ -159,7 +165,8 @@ def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mas
     Outputs, one row per mask in row-major order: batch index, position, top-k probabilities,
     top-k token ids, the top-k logits (kept so parity can be checked on logits), and the
     log-probabilities of the `target_ids` (the scoring outputs: pseudo-log-likelihood, `targets=`).
-    A `[1, 0]` target_ids asks for no targets and costs nothing.
+    A `[1, 0]` target_ids asks for no targets and costs nothing. `score_positions` (bool, `[batch,
+    sequence]`) adds rows at unmasked positions, in the same row-major order; `[1, 1]` False adds none.
     """
     import onnx
 
@@ -171,6 +178,7 @@ def export_fill_mask(model: Any, family: FamilySpec, path: Path, opset: int, mas
         axes[name][1] = "top_k"
     axes["target_log_probs"][1] = "num_targets"
     axes["target_ids"] = {0: "target_rows", 1: "num_targets"}
+    axes["score_positions"] = {0: "score_rows", 1: "score_columns"}  # [batch, sequence], or [1, 1] broadcast
     family.prepare_trace(model)
     with stage(f"exporting the fill-mask form -> {path.name}"):
         with tempfile.TemporaryDirectory(dir=path.parent) as work:

@@ -24,17 +24,21 @@ from ..variants import CUDA, OPENVINO, check_pairing, preferred
 from .backends import Session, choose_backend, create_session, providers_for, requested_providers
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-CONTROL_INPUTS = ("top_k", "target_ids", "exclude_special")
+CONTROL_INPUTS = ("top_k", "target_ids", "exclude_special", "score_positions")
 NO_TARGETS = np.zeros((1, 0), dtype=np.int64)  # one empty row, broadcast to every mask: no scoring work
+NO_POSITIONS = np.zeros((1, 1), dtype=bool)  # broadcast to every position: the head runs at the masks alone
 
 
 def control_feeds(names: Sequence[str], top_k: int, target_ids: np.ndarray | None = None,
-                  exclude_special: bool = False) -> dict[str, np.ndarray]:
+                  exclude_special: bool = False, score_positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The fill-mask graph's control feeds among `names`: `target_ids` is `[1, T]` (the same targets at
-    every mask) or `[num_masks, T]` (a row per mask, in the graph's row-major mask order)."""
+    every mask) or `[num_masks, T]` (a row per mask, in the graph's row-major mask order);
+    `score_positions` (`[batch, sequence]` bool, format 6) adds head rows at unmasked positions."""
     values = {"top_k": np.array(top_k, dtype=np.int64),
               "target_ids": NO_TARGETS if target_ids is None else np.ascontiguousarray(target_ids, dtype=np.int64),
-              "exclude_special": np.array(bool(exclude_special))}
+              "exclude_special": np.array(bool(exclude_special)),
+              "score_positions": NO_POSITIONS if score_positions is None
+              else np.ascontiguousarray(score_positions, dtype=bool)}
     return {name: values[name] for name in names if name in values}
 
 
@@ -158,15 +162,20 @@ class LoadedGraph:
         return str(getattr(self.session, "description", None) or self.provider)
 
     def feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, *, top_k: int = 1,
-              target_ids: np.ndarray | None = None, exclude_special: bool = False) -> dict[str, np.ndarray]:
+              target_ids: np.ndarray | None = None, exclude_special: bool = False,
+              score_positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every input the graph declares: tokens, and for a fill-mask graph its controls."""
         names = self.input_names
         unknown = [n for n in names if n not in TOKEN_INPUTS and n not in CONTROL_INPUTS]
         if unknown:
             raise ArtifactError(f"the {self.name} graph of {self.artifact.path} takes inputs {unknown} that this "
                                 "mlm-export cannot feed; upgrade mlm-export or re-export the artifact")
+        if score_positions is not None and "score_positions" not in names:
+            raise ArtifactError(f"the {self.name} graph of {self.artifact.path} cannot run its head at unmasked "
+                                "positions (it has no score_positions input: artifacts before manifest format 6 "
+                                "lack it), which wild-type marginals need; re-export the artifact")
         return token_feeds(names, input_ids, attention_mask) | control_feeds(names, top_k, target_ids,
-                                                                             exclude_special)
+                                                                             exclude_special, score_positions)
 
     def run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the graph, turning the backend's own errors (out of memory, a device fault) into `ProviderError`."""
