@@ -179,6 +179,17 @@ def antiberty_export(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
 
 
 @pytest.fixture(scope="session")
+def antiberty_torch(antiberty_export):  # type: ignore[no-untyped-def]
+    """AntiBERTy's PyTorch MaskedLM and the artifact's tokenizer, as transformers reads it: the references."""
+    from transformers import BertForMaskedLM, PreTrainedTokenizerFast
+
+    from mlm_export.exporter.source import resolve
+
+    model = BertForMaskedLM.from_pretrained(resolve("antiberty").model_dir).eval()
+    return model, PreTrainedTokenizerFast.from_pretrained(antiberty_export.path)
+
+
+@pytest.fixture(scope="session")
 def tiny_variants(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlm_export import ExportConfig, export_model
 

@@ -57,7 +57,7 @@ def test_fp16_keeps_float32_io_and_a_float32_tail(tiny_variants: Path) -> None:
     model = onnx.load(str(tiny_variants / "fill_mask.fp16.onnx"))
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-    assert inputs.pop("exclude_special") == onnx.TensorProto.BOOL
+    assert inputs.pop("exclude_special") == inputs.pop("score_positions") == onnx.TensorProto.BOOL
     assert set(inputs.values()) == {onnx.TensorProto.INT64}
     assert outputs["scores"] == outputs["logits"] == outputs["target_log_probs"] == onnx.TensorProto.FLOAT
     halves = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
@@ -520,7 +520,9 @@ def test_info_shows_every_variant_passing(antiberty_export) -> None:  # type: ig
             if line.strip() and line.split()[0] in ("logits", "fp32", "fp16", "int8")}
     assert set(rows) == {"logits", "fp32", "fp16", "int8"}
     assert all(row.rstrip().endswith("pass") for row in rows.values())
+    from mlm_export.runtime.backends import cpu_class
     from mlm_export.runtime.openvino import cpu_has_bf16
 
-    default = "bf16" if cpu_has_bf16() else "int8"  # auto runs bf16 on OpenVINO where the CPU has bf16
+    # auto runs bf16 on OpenVINO on a CPU with AMX, int8 elsewhere (variants.AUTO_CPU_PRECISIONS)
+    default = "bf16" if cpu_has_bf16() and cpu_class() == "amx" else "int8"
     assert "8/8" in rows["int8"] and f"default variant here: {default}" in result.stdout

@@ -30,16 +30,6 @@ def _torch_pll(model, tokenizer, text: str, exclude_special: bool) -> list[float
     return log_probs[torch.arange(len(positions)), ids[positions]].tolist()
 
 
-@pytest.fixture(scope="module")
-def antiberty_torch(antiberty_export):  # type: ignore[no-untyped-def]
-    from transformers import BertForMaskedLM, PreTrainedTokenizerFast
-
-    from mlm_export.exporter.source import resolve
-
-    model = BertForMaskedLM.from_pretrained(resolve("antiberty").model_dir).eval()
-    return model, PreTrainedTokenizerFast.from_pretrained(antiberty_export.path)
-
-
 def test_fp32_pll_equals_pytorch_on_antibodies(antiberty_export, antiberty_torch) -> None:  # type: ignore[no-untyped-def]
     """The first 40 residues of three probe chains (PLL costs length squared: the suite's budget)."""
     model, tokenizer = antiberty_torch

@@ -18,11 +18,13 @@ from .score import score_command
 from .sign import sign_command
 from .slim import slim_command
 from .triton import triton_command
+from .variants import variants_command
 from .verify import verify_command
 
 __all__ = ["main"]
 
-for _command in (export_command, verify_command, predict_command, score_command, encode_command, triton_command,
+for _command in (export_command, verify_command, predict_command, score_command, encode_command, variants_command,
+                 triton_command,
                  info_command,
                  slim_command, schema_command, sign_command, keygen_command):
     main.add_command(_command)

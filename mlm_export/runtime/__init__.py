@@ -6,6 +6,7 @@
     predictor.py  OnnxMaskFiller (fill-mask)         scoring.py   pseudo-log-likelihood on a LoadedGraph
     sparse.py     SparseEncoder (SPLADE)             embed.py     Embedder (hidden states, pooled)
     tasks.py      what sparse and embed share        texts.py     the checks every text goes through
+    mutations.py  mutation effects (marginals, PLL delta) on the scorer
 
 Which precision runs on which backend is `mlm_export.variants`' table.
 """

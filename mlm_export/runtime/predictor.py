@@ -233,6 +233,39 @@ class OnnxMaskFiller:
                 raise InputError("no input texts were given")
         return self.scorer().score(texts, options)
 
+    def score_variants(self, wild_type: str, mutations: str | Sequence[str], method: str = "masked-marginal",
+                       offset: int = 1, alphabet: str | Sequence[str] | None = None,
+                       batch_size: int | None = None) -> list[float]:
+        """Zero-shot effect of each mutation of `wild_type`, one float per mutation in order (higher: more
+        likely under the model than the wild type).
+
+        `mutations` are written `A23G`, several in one variant joined by `:` (`A23G:K45R`), positions
+        counted from `offset` (1: the first residue is 1); a string is one variant. `method`:
+        "masked-marginal" (one PLL of the wild type, whatever the number of mutations), "wt-marginal" (one
+        pass; needs an artifact of format 6), or "pll-delta" (a PLL per distinct variant). `alphabet` is the
+        letters a mutation may introduce (default: the 20 standard amino acids on a protein vocabulary,
+        else every ordinary token). `batch_size` is masked copies per graph run (default: the backend's
+        best). Every mutation is checked before anything runs: a wrong wild-type
+        letter, a position outside the sequence, a letter outside the alphabet or a malformed mutation
+        raises `InputError` naming it. See `mlm_export.runtime.mutations` for the formulas.
+        """
+        from .mutations import MutationScorer, check_methods
+
+        (name,) = check_methods(method) if isinstance(method, str) else (None,)
+        if name is None:
+            raise InputError(f"method must be one name such as 'masked-marginal', got {method!r}")
+        if isinstance(mutations, str):
+            mutations = [mutations]
+        elif not isinstance(mutations, (list, tuple)):
+            raise InputError(f"mutations must be a string or a list of strings, got {type(mutations).__name__}")
+        if not mutations:
+            raise InputError("no mutations were given")
+        copies = None if batch_size is None else check_batch_size(batch_size)
+        scorer = MutationScorer(self.scorer(), alphabet)
+        wt = scorer.wild_type(wild_type)
+        mutants = scorer.parse(wt, mutations, offset)
+        return scorer.score(wt, mutants, [name], copies)[name]
+
     def require_scoring(self, what: str) -> None:
         """Scoring needs the graph's `target_ids` input, which artifacts before mlm-export 0.4 lack."""
         require_scoring(self.graph, what)

@@ -23,17 +23,22 @@ Conventions:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import ArtifactError, InputError
+from ..variants import CPU
 from .graph import LoadedGraph, require_scoring
 
 REDUCTIONS = ("sum", "mean")
 DEFAULT_COPIES_PER_RUN = 128  # masked copies per graph run; a longer sequence runs in several
+# ONNX Runtime's CPU provider ran the masked copies of a 120-residue chain fastest ~1,000 tokens at a time
+# (int8 on Zen 4, 2 threads: 8 copies 1.49 s, 32 1.59 s, 128 1.80 s a saturation scan); OpenVINO (bf16)
+# preferred the largest runs (8: 2.30 s, 128: 2.16 s). What mutation scoring runs by default.
+CPU_TOKENS_PER_RUN = 1024
 MAX_CHARACTERS = 100_000  # longer texts are refused untokenized (or 100 characters per token the model takes)
 DEFAULT_MAX_UNKNOWN = 0.1  # of a sequence's scored tokens; English BERT text has almost none
 
@@ -106,6 +111,7 @@ class Scorer:
         self.mask_token_id: int = tok.mask_token_id
         self.unk_id: int = tok.special_ids["unk"]
         self.unscored = frozenset(tok.every_special_id) - {self.unk_id}
+        self.special_list = np.array(sorted(tok.every_special_id), dtype=np.int64)
 
     def score(self, texts: str | Sequence[str], options: ScoreOptions) -> PLLScore | list[PLLScore]:
         """Score every text or raise `InputError` for the first that cannot be scored."""
@@ -161,16 +167,59 @@ class Scorer:
             + (", ..." if len(spans) > 5 else "")
         return f"the sequence has characters the vocabulary lacks ({shown})"
 
-    def _score_one(self, text: str, ids: list[int], options: ScoreOptions) -> PLLScore:
-        positions = [i for i, t in enumerate(ids) if t not in self.unscored]
+    def copies_per_run(self, length: int) -> int:
+        """Masked copies of a `length`-token sequence per graph run, by default: ~1,000 tokens on ONNX
+        Runtime's CPU provider, `DEFAULT_COPIES_PER_RUN` copies on the other backends."""
+        if self.graph.provider == CPU:
+            return max(1, min(DEFAULT_COPIES_PER_RUN, CPU_TOKENS_PER_RUN // max(1, length)))
+        return DEFAULT_COPIES_PER_RUN
+
+    def scored_positions(self, ids: Sequence[int]) -> list[int]:
+        """The indices of `ids` that PLL scores: every token but the special ones (UNK is scored)."""
+        return [i for i, t in enumerate(ids) if t not in self.unscored]
+
+    def masked_log_probs(self, ids: Sequence[int], positions: Sequence[int], target_ids: np.ndarray | None = None,
+                         exclude_special: bool = False, copies_per_run: int = DEFAULT_COPIES_PER_RUN,
+                         advance: Callable[[int], None] | None = None) -> np.ndarray:
+        """Each position of `positions` masked in its own copy of `ids`: the log-probabilities there of
+        `target_ids` (`[1, T]`, the same for every copy; None: the token each copy hid), `[P, T]` (`[P, 1]`).
+        Copies run `copies_per_run` at a time, each sequence alone (see the module's note on batching)."""
         row = np.asarray(ids, dtype=np.int64)
-        log_probs = np.empty(len(positions), dtype=np.float64)
-        for start in range(0, len(positions), options.copies_per_run):
-            chunk = positions[start : start + options.copies_per_run]
+        width = 1 if target_ids is None else target_ids.shape[1]
+        log_probs = np.empty((len(positions), width), dtype=np.float64)
+        for start in range(0, len(positions), copies_per_run):
+            chunk = list(positions[start : start + copies_per_run])
             copies = np.repeat(row[None, :], len(chunk), axis=0)
             copies[np.arange(len(chunk)), chunk] = self.mask_token_id
-            targets = row[chunk][:, None]
-            log_probs[start : start + len(chunk)] = self._run(copies, targets, options.exclude_special)
+            targets = row[chunk][:, None] if target_ids is None else target_ids
+            batch_index, values = self._run(copies, targets, exclude_special)
+            if not np.array_equal(batch_index, np.arange(len(copies))):
+                raise InputError("the graph found a different number of masks than were placed; the "
+                                 "tokenizer and graph disagree on the mask token")
+            log_probs[start : start + len(chunk)] = values
+            if advance is not None:
+                advance(len(chunk))
+        return log_probs
+
+    def unmasked_log_probs(self, ids: Sequence[int], positions: Sequence[int], target_ids: np.ndarray,
+                           exclude_special: bool = False) -> np.ndarray:
+        """One pass over `ids` as they are (nothing masked): the log-probabilities of `target_ids` (`[1, T]`)
+        at each of `positions`, `[P, T]`: the head runs there through the graph's `score_positions`."""
+        row = np.asarray(ids, dtype=np.int64)[None, :]
+        asked = np.zeros(row.shape, dtype=bool)
+        asked[0, list(positions)] = True
+        if (row[asked] == self.mask_token_id).any():
+            raise InputError(f"the sequence holds the mask token {self.mask_token}")
+        batch_index, values = self._run(row, target_ids, exclude_special, asked)
+        if len(batch_index) != len(positions):
+            raise ArtifactError(f"the {self.graph.name} graph ran its head at {len(batch_index)} positions where "
+                                f"{len(positions)} were asked for; run `mlm-export verify` on it")
+        return values
+
+    def _score_one(self, text: str, ids: list[int], options: ScoreOptions) -> PLLScore:
+        positions = self.scored_positions(ids)
+        log_probs = self.masked_log_probs(ids, positions, None, options.exclude_special,
+                                          options.copies_per_run)[:, 0]
         total = float(log_probs.sum())
         pll = total if options.reduction == "sum" else total / len(positions)
         per_token = tuple(float(v) for v in log_probs) if options.per_token else None
@@ -186,14 +235,16 @@ class Scorer:
             message += "; the model's vocabulary is upper case: upper-case the sequences"
         return message
 
-    def _run(self, copies: np.ndarray, targets: np.ndarray, exclude_special: bool) -> np.ndarray:
-        feeds = self.graph.feeds(copies, top_k=1, target_ids=targets, exclude_special=exclude_special)
+    def _run(self, copies: np.ndarray, targets: np.ndarray, exclude_special: bool,
+             score_positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The head's rows (`mask_batch_index`) and the targets' log-probabilities there, as float64."""
+        feeds = self.graph.feeds(copies, top_k=1, target_ids=targets, exclude_special=exclude_special,
+                                 score_positions=score_positions)
         batch_index, scored = self.graph.run(["mask_batch_index", "target_log_probs"], feeds)
-        if not np.array_equal(batch_index, np.arange(len(copies))):
-            raise InputError("the graph found a different number of masks than were placed; the "
-                             "tokenizer and graph disagree on the mask token")
-        values = scored[:, 0].astype(np.float64)
+        values = scored.astype(np.float64)
+        if exclude_special:  # a special target has no probability then: -inf there is the answer, not a fault
+            values = np.where(np.isin(targets, self.special_list), 0.0, values)
         if not np.isfinite(values).all():
             raise ArtifactError(f"the {self.graph.name} graph of {self.graph.artifact.path} produced non-finite "
                                 "log-probabilities; run `mlm-export verify` on it")
-        return values
+        return batch_index, scored.astype(np.float64)
