@@ -62,6 +62,8 @@ class OutputFile:
             raise InputError(f"{self.path} exists; {how}choose another {option}")
         if not self.path.parent.is_dir():
             raise InputError(f"the folder of {self.path} does not exist; create it or choose another {option}")
+        if not os.access(self.path.parent, os.W_OK | os.X_OK):  # found now, not after the work that fills it
+            raise InputError(f"the folder of {self.path} is not writable; choose another {option}")
 
     @property
     def target(self) -> Path:

@@ -58,8 +58,8 @@ PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
 # wins. Measured, each system in its own process (docs/benchmarks.md):
 # - AMX (Xeon): bf16 on OpenVINO ran batches of 32 1.4-1.65x faster than int8, PLL 5.43x the runner vs 2.9x;
 # - avx512_bf16 without AMX (AMD Zen 4): int8 is the faster: fill-mask 1.23x / 1.27x optimum's int8 where
-#   bf16 gave 0.79x / 0.96x (1 x 120, 32 x 120), PLL 2.79x the runner vs 2.33x, a saturation scan 2.6x
-#   PyTorch vs 2.2x, SPLADE 3.83x sentence-transformers vs 3.56x;
+#   bf16 gave 0.79x / 0.96x (1 x 120, 32 x 120), PLL 2.79x the runner vs 2.33x, a saturation scan
+#   3.0-3.3x PyTorch vs 2.3x (docs/variants.md), SPLADE 3.83x sentence-transformers vs 3.56x;
 # - other CPUs compute bf16 in float32 (OpenVINO is not usable for it there): int8.
 AUTO_CPU_PRECISIONS: dict[str, tuple[str, ...]] = {
     "amx": ("bf16", "int8", "fp32", "fp16"),
@@ -136,8 +136,9 @@ def preferred(variants: Mapping[str, _Graph], backend: str, task: str = "fill-ma
 def auto_backend(variants: Mapping[str, _Graph], gpu_backend: str | None, variant: str | None,
                  cpu: str, usable: Mapping[str, bool]) -> str:
     """What `providers="auto"` runs: the GPU where ONNX Runtime sees one (`gpu_backend`) and a variant runs
-    there; else the first backend of the CPU class's row that is `usable` here and runs a variant the
-    artifact has (the one asked for, when one is)."""
+    there; else the backend of the first precision in the CPU class's order that the artifact has (the one
+    asked for, when one is) and that runs on a backend `usable` here. `preferred` then picks the variant on
+    that backend, which is that precision wherever the orders agree (int8 first on the CPU provider)."""
     wanted = [variants[variant]] if variant is not None and variant in variants else list(variants.values())
     if gpu_backend is not None and any(runs_on(g.precision, gpu_backend) for g in wanted):
         return gpu_backend  # else (an int8-only slim copy) the CPU rows below

@@ -295,7 +295,7 @@ def test_wild_type_marginals_read_the_heads_rows_at_unmasked_positions_and_are_g
         if graph.form == "fill-mask":
             assert "score_positions" in graph.input_names
             unmasked = graph.parity["unmasked"]
-            assert unmasked["masked_positions"] > 0 and graph.parity["passed"], name
+            assert unmasked["positions"] > 0 and graph.parity["passed"], name
 
 
 def test_a_graph_that_ignores_score_positions_fails_its_gate(tiny_dir: Path, tiny_artifact: Path,
@@ -351,3 +351,82 @@ def test_an_artifact_without_score_positions_still_scores_masked_marginals(tiny_
     assert filler.score_variants(text, ["cat2dog"]) == pytest.approx(new.score_variants(text, ["cat2dog"]), abs=1e-6)
     with pytest.raises(ArtifactError, match="no score_positions input.*re-export the artifact"):
         filler.score_variants(text, ["cat2dog"], method="wt-marginal")
+
+
+def test_a_variants_int8_score_does_not_depend_on_the_other_variants(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+    """The table covers every position whatever the list: int8's per-run activation scales see the same runs."""
+    wt = chain(60)
+    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="int8")
+    alone = filler.score_variants(wt, [f"{wt[4]}5A"])
+    among = filler.score_variants(wt, random_mutants(wt, 40, seed=3) + [f"{wt[4]}5A"])
+    assert alone[0] == among[-1]
+
+
+def test_a_mostly_unknown_wild_type_warns_and_offsets_are_checked(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+    with pytest.warns(UserWarning, match="unknown to the model.*upper-case the sequences"):
+        filler.score_variants(chain(20).lower(), ["e1Q"])
+    for offset in (-1, 10**10):
+        with pytest.raises(InputError, match="offset must be from 0"):
+            filler.score_variants(chain(20), ["E1Q"], offset=offset)
+    with pytest.raises(InputError, match="is not a substitution"):  # a full-width digit is not a position
+        filler.score_variants(chain(20), ["E\uff11Q"])
+
+
+def test_table_types_survive_and_a_csv_position_column_stays_text(antiberty_export, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wt = chain(20)
+    csv_in = tmp_path / "dms.csv"
+    csv_in.write_text(f"mutant,position\n{wt[0]}1A,1\n{wt[7]}8W,08\n")
+    out = tmp_path / "from-csv.parquet"
+    assert run(str(antiberty_export.path), "--wt", wt, "--dms", str(csv_in), "-o", str(out), "-q").exit_code == 0
+    assert pq.read_table(out).column("position").to_pylist() == ["1", "08"]  # as the file spells them
+    parquet_in = tmp_path / "dms.parquet"
+    pq.write_table(pa.table({"mutant": [f"{wt[0]}1A", f"{wt[7]}8W"], "n": pa.array([3, 4], pa.int16())}), parquet_in)
+    out = tmp_path / "from-parquet.parquet"
+    result = run(str(antiberty_export.path), "--wt", wt, "--dms", str(parquet_in), "-o", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.schema.field("n").type == pa.int16() and table.column("n").to_pylist() == [3, 4]
+    out.write_text("mine")
+    result = run(str(antiberty_export.path), "--wt", wt, "--dms", str(parquet_in), "-o", str(out), "--force", "-q")
+    assert result.exit_code == 0 and pq.read_table(out).num_rows == 2  # --force replaces it
+    pq.write_table(pa.table({"mutant": pa.array([], pa.string())}), parquet_in)
+    result = run(str(antiberty_export.path), "--wt", wt, "--dms", str(parquet_in), "-o", str(tmp_path / "e.csv"))
+    assert result.exit_code == 1 and "has no rows" in result.output
+
+
+def test_records_rows_do_not_name_are_not_read_and_each_record_is_scanned(antiberty_export, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a, b = chain(8), antibody_sequences()[1][:6]
+    fasta = tmp_path / "wts.fa"
+    fasta.write_text(f">a\n{a}\n>long\n{'A' * 600}\n")
+    dms = tmp_path / "dms.csv"
+    dms.write_text(f"id,mutant\na,{a[0]}1W\n")
+    result = run(str(antiberty_export.path), "--wt-fasta", str(fasta), "--dms", str(dms), "-o", str(tmp_path / "o.csv"))
+    assert result.exit_code == 0, result.output  # the 600-residue record is too long, and no row names it
+    dms.write_text("id,mutant\nlong,A1W\n")
+    result = run(str(antiberty_export.path), "--wt-fasta", str(fasta), "--dms", str(dms), "-o", str(tmp_path / "p.csv"))
+    assert result.exit_code == 1 and "record 'long': the sequence is 602 tokens long" in result.output
+    fasta.write_text(f">a\n{a}\n>b\n{b}\n")
+    out = tmp_path / "scan.csv"
+    result = run(str(antiberty_export.path), "--wt-fasta", str(fasta), "--saturation", "-o", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["id"] for r in rows] == ["a"] * 8 * 19 + ["b"] * 6 * 19
+
+
+def test_unmasked_rows_are_held_to_the_logit_bound_on_their_own() -> None:
+    from mlm_export.manifest import Tolerance
+    from mlm_export.verify.parity import GraphParity
+
+    ref = np.array([[5.0, 1.0, 0.0], [4.0, 0.0, 1.0]])
+    top = np.array([[0, 1], [0, 2]])
+    parity = GraphParity("fp32", "f.onnx", "fill-mask", Tolerance(max_abs_logit=1e-3, top_k=2))
+    parity.add("shapes", ref, top, np.full((2, 2), 1e-5), np.zeros((2, 2)))
+    parity.add("shapes", ref * 10, top, np.full((2, 2), 1e-5), np.zeros((2, 2)), unmasked=True)
+    assert parity.passed and parity.to_dict()["unmasked"]["positions"] == 2
+    parity.add("shapes", ref, top, np.full((2, 2), 0.5), np.zeros((2, 2)), unmasked=True)
+    assert parity.failures == ["at unmasked positions: max |Δlogit| 0.5 > 0.001"]

@@ -19,13 +19,12 @@ from ..errors import InputError
 from ..progress import stage
 from ..publish import OutputFile
 from ..runtime.mutations import COLUMNS, METHODS, Mutant, MutationScorer, WildType, check_methods, check_offset
-from .inputs import pyarrow_parquet, read_rows
+from .inputs import CSV_FIELD_LIMIT, pyarrow_parquet, read_rows
 
 log = logging.getLogger("mlm_export")
 
 OUTPUT_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 SATURATION_COLUMNS = ("mutant", "position", "wt", "mt")
-MAX_CSV_FIELD = 1 << 24  # a DMS row holds a sequence at most (ProteinGym: mutated_sequence); 16 MB is generous
 
 
 @dataclass(frozen=True)
@@ -77,54 +76,67 @@ class VariantsSummary:
 
 @dataclass
 class _Table:
-    """The input rows (or the scan's) and, per row, the wild type it mutates and its mutant."""
+    """The input rows (or the scan's), each row's mutant and the wild type it mutates."""
 
     columns: list[str]
-    rows: list[list[Any]]  # values per column; CSV values are the file's text, unchanged
-    types: list[Any] | None  # Arrow types of a Parquet input's columns (None: text)
-    records: list[int] = field(default_factory=list)  # per row: index into the wild types
+    rows: list[list[Any]]  # values per column: a CSV's as the file spells them, or the scan's
+    arrow: Any = None  # a Parquet input's own table (types and values kept as they are)
+    types: dict[str, str] = field(default_factory=dict)  # a scan's column types in Parquet: "int64", else text
+    texts: list[Any] = field(default_factory=list)  # per row: the mutation as written
+    labels: list[str] = field(default_factory=list)  # per row: how an error names it ("row 3 (line 4)")
+    by_record: dict[int, list[int]] = field(default_factory=dict)  # wild type -> its rows, in order
     mutants: list[Mutant] = field(default_factory=list)
 
 
 def score_variants_file(job: VariantsJob) -> VariantsSummary:
-    """Read, check, score and write; the output appears whole or not at all."""
+    """Read, check, score and write; the output appears whole or not at all. Every argument, the wild types
+    and every mutation are checked before the first graph run."""
     from ..runtime.predictor import OnnxMaskFiller
 
     methods = check_methods(job.methods)
     offset = check_offset(job.offset)
+    if (job.wt is None) == (job.wt_fasta is None):
+        raise InputError("give the wild type with exactly one of --wt and --wt-fasta")
+    if sum(x for x in (job.mutations is not None, job.dms is not None, job.saturation)) != 1:
+        raise InputError("give the variants with exactly one of --mutations, --dms and --saturation")
     kind = _output_kind(job.output)
     out = OutputFile(job.output, force=job.force)  # checked before anything runs: an existing file, a folder
     if kind == "parquet":
         pyarrow_parquet("a Parquet --output")
+    records = _records_of(job)
+    table = _read_variants(job, records) if not job.saturation else None
     filler = OnnxMaskFiller.from_pretrained(job.directory, job.variant, job.providers, job.threads,
                                             public_key=job.public_key)
     scorer = MutationScorer(filler.scorer(), job.alphabet)
-    names, wild_types = _wild_types(job, scorer)
-    table = _table(job, scorer, names, wild_types, offset)
-    warnings = [f"{name}: {wt.unknown} of {len(wt)} residues are unknown to the model's vocabulary; their scores "
-                "mean little" for name, wt in zip(names, wild_types) if wt.unknown > 0.1 * len(wt)]
+    if table is None:
+        wild_types = {r: _read_wt(scorer, record) for r, record in enumerate(records)}
+        table = _saturation(scorer, job, records, wild_types, offset)
+    else:
+        wild_types = {r: _read_wt(scorer, records[r]) for r in table.by_record}  # only the wild types rows name
+        _parse(scorer, table, records, wild_types, offset)
+    warnings = [f"{records[r][0]}: {wt.warning}" for r, wt in wild_types.items() if wt.warning]
     for warning in warnings:
         log.warning("%s", warning)
-    used = sorted(set(table.records))
-    copies = sum(scorer.copies(wild_types[w], [m for m, r in zip(table.mutants, table.records) if r == w], methods)
-                 for w in used)
+    copies = sum(scorer.copies(wild_types[r], [table.mutants[i] for i in rows], methods)
+                 for r, rows in table.by_record.items())
     if "pll-delta" in methods:
         log.warning("pll-delta runs a PLL of every distinct variant (%d masked copies in all); masked-marginal runs "
                     "one PLL per wild type", copies)
     started = time.perf_counter()
-    scores: dict[str, list[float]] = {m: [0.0] * len(table.rows) for m in methods}
-    with stage(f"scoring {len(table.rows)} variants of {len(used)} wild type{'s' if len(used) != 1 else ''} with "
+    scores: dict[str, list[float]] = {m: [0.0] * len(table.mutants) for m in methods}
+    n = len(table.by_record)
+    with stage(f"scoring {len(table.mutants)} variants of {n} wild type{'s' if n != 1 else ''} with "
                f"{filler.variant} on {filler.provider}", total=copies or None, unit="copy",
                bar=job.progress) as advance:
-        for w in used:
-            rows = [i for i, r in enumerate(table.records) if r == w]
-            found = scorer.score(wild_types[w], [table.mutants[i] for i in rows], methods, job.batch_size, advance)
+        for record, rows in table.by_record.items():
+            found = scorer.score(wild_types[record], [table.mutants[i] for i in rows], methods, job.batch_size,
+                                 advance)
             for method, values in found.items():
                 for i, value in zip(rows, values):
                     scores[method][i] = value
     seconds = time.perf_counter() - started
     _write(out, kind, table, methods, scores, filler.variant, filler.provider)
-    return VariantsSummary(str(job.directory), str(job.output), len(table.rows), len(used), methods, filler.variant,
+    return VariantsSummary(str(job.directory), str(job.output), len(table.mutants), n, methods, filler.variant,
                            filler.provider, copies, seconds, warnings)
 
 
@@ -135,51 +147,46 @@ def _output_kind(path: Path) -> str:
     return kind
 
 
-def _wild_types(job: VariantsJob, scorer: MutationScorer) -> tuple[list[str], list[WildType]]:
-    """The wild types, named (a FASTA record's id; "wt" for --wt), each read by the model."""
-    if (job.wt is None) == (job.wt_fasta is None):
-        raise InputError("give the wild type with exactly one of --wt and --wt-fasta")
+def _records_of(job: VariantsJob) -> list[tuple[str, str, str]]:
+    """The wild types as (name, sequence, what to call it in errors): "wt" for --wt, else each FASTA record
+    by its id. They are read by the model later, and only those that rows name."""
     if job.wt is not None:
-        return ["wt"], [_read_wt(scorer, job.wt, "--wt")]
+        return [("wt", job.wt, "--wt")]
     assert job.wt_fasta is not None
-    table = read_rows(job.wt_fasta, format="fasta", keep=["id"])
-    names: list[str] = []
-    wild_types = []
-    for row in table.rows:
+    source = read_rows(job.wt_fasta, format="fasta", keep=["id"])
+    records: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for row in source.rows:
         if row.error:
             raise InputError(f"{job.wt_fasta} line {row.line}: {row.error}")
         name = str(row.kept[0])
-        if name in names:
+        if name in seen:
             raise InputError(f"{job.wt_fasta} holds two records named {name!r}; each wild type needs its own id")
-        names.append(name)
-        wild_types.append(_read_wt(scorer, row.text, f"{job.wt_fasta} record {name!r}"))
-    if not wild_types:
+        seen.add(name)
+        records.append((name, row.text, f"{job.wt_fasta} record {name!r}"))
+    if not records:
         raise InputError(f"{job.wt_fasta} holds no FASTA record")
-    return names, wild_types
+    return records
 
 
-def _read_wt(scorer: MutationScorer, sequence: str, what: str) -> WildType:
+def _read_wt(scorer: MutationScorer, record: tuple[str, str, str]) -> WildType:
     try:
-        return scorer.wild_type(sequence)
+        return scorer.wild_type(record[1])
     except InputError as exc:
-        raise InputError(f"{what}: {exc}") from exc
+        raise InputError(f"{record[2]}: {exc}") from exc
 
 
-def _table(job: VariantsJob, scorer: MutationScorer, names: list[str], wild_types: list[WildType],
-           offset: int) -> _Table:
-    given = sum(x for x in (job.mutations is not None, job.dms is not None, job.saturation))
-    if given != 1:
-        raise InputError("give the variants with exactly one of --mutations, --dms and --saturation")
-    if job.saturation:
-        return _saturation(scorer, names, wild_types, offset)
+def _read_variants(job: VariantsJob, records: list[tuple[str, str, str]]) -> _Table:
+    """The --mutations list or the --dms table, each row assigned its wild type (not yet parsed)."""
     if job.mutations is not None:
-        if len(wild_types) > 1:
-            raise InputError(f"--wt-fasta holds {len(wild_types)} records; --mutations would apply to each: give "
+        if len(records) > 1:
+            raise InputError(f"--wt-fasta holds {len(records)} records; --mutations would apply to each: give "
                              f"the variants as a --dms table whose {job.record_col!r} column names each row's record")
         table = _Table(["mutant"], [[m] for m in job.mutations], None)
+        table.texts = list(job.mutations)
+        table.labels = [f"mutation {i + 1}" for i in range(len(table.rows))]
         if not table.rows:
             raise InputError("--mutations names no mutation")
-        texts: list[Any] = list(job.mutations)
     else:
         assert job.dms is not None
         table = _read_dms(job.dms)
@@ -187,28 +194,33 @@ def _table(job: VariantsJob, scorer: MutationScorer, names: list[str], wild_type
             raise InputError(f"{job.dms} has no column {job.mutation_col!r} (--mutation-col); it has "
                              f"{', '.join(map(repr, table.columns[:20]))}")
         at = table.columns.index(job.mutation_col)
-        texts = [row[at] for row in table.rows]
+        table.texts = [row[at] for row in table.rows]
     clash = [c for c in table.columns if c in _added(job.methods)]
     if clash:
-        raise InputError(f"the input has a column named {clash[0]!r}, which the output adds; rename it in the input")
-    table.records = _records(job, table, names)
-    by_record: dict[int, list[int]] = {}
-    for i, record in enumerate(table.records):
-        by_record.setdefault(record, []).append(i)
+        raise InputError(f"the input has a column named {clash[0]!r}, which the output adds (the scores, and the "
+                         "precision variant and provider that computed them); rename it in the input")
+    for i, record in enumerate(_records(job, table, [name for name, _, _ in records])):
+        table.by_record.setdefault(record, []).append(i)
+    return table
+
+
+def _parse(scorer: MutationScorer, table: _Table, records: list[tuple[str, str, str]],
+           wild_types: dict[int, WildType], offset: int) -> None:
+    """Every row's mutant, checked against its wild type; one error names every invalid one."""
     mutants: list[Mutant | None] = [None] * len(table.rows)
     problems: list[str] = []
-    line = 2 if job.dms is not None and job.dms.suffix.lower() == ".csv" else 1  # a CSV's first line is its header
-    for record, rows in by_record.items():
-        labels = [f"row {i + 1}" + (f" (line {i + line})" if line == 2 else "") for i in rows]
+    for record, rows in table.by_record.items():
         try:
-            for i, mutant in zip(rows, scorer.parse(wild_types[record], [texts[i] for i in rows], offset, labels)):
-                mutants[i] = mutant
+            parsed = scorer.parse(wild_types[record], [table.texts[i] for i in rows], offset,
+                                  [table.labels[i] for i in rows])
         except InputError as exc:
-            problems.append((f"record {names[record]!r}: " if len(names) > 1 else "") + str(exc))
+            problems.append((f"record {records[record][0]!r}: " if len(records) > 1 else "") + str(exc))
+            continue
+        for i, mutant in zip(rows, parsed):
+            mutants[i] = mutant
     if problems:
         raise InputError("; ".join(problems) + "; nothing was scored or written")
     table.mutants = [m for m in mutants if m is not None]
-    return table
 
 
 def _added(methods: tuple[str, ...]) -> tuple[str, ...]:
@@ -229,67 +241,87 @@ def _records(job: VariantsJob, table: _Table, names: list[str]) -> list[int]:
     for i, row in enumerate(table.rows):
         name = "" if row[at] is None else str(row[at])
         if name not in index:
-            raise InputError(f"{job.dms} row {i + 1}: {job.record_col} {name!r} is not a record of --wt-fasta "
+            raise InputError(f"{job.dms} {table.labels[i]}: {job.record_col} {name!r} is not a record of --wt-fasta "
                              f"({', '.join(map(repr, names[:10]))}{', ...' if len(names) > 10 else ''})")
         records.append(index[name])
     return records
 
 
-def _saturation(scorer: MutationScorer, names: list[str], wild_types: list[WildType], offset: int) -> _Table:
+def _saturation(scorer: MutationScorer, job: VariantsJob, records: list[tuple[str, str, str]],
+                wild_types: dict[int, WildType], offset: int) -> _Table:
     """Every position by every other alphabet letter: L x (alphabet - 1) rows per wild type (L x alphabet at
-    a residue outside the alphabet)."""
-    named = len(names) > 1 or names != ["wt"]
-    table = _Table((["id"] if named else []) + list(SATURATION_COLUMNS), [], None)
-    for record, (name, wt) in enumerate(zip(names, wild_types)):
-        for mutant in scorer.saturation(wt, offset):
+    a residue outside the alphabet); a --wt-fasta record's id leads each row."""
+    named = job.wt_fasta is not None
+    table = _Table((["id"] if named else []) + list(SATURATION_COLUMNS), [], types={"position": "int64"})
+    for record, (name, _, _) in enumerate(records):
+        table.by_record[record] = []
+        for mutant in scorer.saturation(wild_types[record], offset):
             sub = mutant.substitutions[0]
+            table.by_record[record].append(len(table.rows))
             table.rows.append(([name] if named else []) + [mutant.name, sub.position, sub.wt, sub.mt])
             table.mutants.append(mutant)
-            table.records.append(record)
     return table
 
 
 def _read_dms(path: Path) -> _Table:
-    """A deep-mutational-scan table, CSV (values kept as the file's text) or Parquet (with its types)."""
+    """A deep-mutational-scan table: CSV (values kept as the file spells them) or Parquet (kept as Arrow)."""
     if not path.is_file():
         raise InputError(f"--dms {path} is not a file")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        pq = pyarrow_parquet("a Parquet --dms table")
-        try:
-            data = pq.read_table(path)
-        except Exception as exc:  # pyarrow's own error types
-            raise InputError(f"--dms {path} is not a readable Parquet file: {exc}") from exc
-        columns = list(data.column_names)
-        values = [data.column(c).to_pylist() for c in columns]
-        return _Table(columns, [list(r) for r in zip(*values)] if columns else [], list(data.schema.types))
+        return _read_parquet(path)
     if suffix != ".csv":
         raise InputError(f"--dms {path}: give a .csv or .parquet table")
-    csv.field_size_limit(MAX_CSV_FIELD)
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    rows: list[list[str]] = []
+    labels: list[str] = []
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(handle, strict=True)  # a stray quote is an error, not rows merged into one
             header = next(reader, None)
             if header is None:
                 raise InputError(f"--dms {path} is empty; it needs a header row naming its columns")
-            rows = []
-            for number, row in enumerate(reader, start=2):
+            last = reader.line_num
+            for row in reader:
+                first, last = last + 1, reader.line_num
                 if not row:
                     continue  # a blank line
                 if len(row) != len(header):
-                    raise InputError(f"--dms {path} line {number} has {len(row)} fields; the header has "
-                                     f"{len(header)}")
+                    raise InputError(f"--dms {path} line {first} has {len(row)} fields; the header has {len(header)}")
                 rows.append(row)
+                labels.append(f"row {len(rows)} (line {first})")
     except UnicodeDecodeError as exc:
         raise InputError(f"--dms {path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
     except csv.Error as exc:
         raise InputError(f"--dms {path} is not a readable CSV file: {exc}") from exc
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        raise InputError(f"--dms {path} has two columns named {duplicated[0]!r}")
+    _check_columns(path, header)
     if not rows:
         raise InputError(f"--dms {path} has a header and no rows")
-    return _Table(header, rows, None)
+    return _Table(header, rows, labels=labels)
+
+
+def _read_parquet(path: Path) -> _Table:
+    pq = pyarrow_parquet("a Parquet --dms table")
+    try:
+        columns = list(pq.read_schema(path).names)
+    except Exception as exc:  # pyarrow's own error types
+        raise InputError(f"--dms {path} is not a readable Parquet file: {str(exc).splitlines()[0]}") from exc
+    _check_columns(path, columns)
+    try:
+        data = pq.read_table(path)
+    except Exception as exc:
+        raise InputError(f"--dms {path} is not a readable Parquet file: {str(exc).splitlines()[0]}") from exc
+    if data.num_rows == 0:
+        raise InputError(f"--dms {path} has no rows")
+    values = [data.column(c).to_pylist() for c in columns]
+    return _Table(columns, [list(r) for r in zip(*values)], arrow=data,
+                  labels=[f"row {i + 1}" for i in range(data.num_rows)])
+
+
+def _check_columns(path: Path, columns: list[str]) -> None:
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise InputError(f"--dms {path} has two columns named {duplicated[0]!r}; rename one")
 
 
 def _write(out: OutputFile, kind: str, table: _Table, methods: tuple[str, ...], scores: dict[str, list[float]],
@@ -309,18 +341,18 @@ def _write(out: OutputFile, kind: str, table: _Table, methods: tuple[str, ...], 
             import pyarrow as pa
 
             pq = pyarrow_parquet("a Parquet --output")
-            arrays = {}
-            for k, name in enumerate(table.columns):
-                column = [row[k] for row in table.rows]
-                kind_of = table.types[k] if table.types is not None else None
-                arrays[name] = pa.array(column, type=kind_of if kind_of is not None
-                                        else (pa.int64() if name == "position" else pa.string()))
+            if table.arrow is not None:  # a Parquet input: its own columns, types and metadata, as they are
+                data = table.arrow
+            else:  # a CSV's values stay text (CSV has no types); a scan's position is an integer
+                data = pa.table({name: pa.array([row[k] for row in table.rows],
+                                                type=pa.int64() if table.types.get(name) == "int64" else pa.string())
+                                 for k, name in enumerate(table.columns)})
             for method, name in zip(ordered, added):
-                arrays[name] = pa.array(scores[method], type=pa.float64())
-            arrays["variant"] = pa.array([variant] * len(table.rows), type=pa.string())
-            arrays["provider"] = pa.array([provider] * len(table.rows), type=pa.string())
+                data = data.append_column(name, pa.array(scores[method], type=pa.float64()))
+            for name, value in (("variant", variant), ("provider", provider)):
+                data = data.append_column(name, pa.array([value] * len(table.rows), type=pa.string()))
             with out.open(binary=True) as handle:
-                pq.write_table(pa.table(arrays), handle)
+                pq.write_table(data, handle)
     except OSError as exc:
         out.discard()
         raise out.storage_error(exc) from exc

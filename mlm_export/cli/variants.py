@@ -10,15 +10,16 @@ import click
 from ..runtime.threads import max_threads
 from ._common import command, common_options, key_file, providers_choice, quiet_option, _out
 
-METHOD_NAMES = ("masked-marginal", "wt-marginal", "pll-delta")
-
-
 def _methods(values: tuple[str, ...]) -> tuple[str, ...]:
     """--method, repeatable and comma-separated alike."""
+    from ..runtime.mutations import METHODS
+
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if values and not names:
+        raise click.BadParameter("names no method", param_hint="--method")
     for name in names:
-        if name not in METHOD_NAMES:
-            raise click.BadParameter(f"{name!r} is not one of {', '.join(METHOD_NAMES)}", param_hint="--method")
+        if name not in METHODS:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(METHODS)}", param_hint="--method")
     return tuple(dict.fromkeys(names)) or ("masked-marginal",)
 
 
@@ -46,7 +47,7 @@ def _alphabet(value: str | None) -> str | tuple[str, ...] | None:
 @click.option("--method", "methods", multiple=True,
               help="masked-marginal (default), wt-marginal or pll-delta; repeat it or separate by commas for "
                    "several columns.")
-@click.option("--offset", type=int, default=1, show_default=True,
+@click.option("--offset", type=click.IntRange(0, 10**9), default=1, show_default=True,
               help="The number of the sequence's first residue in the mutations (0: positions count from 0).")
 @click.option("--alphabet", help="The letters a mutation may introduce (or tokens separated by commas) "
                                  "[the 20 standard amino acids on a protein vocabulary, else every ordinary token].")

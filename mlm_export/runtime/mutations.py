@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .scoring import Scorer
+from .scoring import DEFAULT_MAX_UNKNOWN, Scorer
 
 METHODS = ("masked-marginal", "wt-marginal", "pll-delta")
 COLUMNS = {"masked-marginal": "masked_marginal", "wt-marginal": "wt_marginal", "pll-delta": "pll_delta"}
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # the 20 standard amino acids: the default alphabet on a protein vocabulary
-_NUMBER = re.compile(r"\d+")
+_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: a full-width or Arabic-Indic digit is not a position
 MAX_SHOWN = 5  # invalid mutations named in one error
+MAX_OFFSET = 10**9
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,15 @@ class WildType:
 
     def __init__(self, scorer: Scorer, sequence: str) -> None:
         self.sequence = sequence
-        self.ids: list[int] = scorer._encode(sequence)
+        self.ids: list[int] = scorer.encode(sequence)
         self.indices = scorer.scored_positions(self.ids)  # into ids: the sequence's own tokens
-        encoding = scorer.tokenizer.encode(sequence)
         tokenizer = scorer.tokenizer
+        offsets = tokenizer.encode(sequence).offsets
         self.tokens = [tokenizer.id_to_token(self.ids[i]) for i in self.indices]
-        self.texts = [sequence[slice(*encoding.offsets[i])] for i in self.indices]
+        self.texts = [sequence[slice(*offsets[i])] for i in self.indices]
         self.unknown = sum(1 for i in self.indices if self.ids[i] == scorer.unk_id)
+        self.warning = scorer.unknown_warning(sequence, self.unknown, len(self.indices)) \
+            if self.unknown > DEFAULT_MAX_UNKNOWN * len(self.indices) else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -96,10 +99,12 @@ class MutationScorer:
         return int(token_id)
 
     def _alphabet(self, alphabet: str | Sequence[str] | None) -> tuple[str, ...]:
-        """The tokens a mutation may introduce: as given (a string is one letter per token), else the 20
-        standard amino acids where the vocabulary holds each as a token, else every ordinary token."""
+        """The tokens a mutation may introduce: as given (a string is one letter per token), else on a
+        character vocabulary (one token per residue) holding all 20 standard amino acids those, else every
+        ordinary token (a cased English or byte-level vocabulary holds the 20 letters too: not a protein one)."""
         if alphabet is None:
-            if all(self.tokenizer.token_to_id(a) is not None for a in AMINO_ACIDS):
+            char_level = self.scorer.graph.artifact.manifest.tokenizer.char_level
+            if char_level and all(self.tokenizer.token_to_id(a) is not None for a in AMINO_ACIDS):
                 return tuple(AMINO_ACIDS)
             vocab = self.tokenizer.get_vocab()
             return tuple(sorted((t for t, i in vocab.items() if i not in self.scorer.unscored
@@ -209,25 +214,26 @@ class MutationScorer:
             raise InputError(f"method must be one of {', '.join(METHODS)}, got {unknown[0] if unknown else 'none'}")
         scores: dict[str, list[float]] = {}
         if {"masked-marginal", "wt-marginal"} & set(methods):
-            targets, column = self._targets(wild_type)
-            indices = [wild_type.indices[i] for i in range(len(wild_type))]
+            targets, column = self._targets(wild_type, mutants)
             for method in ("masked-marginal", "wt-marginal"):
                 if method not in methods:
                     continue
                 if method == "masked-marginal":
-                    table = self.scorer.masked_log_probs(wild_type.ids, indices, targets, False, copies_per_run,
-                                                         advance)
+                    table = self.scorer.masked_log_probs(wild_type.ids, wild_type.indices, targets, False,
+                                                         copies_per_run, advance)
                 else:
-                    table = self.scorer.unmasked_log_probs(wild_type.ids, indices, targets)
+                    table = self.scorer.unmasked_log_probs(wild_type.ids, wild_type.indices, targets)
                 scores[method] = [self._marginal(table, column, wild_type, m) for m in mutants]
         if "pll-delta" in methods:
             scores["pll-delta"] = self._pll_deltas(wild_type, mutants, copies_per_run, advance)
         return {m: scores[m] for m in methods}
 
-    def _targets(self, wild_type: WildType) -> tuple[np.ndarray, dict[int, int]]:
-        """The alphabet's ids and every wild-type token's (a residue outside the alphabet, UNK), as one
-        `[1, T]` row, and each id's column in it."""
-        ids = list(dict.fromkeys(list(self.alphabet_ids.values()) + [wild_type.ids[i] for i in wild_type.indices]))
+    def _targets(self, wild_type: WildType, mutants: Sequence[Mutant]) -> tuple[np.ndarray, dict[int, int]]:
+        """The ids the mutants introduce and every wild-type token's (a residue outside the alphabet, UNK),
+        as one `[1, T]` row, and each id's column in it. The log-softmax is over the whole vocabulary
+        whatever T is: on a word vocabulary the table stays [L, T], not [L, vocabulary]."""
+        introduced = dict.fromkeys(self.alphabet_ids[s.mt] for m in mutants for s in m.substitutions)
+        ids = list(dict.fromkeys(list(introduced) + [wild_type.ids[i] for i in wild_type.indices]))
         return np.array([ids], dtype=np.int64), {token: k for k, token in enumerate(ids)}
 
     def _marginal(self, table: np.ndarray, column: dict[int, int], wild_type: WildType, mutant: Mutant) -> float:
@@ -249,7 +255,7 @@ class MutationScorer:
         done: dict[tuple[tuple[int, int], ...], float] = {}
         deltas = []
         for mutant in mutants:
-            key = tuple(sorted((s.index, self.alphabet_ids[s.mt]) for s in mutant.substitutions))
+            key = self._key(mutant)
             if key not in done:
                 ids = list(wild_type.ids)
                 for index, token in key:
@@ -263,15 +269,23 @@ class MutationScorer:
         n = len(wild_type)
         total = n if "masked-marginal" in methods else 0
         if "pll-delta" in methods:
-            distinct = {tuple(sorted((s.index, s.mt) for s in m.substitutions)) for m in mutants}
-            total += n * (len(distinct) + 1)
+            total += n * (len({self._key(m) for m in mutants}) + 1)
         return total
+
+    def _key(self, mutant: Mutant) -> tuple[tuple[int, int], ...]:
+        """What a mutant changes, whatever the order it was written in: its PLL is computed once."""
+        return tuple(sorted((s.index, self.alphabet_ids[s.mt]) for s in mutant.substitutions))
 
 
 def check_offset(offset: object) -> int:
+    """The number of the first residue: 0 or more, since a position is written without a sign."""
     if not isinstance(offset, numbers.Integral) or isinstance(offset, bool):
         raise InputError(f"offset must be an integer, got {offset!r}")
-    return int(offset)
+    value = int(offset)
+    if not 0 <= value <= MAX_OFFSET:
+        raise InputError(f"offset must be from 0 to {MAX_OFFSET} (positions are written without a sign), "
+                         f"got {value}")
+    return value
 
 
 def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:

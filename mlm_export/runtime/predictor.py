@@ -263,6 +263,8 @@ class OnnxMaskFiller:
         copies = None if batch_size is None else check_batch_size(batch_size)
         scorer = MutationScorer(self.scorer(), alphabet)
         wt = scorer.wild_type(wild_type)
+        if wt.warning:  # a lower-case chain reads as all UNK to an upper-case vocabulary: its scores mean little
+            warnings.warn(wt.warning, UserWarning, stacklevel=2)
         mutants = scorer.parse(wt, mutations, offset)
         return scorer.score(wt, mutants, [name], copies)[name]
 

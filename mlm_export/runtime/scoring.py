@@ -111,7 +111,6 @@ class Scorer:
         self.mask_token_id: int = tok.mask_token_id
         self.unk_id: int = tok.special_ids["unk"]
         self.unscored = frozenset(tok.every_special_id) - {self.unk_id}
-        self.special_list = np.array(sorted(tok.every_special_id), dtype=np.int64)
 
     def score(self, texts: str | Sequence[str], options: ScoreOptions) -> PLLScore | list[PLLScore]:
         """Score every text or raise `InputError` for the first that cannot be scored."""
@@ -126,7 +125,7 @@ class Scorer:
         """Per text, in order: its score, or a `RowError` (batch scoring goes on past bad rows)."""
         for index, text in enumerate(texts):
             try:
-                ids = self._encode(text)
+                ids = self.encode(text)
             except InputError as exc:
                 yield RowError(index, text if isinstance(text, str) else repr(text), str(exc))
                 continue
@@ -136,7 +135,9 @@ class Scorer:
                 continue
             yield self._score_one(text, ids, options)
 
-    def _encode(self, text: Any) -> list[int]:
+    def encode(self, text: Any) -> list[int]:
+        """`text`'s token ids, or `InputError` for a text PLL cannot score (empty, too long, holding the mask
+        token, only special tokens)."""
         if not isinstance(text, str):
             raise InputError(f"a sequence must be a string, got {type(text).__name__}")
         if not text.strip():
@@ -186,6 +187,7 @@ class Scorer:
         Copies run `copies_per_run` at a time, each sequence alone (see the module's note on batching)."""
         row = np.asarray(ids, dtype=np.int64)
         width = 1 if target_ids is None else target_ids.shape[1]
+        copies_per_run = max(1, int(copies_per_run))
         log_probs = np.empty((len(positions), width), dtype=np.float64)
         for start in range(0, len(positions), copies_per_run):
             chunk = list(positions[start : start + copies_per_run])
@@ -203,18 +205,18 @@ class Scorer:
 
     def unmasked_log_probs(self, ids: Sequence[int], positions: Sequence[int], target_ids: np.ndarray,
                            exclude_special: bool = False) -> np.ndarray:
-        """One pass over `ids` as they are (nothing masked): the log-probabilities of `target_ids` (`[1, T]`)
-        at each of `positions`, `[P, T]`: the head runs there through the graph's `score_positions`."""
+        """One pass over `ids` as they are (`encode`d: no mask token): the log-probabilities of `target_ids`
+        (`[1, T]`) at each of `positions` (distinct), `[P, T]` in their order; the head runs there through
+        the graph's `score_positions`."""
         row = np.asarray(ids, dtype=np.int64)[None, :]
         asked = np.zeros(row.shape, dtype=bool)
         asked[0, list(positions)] = True
-        if (row[asked] == self.mask_token_id).any():
-            raise InputError(f"the sequence holds the mask token {self.mask_token}")
         batch_index, values = self._run(row, target_ids, exclude_special, asked)
         if len(batch_index) != len(positions):
             raise ArtifactError(f"the {self.graph.name} graph ran its head at {len(batch_index)} positions where "
                                 f"{len(positions)} were asked for; run `mlm-export verify` on it")
-        return values
+        order = np.argsort(np.argsort(np.asarray(positions)))  # the graph's rows come in position order
+        return values[order]
 
     def _score_one(self, text: str, ids: list[int], options: ScoreOptions) -> PLLScore:
         positions = self.scored_positions(ids)
@@ -224,11 +226,11 @@ class Scorer:
         pll = total if options.reduction == "sum" else total / len(positions)
         per_token = tuple(float(v) for v in log_probs) if options.per_token else None
         unknown = sum(1 for p in positions if ids[p] == self.unk_id)
-        warning = self._unknown_warning(text, unknown, len(positions)) \
+        warning = self.unknown_warning(text, unknown, len(positions)) \
             if unknown > options.max_unknown * len(positions) else None
         return PLLScore(text, pll, len(positions), per_token, unknown, warning)
 
-    def _unknown_warning(self, text: str, unknown: int, scored: int) -> str:
+    def unknown_warning(self, text: str, unknown: int, scored: int) -> str:
         """Counts, the characters, and the fix when upper-casing would help (protein models read upper case)."""
         message = f"{unknown} of {scored} scored tokens are unknown to the model: {self._unknown(text)}"
         if text != text.upper() and self.tokenizer.encode(text.upper()).ids.count(self.unk_id) < unknown:
@@ -242,9 +244,7 @@ class Scorer:
                                  score_positions=score_positions)
         batch_index, scored = self.graph.run(["mask_batch_index", "target_log_probs"], feeds)
         values = scored.astype(np.float64)
-        if exclude_special:  # a special target has no probability then: -inf there is the answer, not a fault
-            values = np.where(np.isin(targets, self.special_list), 0.0, values)
-        if not np.isfinite(values).all():
+        if not np.isfinite(values).all():  # targets are ordinary tokens (UNK is refused with exclude_special)
             raise ArtifactError(f"the {self.graph.name} graph of {self.graph.artifact.path} produced non-finite "
                                 "log-probabilities; run `mlm-export verify` on it")
-        return batch_index, scored.astype(np.float64)
+        return batch_index, values

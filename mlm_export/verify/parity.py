@@ -164,7 +164,7 @@ class GraphParity:
         rounding (rxnfp int8: 98.9% top-5 overlap there, 99.2% at the masks), and wild-type marginals read
         log-probabilities, which the logit, log-probability and probability bounds hold."""
         tol, out = self.tolerance, []
-        allowed = self.allowed_abs_logit
+        allowed = self.allowed_for(g)
         if allowed is not None and g.max_abs_logit > allowed:
             out.append(f"{where}max |Δlogit| {g.max_abs_logit:.3g} > {allowed:.3g}")
         # a log-softmax moves by at most twice the largest logit error: held where logits are gated
@@ -182,11 +182,15 @@ class GraphParity:
 
     @property
     def allowed_abs_logit(self) -> float | None:
+        return self.allowed_for(self.gated)
+
+    def allowed_for(self, g: Agreement) -> float | None:
+        """The |Δlogit| bound for rows of `g`, scaled by their own largest logit (unmasked rows are surer
+        and larger: they must not loosen the masked rows' bound)."""
         tol = self.tolerance
         if tol.max_abs_logit is None:
             return None
-        scale = max([self.gated.max_abs_reference] + ([self.unmasked.max_abs_reference] if self.unmasked else []))
-        return max(tol.max_abs_logit, (tol.max_rel_logit or 0.0) * scale)
+        return max(tol.max_abs_logit, (tol.max_rel_logit or 0.0) * g.max_abs_reference)
 
     @property
     def passed(self) -> bool:
@@ -197,10 +201,16 @@ class GraphParity:
         return [f"{'PASS' if self.passed else 'FAIL'} {self.graph:<11} {self.file:<20} on {self.gated_on}: "
                 f"positions={d['masked_positions']} max|Δlogit|={d['max_abs_logit']:.2e} "
                 f"top1={d['top1_agreement']:.2%} top{self.tolerance.top_k}-overlap={d['topk_overlap']:.2%} "
-                f"set-equal={d['topk_set_equal']:.2%} [{self.provider}]"] + [f"     {f}" for f in self.failures]
+                f"set-equal={d['topk_set_equal']:.2%} [{self.provider}]"] + (
+                [f"     unmasked: positions={u['positions']} max|Δlogit|={u['max_abs_logit']:.2e} "
+                 f"top1={u['top1_agreement']:.2%}"] if (u := d.get("unmasked")) else []) + \
+            [f"     {f}" for f in self.failures]
 
     def to_dict(self) -> dict:
-        unmasked = {"unmasked": self.unmasked.to_dict()} if self.unmasked else {}
+        unmasked: dict[str, Any] = {}
+        if self.unmasked:  # the same figures, counted over unmasked positions
+            figures = self.unmasked.to_dict()
+            unmasked = {"unmasked": {"positions": figures.pop("masked_positions"), **figures}}
         return {"graph": self.graph, "file": self.file, "form": self.form, "provider": self.provider,
                 **self.gated.to_dict(), "gated_on": self.gated_on,
                 "probe_sets": {name: a.to_dict() for name, a in self.sets.items()}, **unmasked,
