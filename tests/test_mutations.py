@@ -21,7 +21,12 @@ from mlm_export.verify import antibody_sequences
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def chain(length: int = 60) -> str:
+@pytest.fixture(scope="module")
+def fp32(antiberty_export):  # type: ignore[no-untyped-def]
+    return OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+
+
+def chain(length: int = 40) -> str:
     return antibody_sequences()[0][:length]
 
 
@@ -64,11 +69,11 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(*ranks)[0, 1])
 
 
-def test_fp32_marginals_equal_pytorch_on_single_double_and_triple_mutants(antiberty_export, antiberty_torch) -> None:  # type: ignore[no-untyped-def]
+def test_fp32_marginals_equal_pytorch_on_single_double_and_triple_mutants(fp32, antiberty_torch) -> None:  # type: ignore[no-untyped-def]
     wt = chain()
     masked, unmasked, vocab = torch_tables(antiberty_torch, wt)
     mutants = random_mutants(wt, 30, seed=0)
-    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+    filler = fp32
     for method, table in (("masked-marginal", masked), ("wt-marginal", unmasked)):
         got = filler.score_variants(wt, mutants, method=method)
         want = [reference(table, vocab, m) for m in mutants]
@@ -76,9 +81,9 @@ def test_fp32_marginals_equal_pytorch_on_single_double_and_triple_mutants(antibe
         assert len({round(v, 3) for v in got}) > 25  # distinct scores: nothing collapsed to a constant
 
 
-def test_offset_shifts_positions_and_a_string_is_one_variant(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+def test_offset_shifts_positions_and_a_string_is_one_variant(antiberty_export, fp32) -> None:  # type: ignore[no-untyped-def]
     wt = chain(30)
-    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+    filler = fp32
     one_based = filler.score_variants(wt, f"{wt[4]}5A:{wt[9]}10W")
     zero_based = filler.score_variants(wt, [f"{wt[4]}4A:{wt[9]}9W"], offset=0)
     singles = filler.score_variants(wt, [f"{wt[4]}5A", f"{wt[9]}10W"])
@@ -87,22 +92,22 @@ def test_offset_shifts_positions_and_a_string_is_one_variant(antiberty_export) -
 
 
 @pytest.mark.parametrize("variant", ["int8", "bf16"])
-def test_reduced_variants_rank_mutants_like_fp32(antiberty_export, variant: str) -> None:  # type: ignore[no-untyped-def]
+def test_reduced_variants_rank_mutants_like_fp32(antiberty_export, fp32, variant: str) -> None:  # type: ignore[no-untyped-def]
     from mlm_export.runtime.openvino import cpu_has_bf16
 
     if variant == "bf16" and not cpu_has_bf16():
         pytest.skip("bf16 runs on a CPU with AVX-512 BF16 or AMX (the export made none here)")
-    wt = chain(120)
+    wt = chain(60)  # a table costs L^2: 60 positions x 19 letters still leave 210 distinct variants
     mutants = random_mutants(wt, 210, seed=1)
-    fp32 = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32").score_variants(wt, mutants)
+    reference = fp32.score_variants(wt, mutants)
     reduced = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant=variant,
                                              providers="openvino" if variant == "bf16" else "cpu")
-    assert spearman(reduced.score_variants(wt, mutants), fp32) >= 0.99
+    assert spearman(reduced.score_variants(wt, mutants), reference) >= 0.99
 
 
-def test_pll_delta_is_the_mutants_pll_minus_the_wild_types(antiberty_export) -> None:  # type: ignore[no-untyped-def]
+def test_pll_delta_is_the_mutants_pll_minus_the_wild_types(antiberty_export, fp32) -> None:  # type: ignore[no-untyped-def]
     wt = chain(24)
-    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+    filler = fp32
     mutants = [f"{wt[2]}3A", f"{wt[5]}6W:{wt[10]}11G"]
     deltas = filler.score_variants(wt, mutants, method="pll-delta")
     texts = [wt[:2] + "A" + wt[3:], wt[:5] + "W" + wt[6:10] + "G" + wt[11:]]
@@ -121,17 +126,17 @@ def test_pll_delta_is_the_mutants_pll_minus_the_wild_types(antiberty_export) -> 
     ("E1A::V2A", "a substitution is empty"),
     ("", "the mutation is empty"),
 ])
-def test_an_invalid_mutation_is_named_before_anything_runs(antiberty_export, mutation: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_an_invalid_mutation_is_named_before_anything_runs(fp32, mutation: str, message: str) -> None:  # type: ignore[no-untyped-def]
     wt = chain(30)
     assert wt.startswith("EV")
-    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+    filler = fp32
     with pytest.raises(InputError, match="invalid mutation") as caught:
         filler.score_variants(wt, ["V2A", mutation])
     assert message in str(caught.value) and repr(mutation) in str(caught.value)
 
 
-def test_bad_arguments_are_input_errors(antiberty_export) -> None:  # type: ignore[no-untyped-def]
-    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+def test_bad_arguments_are_input_errors(antiberty_export, fp32) -> None:  # type: ignore[no-untyped-def]
+    filler = fp32
     wt = chain(30)
     for kwargs, match in (({"method": "esm"}, "method must be one of"), ({"offset": 1.5}, "offset must be an integer"),
                           ({"alphabet": "AZ"}, "alphabet's 'Z' is not an ordinary token"),
@@ -152,8 +157,9 @@ def run(*args: str) -> Any:
     return CliRunner().invoke(main, ["variants", *args])
 
 
-def test_dms_table_keeps_every_column_and_row_and_adds_one_column_per_method(antiberty_export, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    wt = chain(40)
+def test_dms_table_keeps_every_column_and_row_and_adds_one_column_per_method(antiberty_export, fp32,  # type: ignore[no-untyped-def]
+                                                                             tmp_path: Path) -> None:
+    wt = chain(20)
     mutants = random_mutants(wt, 6, seed=2)
     dms = tmp_path / "dms.csv"
     rows = [["mutant", "DMS_score", "note"]] + [[m, f"{k / 10:.2f}", "a, b" if k == 1 else ""]
@@ -165,12 +171,12 @@ def test_dms_table_keeps_every_column_and_row_and_adds_one_column_per_method(ant
                  "--method", "pll-delta", "--variant", "fp32", "-o", str(out), "--json", "-q")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["rows"] == 6 and summary["variant"] == "fp32" and summary["copies"] == 40 + 40 * 7
+    assert summary["rows"] == 6 and summary["variant"] == "fp32" and summary["copies"] == 20 + 20 * 7
     with open(out, newline="") as fh:
         written = list(csv.reader(fh))
     assert written[0] == rows[0] + ["masked_marginal", "wt_marginal", "pll_delta", "variant", "provider"]
     assert [r[:3] for r in written[1:]] == rows[1:]  # the input's text, unchanged, in order
-    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+    filler = fp32
     expected = filler.score_variants(wt, mutants, method="wt-marginal")
     assert [float(r[4]) for r in written[1:]] == pytest.approx(expected, abs=1e-6)
     assert {(r[6], r[7]) for r in written[1:]} == {("fp32", "CPUExecutionProvider")}
@@ -205,7 +211,7 @@ def test_saturation_scans_every_position_by_every_other_letter(antiberty_export,
         filler.score_variants(wt, [r["mutant"] for r in some]), abs=1e-6)
 
 
-def test_several_wild_types_each_take_the_rows_that_name_them(antiberty_export, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_several_wild_types_each_take_the_rows_that_name_them(antiberty_export, fp32, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     a, b = antibody_sequences()[0][:20], antibody_sequences()[1][:20]
     fasta = tmp_path / "wts.fa"
     fasta.write_text(f">a\n{a}\n>b\n{b}\n")
@@ -215,7 +221,7 @@ def test_several_wild_types_each_take_the_rows_that_name_them(antiberty_export, 
     result = run(str(antiberty_export.path), "--wt-fasta", str(fasta), "--dms", str(dms), "--variant", "fp32",
                  "-o", str(out), "-q")
     assert result.exit_code == 0, result.output
-    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+    filler = fp32
     want = [filler.score_variants(b, f"{b[3]}4A")[0], filler.score_variants(a, f"{a[3]}4A")[0],
             filler.score_variants(b, f"{b[0]}1W")[0]]
     with open(out, newline="") as fh:
@@ -362,8 +368,8 @@ def test_a_variants_int8_score_does_not_depend_on_the_other_variants(antiberty_e
     assert alone[0] == among[-1]
 
 
-def test_a_mostly_unknown_wild_type_warns_and_offsets_are_checked(antiberty_export) -> None:  # type: ignore[no-untyped-def]
-    filler = OnnxMaskFiller.from_pretrained(antiberty_export.path, variant="fp32")
+def test_a_mostly_unknown_wild_type_warns_and_offsets_are_checked(antiberty_export, fp32) -> None:  # type: ignore[no-untyped-def]
+    filler = fp32
     with pytest.warns(UserWarning, match="unknown to the model.*upper-case the sequences"):
         filler.score_variants(chain(20).lower(), ["e1Q"])
     for offset in (-1, 10**10):
