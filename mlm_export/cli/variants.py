@@ -78,6 +78,10 @@ def variants_command(directory: Path, wt: str | None, wt_fasta: Path | None, mut
     from ..batch.mutations import VariantsJob, score_variants_file
 
     output_ = _out()
+    if (wt is None) == (wt_fasta is None):  # usage (exit 2): the library checks the same for its own callers
+        raise click.UsageError("give the wild type with exactly one of --wt and --wt-fasta")
+    if sum(x for x in (mutations is not None, dms is not None, saturation)) != 1:
+        raise click.UsageError("give the variants with exactly one of --mutations, --dms and --saturation")
     listed = None if mutations is None else tuple(m.strip() for m in mutations.split(","))
     job = VariantsJob(directory, output, wt, wt_fasta, listed, dms, mutation_col, record_col, saturation,
                       _methods(methods), offset, _alphabet(alphabet), variant, providers, threads, batch_size, force,
