@@ -106,8 +106,9 @@ def main() -> None:
         from mlm_export import ExportConfig, export_model
 
         export_model(ExportConfig("antiberty", out=args.artifact, int8=True, tasks=("embed",)))
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
+    from benchmarks.harness import cpu_name
+
+    cpu = cpu_name()
     print(f"CPU: {cpu}; {os.cpu_count()} cores; threads {args.threads}; {args.chains} chains")
     results, outputs = [], {}
     with tempfile.TemporaryDirectory() as work:

@@ -176,8 +176,9 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.checkpoint, args.artifact, batch, length, args.rounds,
                                 args.threads, args.save)))
         return
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
+    from benchmarks.harness import cpu_name
+
+    cpu = cpu_name()
     print(f"CPU: {cpu}; {os.cpu_count()} cores; Python {platform.python_version()}; threads {args.threads}")
     results = []
     with tempfile.TemporaryDirectory() as work:

@@ -145,8 +145,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.artifact, args.rounds, args.threads, args.torch_batch, args.save)))
         return
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
+    from benchmarks.harness import cpu_name
+
+    cpu = cpu_name()
     print(f"CPU: {cpu}; {os.cpu_count()} cores; Python {platform.python_version()}; threads {args.threads}; "
           f"wild type {len(WILD_TYPE)} residues")
     results: dict[str, dict[str, Any]] = {}

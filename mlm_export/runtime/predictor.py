@@ -251,9 +251,9 @@ class OnnxMaskFiller:
         """
         from .mutations import MutationScorer, check_methods
 
-        (name,) = check_methods(method) if isinstance(method, str) else (None,)
-        if name is None:
+        if not isinstance(method, str):
             raise InputError(f"method must be one name such as 'masked-marginal', got {method!r}")
+        (name,) = check_methods(method)
         if isinstance(mutations, str):
             mutations = [mutations]
         elif not isinstance(mutations, (list, tuple)):
