@@ -13,6 +13,7 @@ from .errors import (
     ConfigError,
     ExportError,
     FusionError,
+    GraphCheckError,
     InputError,
     IntegrityError,
     Interrupted,
@@ -20,6 +21,7 @@ from .errors import (
     MlmExportError,
     ParityError,
     ProviderError,
+    ServeError,
     SignatureError,
     SourceError,
     StorageError,
@@ -29,10 +31,10 @@ __version__ = "0.3.0"
 
 __all__ = [
     "Artifact", "ArtifactError", "Candidate", "ConfigError", "Embedder", "ExportConfig", "ExportError", "ExportResult",
-    "FusionError", "InputError", "IntegrityError", "Interrupted", "LoadedGraph", "MissingHeadError",
+    "FusionError", "GraphCheckError", "InputError", "IntegrityError", "Interrupted", "LoadedGraph", "MissingHeadError",
     "MlmExportError", "OnnxMaskFiller", "PLLScore", "ParityError", "ProviderError", "ScoreJob", "ScoreOptions",
-    "ScoreSummary", "Scorer", "SignatureError", "SlimResult", "SourceError", "SparseEmbedding", "SparseEncoder",
-    "StorageError", "TritonModel",
+    "ScoreSummary", "Scorer", "ServeError", "SignatureError", "SlimResult", "SourceError", "SparseEmbedding",
+    "SparseEncoder", "StorageError", "TritonModel",
     "VerifyReport", "export_model", "generate_key", "score_file", "sign_artifact", "slim_artifact",
     "verify_artifact", "write_triton_repository",
 ]

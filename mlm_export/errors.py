@@ -9,9 +9,11 @@
     ├── ParityError                 a graph disagrees with PyTorch beyond its gate (exit code 3)
     ├── ArtifactError               missing/invalid artifact, or a destination that may not be replaced
     │   ├── StorageError            the artifact cannot be written: no space, read-only, no permission
-    │   └── IntegrityError          a file's sha256 differs from the manifest
-    │       └── SignatureError      the manifest's Ed25519 signature is missing or wrong
+    │   ├── IntegrityError          a file's sha256 differs from the manifest
+    │   │   └── SignatureError      the manifest's Ed25519 signature is missing or wrong
+    │   └── GraphCheckError         a graph does not load or answer where it would serve (verify --integrity)
     ├── ProviderError               an execution provider cannot be used, or a run on it failed
+    ├── ServeError                  `serve` cannot listen on its address, or cut requests at shutdown
     └── InputError (ValueError)     bad predictor input or setting: no mask token, too long, top_k, threads
 
     KeyboardInterrupt               Ctrl-C (exit code 130)
@@ -24,7 +26,7 @@ in third-party code, so that the partial export is removed on the way out.
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .verify.parity import VerifyReport
@@ -84,11 +86,23 @@ class SignatureError(IntegrityError):
     """sha256 catches corruption; only a signature catches a manifest edited along with a graph."""
 
 
+class GraphCheckError(ArtifactError):
+    """The files are intact, but a graph cannot serve on this box: `report` is the integrity check's."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report: dict[str, Any] | None = report
+
+
 class ProviderError(MlmExportError):
     """Falling back silently from a requested provider would hide a broken deployment.
 
     Also raised when ONNX Runtime fails while running (out of memory, a device fault).
     """
+
+
+class ServeError(MlmExportError):
+    """The server cannot take its address (in use, not allowed), or a shutdown cut accepted requests."""
 
 
 class InputError(MlmExportError, ValueError):

@@ -15,6 +15,7 @@ from .keygen import keygen_command
 from .predict import predict_command
 from .schema import schema_command
 from .score import score_command
+from .serve import serve_command
 from .sign import sign_command
 from .slim import slim_command
 from .triton import triton_command
@@ -24,7 +25,7 @@ from .verify import verify_command
 __all__ = ["main"]
 
 for _command in (export_command, verify_command, predict_command, score_command, encode_command, variants_command,
-                 triton_command,
+                 serve_command, triton_command,
                  info_command,
                  slim_command, schema_command, sign_command, keygen_command):
     main.add_command(_command)

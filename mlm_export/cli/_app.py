@@ -72,7 +72,9 @@ class _Cli(click.Group):
             report = exc.report.to_dict() if exc.report is not None else None
             return output.error("ParityError", str(exc), exc.exit_code, exc, report=report)
         except MlmExportError as exc:
-            return output.error(type(exc).__name__, str(exc), exc.exit_code, exc)
+            report = getattr(exc, "report", None)  # GraphCheckError: the integrity report
+            return output.error(type(exc).__name__, str(exc), exc.exit_code, exc,
+                                **({"report": report} if report is not None else {}))
         except click.ClickException as exc:
             if output.as_json:
                 kind = "UsageError" if isinstance(exc, click.UsageError) else type(exc).__name__
