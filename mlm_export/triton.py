@@ -46,6 +46,7 @@ BACKEND = "onnxruntime"
 VERSION = "1"  # Triton serves numbered version directories; an artifact is one version
 MODEL_FILE = "model.onnx"  # the onnxruntime backend's default_model_filename
 CONFIG_FILE = "config.pbtxt"
+TOKENIZER_FILE = "tokenizer.json"  # beside config.pbtxt; Triton reads only the config and the version folders
 BATCH_AXIS = "batch"
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # manifest dtype -> Triton data type; float16 and int32 are not in manifests yet, but cost nothing here
@@ -64,6 +65,7 @@ class TritonModel:
     name: str
     directory: Path       # <repo>/<name>
     config_path: Path     # <repo>/<name>/config.pbtxt
+    tokenizer_path: Path  # <repo>/<name>/tokenizer.json, for clients
     model_path: Path      # <repo>/<name>/1/model.onnx
     data_path: Path | None  # the graph's external data beside model.onnx, when it has some
     variant: str
@@ -212,7 +214,8 @@ def _check_count(what: str, value: object, least: int) -> None:
 def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str | None = None,
                             name: str | None = None, max_batch_size: int = 0, instances: int = 1,
                             device: str = "cpu", *, public_key: object = None) -> TritonModel:
-    """Write `<repo>/<name>/config.pbtxt` and `<repo>/<name>/1/model.onnx` for Triton's onnxruntime backend.
+    """Write `<repo>/<name>/config.pbtxt` and `<repo>/<name>/1/model.onnx` for Triton's onnxruntime backend, and
+    `<repo>/<name>/tokenizer.json` beside them for clients (the backend takes token ids).
 
     Every setting is checked before anything is written; the graph (and its external data) is copied
     only after matching the manifest's sha256 (and, with `public_key`, the manifest's signature).
@@ -242,6 +245,8 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
                     with opened.verified_path(file) as source:
                         shutil.copyfile(source, version / (MODEL_FILE if file == graph.file else file))
             (build / CONFIG_FILE).write_text(text, encoding="utf-8")
+            # the onnxruntime backend takes token ids: the client tokenizes with the very tokenizer of the graph
+            (build / TOKENIZER_FILE).write_bytes(opened.checked_bytes(manifest.tokenizer.file))
             _publish(build, target)
     except OSError as exc:
         remove_directories(made)
@@ -251,6 +256,7 @@ def write_triton_repository(artifact: Path | str, repo: Path | str, variant: str
         remove_directories(made)
         raise
     return TritonModel(name=name, directory=target, config_path=target / CONFIG_FILE,
+                       tokenizer_path=target / TOKENIZER_FILE,
                        model_path=target / VERSION / MODEL_FILE,
                        data_path=None if graph.data_file is None else target / VERSION / graph.data_file,
                        variant=variant, form=graph.form, max_batch_size=max_batch_size, device=device,

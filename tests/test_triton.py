@@ -81,7 +81,9 @@ def test_the_default_is_the_fp32_fill_mask_graph_as_declared(tiny_artifact: Path
         ("fp32", "fill-mask", 0, "cpu", 1)
     assert model.name == default_model_name(manifest.name) and model.directory == repo / model.name
     assert _entries(repo) == [model.name]  # no build directory left beside it
-    assert _entries(model.directory) == ["1", "config.pbtxt"] and _entries(model.directory / "1") == ["model.onnx"]
+    assert _entries(model.directory) == ["1", "config.pbtxt", "tokenizer.json"]
+    assert _entries(model.directory / "1") == ["model.onnx"]
+    assert model.tokenizer_path.read_bytes() == (tiny_artifact / manifest.tokenizer.file).read_bytes()  # for clients
     assert model.data_path is None
     assert sha256_file(model.model_path) == manifest.files[graph.file].sha256
     config = _parse(model.config_path)

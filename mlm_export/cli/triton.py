@@ -32,5 +32,6 @@ def triton_command(directory: Path, repo: Path, variant: str | None, name: str |
                                     instances=instances, device=device, public_key=key)
     _out().result("triton", {"name": model.name, "variant": model.variant, "config": str(model.config_path),
                    "model": str(model.model_path), "max_batch_size": model.max_batch_size, "device": model.device},
-                  f"wrote {model.config_path} and {model.model_path} ({model.variant}, "
+                  f"wrote {model.config_path}, {model.model_path} and, for clients, {model.tokenizer_path} "
+                  f"({model.variant}, "
                   f"max_batch_size {model.max_batch_size}, {model.device})")
