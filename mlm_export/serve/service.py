@@ -5,6 +5,7 @@ how one run of queued requests executes on them. Torch-free; the HTTP side is `a
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,10 +77,12 @@ class Service:
         models: dict[str, OnnxMaskFiller | TaskModel] = {}
         checks = []
         for task in tasks:
+            start = time.perf_counter()
             graph = LoadedGraph.open_task(artifact, task, _variant_for(artifact, task, options.variant, tasks),
                                           options.providers, options.threads)
             models[task] = _model(task, graph, tokenizer, options.max_batch_size)
-            checks.append(GraphCheck(graph.name, task, graph.provider, smoke_graph(graph, tokenizer)))
+            checks.append(GraphCheck(graph.name, task, graph.provider, smoke_graph(graph, tokenizer),
+                                     seconds=time.perf_counter() - start))
         require_passed(IntegrityReport(str(artifact.path), len(artifact.present.files), None, tuple(checks)))
         return cls(artifact, models, checks, options)
 
