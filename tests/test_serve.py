@@ -352,7 +352,7 @@ def test_a_long_score_request_does_not_starve_later_requests() -> None:
         order.extend(parts)
         return parts
 
-    async def main() -> list[Any]:
+    async def main() -> tuple[Any, Any]:
         loop = asyncio.get_running_loop()
         batcher = Batcher(execute, max_batch_size=8, max_wait_ms=0, max_queue=10, metrics=Metrics())
         big = Job(("score",), [f"big{i}" for i in range(5)], list, 1, 1, loop.create_future(), loop)
@@ -392,3 +392,27 @@ def _until(condition: Any, seconds: float = 120) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the server never reached the expected state"
         time.sleep(0.05)
+
+
+def test_the_dockerfile_installs_existing_extras_and_runs_a_valid_command() -> None:
+    """deploy/serve.Dockerfile cannot be built here (no Docker): its pip extras must exist, its integrity check
+    and CMD must parse as the CLI's options, and its grace period must fit under docker stop's 10 s."""
+    import shlex
+    import tomllib
+
+    from mlm_export.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "deploy" / "serve.Dockerfile").read_text()
+    extras = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    wanted = re.search(r'pip install --no-cache-dir "\./\[([a-z,]+)\]"', text)
+    assert wanted is not None and set(wanted.group(1).split(",")) <= extras and "export" not in wanted.group(1)
+    command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))  # type: ignore[union-attr]
+    check = shlex.split(re.search(r"^RUN (mlm-export verify .*)$", text, re.M).group(1))  # type: ignore[union-attr]
+    for argv in (command, check):
+        assert argv[0] == "mlm-export"
+        context = main.commands[argv[1]].make_context(argv[1], argv[2:])
+        if argv[1] == "serve":
+            assert context.params["grace_period"] < 10 and context.params["host"] == "0.0.0.0"
+        else:
+            assert context.params["integrity"] is True
