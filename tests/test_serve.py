@@ -5,6 +5,7 @@ The batcher's fairness is tested on its own, where the order of runs can be asse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import queue
@@ -67,6 +68,9 @@ class Server:
         finally:
             connection.close()
 
+    def gauge(self, name: str, **labels: str) -> float:
+        return metric(self.request("GET", "/metrics")[2], name, **labels)
+
     def post(self, path: str, body: Any) -> tuple[int, Any]:
         status, _, value = self.request("POST", path, body)
         return status, value
@@ -89,6 +93,22 @@ class Server:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+@contextlib.contextmanager
+def half_sent(server: Server) -> Iterator[tuple[socket.socket, bytes]]:
+    """A client that sent its headers and half its body: while its body is being read, a run about to start
+    waits for it (up to --max-wait-ms), which holds the requests of a test in the queue. Yields the socket and
+    the rest of its body."""
+    body = json.dumps({"inputs": "the [MASK] sat"}).encode()
+    client = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        client.sendall(b"POST /fill-mask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5]))
+        _until(lambda: server.gauge("mlm_export_requests_reading") == 1)
+        yield client, body[5:]
+    finally:
+        client.close()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -243,80 +263,90 @@ def test_metrics_count_requests_errors_and_batches(tiny_server: Server) -> None:
 # --- batching, back-pressure, timeouts ---
 
 def test_concurrent_requests_share_runs_and_get_their_own_answers(tiny_artifact: Path) -> None:
-    """Four requests queued together run as one batch (the first waits for the others: --max-wait-ms is long,
-    and the run closes as soon as it is full); each gets exactly its own answer."""
+    """Requests queued together run as one batch, and each gets exactly its own answer; a lone request on an
+    idle server does not wait for company."""
     from mlm_export import OnnxMaskFiller
 
     filler = OnnxMaskFiller.from_pretrained(tiny_artifact)
     texts = ["the [MASK] sat on the mat", "a [MASK]", ["the big [MASK] ran to the house", "[MASK] cat"], "red [MASK]"]
     with Server(tiny_artifact, "--max-batch-size", "5", "--max-wait-ms", "60000") as server:
+        status, alone = server.post("/fill-mask", {"inputs": "the [MASK]"})  # at once, though the wait is long
+        assert status == 200 and alone == json.loads(json.dumps(filler("the [MASK]")))
         answers: dict[int, Any] = {}
-        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, server.post(
-            "/fill-mask", {"inputs": texts[i], "parameters": {"top_k": 3}}))) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        with half_sent(server):  # the first request waits for the others; the run starts when 5 texts are in
+            threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, server.post(
+                "/fill-mask", {"inputs": texts[i], "parameters": {"top_k": 3}}))) for i in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
         for i, text in enumerate(texts):
             status, answer = answers[i]
-            assert status == 200
-            expected = filler(text, top_k=3)
-            assert _close(answer, expected)
+            assert status == 200 and _close(answer, filler(text, top_k=3))
         metrics = server.request("GET", "/metrics")[2]
-        assert metric(metrics, "mlm_export_batch_requests_count") == 1  # one run ...
-        assert metric(metrics, "mlm_export_batch_requests_sum") == 4    # ... of the four requests
+        assert metric(metrics, "mlm_export_batch_requests_count") == 2  # the lone request's run, and one ...
+        assert metric(metrics, "mlm_export_batch_requests_sum") == 5    # ... of the four requests
         assert server.stop()[0] == 0
 
 
 def test_a_full_queue_answers_503_with_retry_after(tiny_artifact: Path) -> None:
     with Server(tiny_artifact, "--max-queue", "1", "--max-wait-ms", "60000", "--timeout", "1") as server:
-        first: list[Any] = []
-        waiting = threading.Thread(target=lambda: first.append(server.post("/fill-mask", {"inputs": "the [MASK]"})))
-        waiting.start()
-        _until(lambda: metric(server.request("GET", "/metrics")[2], "mlm_export_queue_depth") == 1)
-        status, headers, error = server.request("POST", "/fill-mask", {"inputs": "a [MASK]",
-                                                                       "parameters": {"top_k": 2}})
-        assert status == 503 and headers["retry-after"] == "1" and error["error_type"] == "Overloaded"
-        waiting.join(timeout=120)
-        status, error = first[0]  # the first waited for company past --timeout: dropped, and told so
-        assert status == 503 and error["error_type"] == "Timeout" and "--timeout" in error["error"]
-        assert server.post("/fill-mask", {"inputs": "the [MASK]"})[0] == 503  # alone, it waits as long again
+        with half_sent(server):
+            first: list[Any] = []
+            waiting = threading.Thread(target=lambda: first.append(server.post("/fill-mask",
+                                                                              {"inputs": "the [MASK]"})))
+            waiting.start()
+            _until(lambda: server.gauge("mlm_export_queue_depth") == 1)
+            status, headers, error = server.request("POST", "/fill-mask", {"inputs": "a [MASK]",
+                                                                           "parameters": {"top_k": 2}})
+            assert status == 503 and headers["retry-after"] == "1" and error["error_type"] == "Overloaded"
+            waiting.join(timeout=120)
+            status, error = first[0]  # it waited for company past --timeout: dropped, and told so
+            assert status == 503 and error["error_type"] == "Timeout" and "--timeout" in error["error"]
+        assert server.post("/fill-mask", {"inputs": "the [MASK]"})[0] == 200  # nothing arriving: it runs at once
         assert server.stop()[0] == 0
 
 
 def test_a_client_that_goes_away_has_its_work_dropped(tiny_artifact: Path) -> None:
     with Server(tiny_artifact, "--max-wait-ms", "60000") as server:
-        body = json.dumps({"inputs": "the [MASK]"}).encode()
-        with socket.create_connection(("127.0.0.1", server.port)) as client:
-            client.sendall(b"POST /fill-mask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            _until(lambda: metric(server.request("GET", "/metrics")[2], "mlm_export_queue_depth") == 1)
-        _until(lambda: metric(server.request("GET", "/metrics")[2], "mlm_export_errors_total",
-                              endpoint="/fill-mask", error_type="ClientGone") == 1)
-        assert metric(server.request("GET", "/metrics")[2], "mlm_export_queue_depth") == 0
+        with half_sent(server) as (holder, _):
+            body = json.dumps({"inputs": "the [MASK]"}).encode()
+            with socket.create_connection(("127.0.0.1", server.port)) as client:
+                client.sendall(b"POST /fill-mask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                _until(lambda: server.gauge("mlm_export_queue_depth") == 1)
+            _until(lambda: server.gauge("mlm_export_errors_total", endpoint="/fill-mask", error_type="ClientGone") == 1)
+            assert server.gauge("mlm_export_queue_depth") == 0
+            holder.close()  # gone mid-body: not a server error either
+            _until(lambda: server.gauge("mlm_export_errors_total", endpoint="/fill-mask", error_type="ClientGone") == 2)
+        assert server.gauge("mlm_export_requests_total", endpoint="/fill-mask", status="500") == 0
         assert server.stop()[0] == 0
 
 
 # --- lifecycle ---
 
 def test_sigterm_finishes_accepted_requests_then_exits_0(tiny_artifact: Path) -> None:
-    """Three requests wait in the queue (for company: --max-wait-ms is long) when SIGTERM arrives: /health
-    turns 503, new connections are refused, all three are answered 200, and the process exits 0."""
-    with Server(tiny_artifact, "--max-wait-ms", "4000", "--max-batch-size", "64") as server:
+    """Three requests wait in the queue and a fourth is half-sent when SIGTERM arrives: /health turns 503,
+    new connections are refused, all four are answered 200, and the process exits 0."""
+    with Server(tiny_artifact, "--max-wait-ms", "60000", "--max-batch-size", "64") as server:
         answers: list[Any] = []
-        threads = [threading.Thread(target=lambda: answers.append(server.post(
-            "/fill-mask", {"inputs": "the [MASK] sat"}))) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        _until(lambda: metric(server.request("GET", "/metrics")[2], "mlm_export_queue_depth") == 3)
-        server.process.send_signal(signal.SIGTERM)
-        _until(lambda: _refused(server.port))
-        for thread in threads:
-            thread.join(timeout=120)
+        with half_sent(server) as (holder, rest):
+            threads = [threading.Thread(target=lambda: answers.append(server.post(
+                "/fill-mask", {"inputs": "the [MASK] sat"}))) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            _until(lambda: server.gauge("mlm_export_queue_depth") == 3)
+            server.process.send_signal(signal.SIGTERM)
+            _until(lambda: _refused(server.port))
+            holder.sendall(rest)
+            reply = holder.makefile("rb").readline()
+            for thread in threads:
+                thread.join(timeout=120)
         code, stderr = server.stop()
+    assert reply.startswith(b"HTTP/1.1 200")
     assert [status for status, _ in answers] == [200, 200, 200]
     assert code == 0, stderr
-    assert "SIGTERM: finishing 3 accepted request(s)" in stderr
+    assert "SIGTERM: finishing 4 accepted request(s)" in stderr
 
 
 def test_serve_usage_and_startup_errors(tiny_artifact: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -131,7 +131,7 @@ def _inference(state: ServerState, endpoint: str) -> Callable[[Request], Awaitab
         error_type = ""
         try:
             response = await _answer(request)
-        except ClientGone:
+        except (ClientGone, ClientDisconnect):
             response, error_type = Response(status_code=499), "ClientGone"  # nginx's "client closed request"
         except asyncio.CancelledError:
             state.cut += 1
@@ -151,17 +151,21 @@ def _inference(state: ServerState, endpoint: str) -> Callable[[Request], Awaitab
         why = service.serves(endpoint)
         if why is not None:
             raise ClientError(404, "NotFound", why)
-        body = await _read_body(request, options.max_body_bytes)
+        state.batcher.arriving()  # a run about to start may wait for this request
         try:
-            data = json.loads(body, parse_constant=_not_json)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            raise ClientError(400, "InvalidJSON", f"the body is not valid JSON: {exc}") from None
-        parsed = parse(data, options.max_inputs)
-        work = service.work(parsed)
-        loop = asyncio.get_running_loop()
-        job = Job(work.key, work.parts, service.assemble(work, parsed), work.size, work.limit, loop.create_future(),
-                  loop)
-        state.batcher.submit(job)
+            body = await _read_body(request, options.max_body_bytes)
+            try:
+                data = json.loads(body, parse_constant=_not_json)
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                raise ClientError(400, "InvalidJSON", f"the body is not valid JSON: {exc}") from None
+            parsed = parse(data, options.max_inputs)
+            work = service.work(parsed)
+            loop = asyncio.get_running_loop()
+            job = Job(work.key, work.parts, service.assemble(work, parsed), work.size, work.limit,
+                      loop.create_future(), loop)
+            state.batcher.submit(job)
+        finally:
+            state.batcher.arrived()
         result = await _wait(state, job, request)
         variant, provider = service.served_by(endpoint)
         return JSONResponse(result, headers={"x-mlm-export-variant": variant, "x-mlm-export-provider": provider})

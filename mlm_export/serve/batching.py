@@ -1,9 +1,10 @@
 """`Batcher`: dynamic batching on one inference worker thread.
 
-Requests wait in one queue as `Job`s. The worker takes the oldest job, lets it wait up to `max_wait_ms`
-for others with the same key (same endpoint and parameters) to fill a run of `max_batch_size` texts, and
-runs them together; the task classes then sort the texts of a run by length. One worker runs one
-session whose intra-op threads are the server's `--threads`: the cores are never oversubscribed by a
+Requests wait in one queue as `Job`s. The worker takes the oldest job and runs it together with the
+queued jobs of the same key (same endpoint and parameters), up to `max_batch_size` texts; the task
+classes then sort the texts of a run by length. While other requests are still being read by the HTTP
+side, the oldest job waits for them, up to `max_wait_ms`; a lone request on an idle server runs at once.
+One worker runs one session whose intra-op threads are the server's `--threads`: the cores are never oversubscribed by a
 thread per request, and a run's cost is spread over all of them.
 
 Fairness: a job is made of parts (a `/score` request: one part per text, since each text's masked copies
@@ -101,6 +102,7 @@ class Batcher:
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._arriving = 0  # requests the HTTP side is reading, not yet submitted
         self._thread = threading.Thread(target=self._work, name="mlm-export-inference", daemon=True)
 
     def start(self) -> None:
@@ -118,6 +120,19 @@ class Batcher:
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    def arriving(self) -> None:
+        """A request started arriving (its body is being read): a run about to start may wait for it."""
+        with self._cond:
+            self._arriving += 1
+            self.metrics.arriving.set(self._arriving)
+
+    def arrived(self) -> None:
+        """The request announced by `arriving` was submitted, or will not be (it was refused)."""
+        with self._cond:
+            self._arriving -= 1
+            self.metrics.arriving.set(self._arriving)
+            self._cond.notify()
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -159,19 +174,21 @@ class Batcher:
                     self.metrics.queue_depth.set(len(self._queue))
 
     def _wait_for_company(self) -> None:
-        """Let the oldest live job wait up to max_wait for others of its key to fill its run (lock held)."""
+        """Let the oldest live job wait for others of its key to fill its run (lock held), but only while
+        requests are still arriving, and for at most max_wait: a lone request on an idle server runs at
+        once, and under load the queue fills while the previous run computes."""
         while self._queue and not self._closed:
             head = self._queue[0]
             if head.cancelled:
                 self._queue.popleft()
                 continue
-            if head.limit <= head.size:
-                return  # its run cannot hold more
+            if head.limit <= head.size or self._arriving <= 0:
+                return  # its run cannot hold more, or no one else is coming
             queued = sum((len(j.parts) - j.taken) * j.size for j in self._queue if j.key == head.key)
             remaining = head.enqueued + self.max_wait - time.monotonic()
             if queued >= head.limit or remaining <= 0:
                 return
-            self._cond.wait(remaining)  # woken by a new job or a cancelled one
+            self._cond.wait(remaining)  # woken by a new job, a cancelled one, or one that will not come
 
     def _take(self) -> tuple[Hashable, list[tuple[Job, int]], list[Job]]:
         """The next run: parts of the oldest live job, then of later jobs with its key, up to its limit; and the

@@ -22,6 +22,8 @@ class Metrics:
                                  "answer, by endpoint", ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("mlm_export_queue_depth", "Requests waiting for the inference worker",
                                  registry=self.registry)
+        self.arriving = Gauge("mlm_export_requests_reading", "Requests whose body is being read (a run about to "
+                              "start waits for them, up to --max-wait-ms)", registry=self.registry)
         self.batch_size = Histogram("mlm_export_batch_size", "Texts per inference run, across requests",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.batch_requests = Histogram("mlm_export_batch_requests", "Requests sharing one inference run",
