@@ -216,3 +216,31 @@ def test_latency_script_times_every_variant(tiny_variants: Path, tmp_path: Path)
     assert {r["variant"] for r in rows} == {"fp32", "fp16", "int8"}
     assert all(r["median_ms"] > 0 and r["batch"] == 2 for r in rows)
     assert next(r for r in rows if r["variant"] == "fp32")["ratio_to_fp32"] == 1.0
+
+
+def test_serve_load_test_drives_both_servers_and_reports_the_targets(antiberty_export: object,
+                                                                     tmp_path: Path) -> None:
+    """`python -m benchmarks.serve`, a few requests per level: every request of both servers answered, the RSS
+    phase run, each target computed (the figures themselves are the benchmark's, not the test's)."""
+    out = tmp_path / "serve.json"
+    artifact = str(antiberty_export.path)  # type: ignore[attr-defined]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.serve", "--models", "antiberty", "--antiberty-artifact",
+                           artifact, "--concurrency", "1,3", "--requests", "6", "--warmup", "1", "--threads", "1",
+                           "--rss-requests", "12", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    entry = document["models"]["antiberty"]
+    for server in ("ours", "peer"):
+        levels = entry["servers"][server]["levels"]
+        assert sorted(levels) == ["1", "3"]
+        for level in levels.values():
+            assert level["ok"] == level["sent"] >= 6 and level["errors"] == {} and level["p50_ms"] > 0
+    from mlm_export import OnnxMaskFiller
+
+    default = OnnxMaskFiller.from_pretrained(artifact, threads=1)  # the policy table's choice on this CPU
+    assert entry["servers"]["ours"]["served"] == {"fill-mask": {"variant": default.variant,
+                                                                "provider": default.provider}}
+    assert entry["rss"]["ours"]["ok"] == 12 and entry["rss"]["ours"]["rss_mb_last"] > 0
+    assert set(entry["checks"]) >= {"c16_no_errors", "c16_rps_ge_3x_peer", "rss_within_10pct"}
+    assert document["machine"]["cpu"] and "CPU:" in done.stdout
