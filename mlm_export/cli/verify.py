@@ -9,7 +9,7 @@ import click
 
 from ..errors import ConfigError, GraphCheckError, ParityError
 from ..runtime.threads import max_threads
-from ._common import command, common_options, quiet_option, key_file, providers_choice, _out
+from ._common import command, common_options, quiet_option, key_file, verify_providers_choice, _out
 
 
 @command("verify")
@@ -20,7 +20,7 @@ from ._common import command, common_options, quiet_option, key_file, providers_
 @click.option("--source", help="Model to compare against, if not the one recorded in the manifest.")
 @click.option("--probe-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Realistic probe texts, one per line (UTF-8), used instead of the packaged set.")
-@click.option("--providers", type=providers_choice, default=None,
+@click.option("--providers", type=verify_providers_choice, default=None,
               help="cpu, cuda or auto [cpu; auto with --integrity] (int8 is judged on the CPU, bf16 on OpenVINO, "
                    "whatever this says).")
 @click.option("--threads", type=click.IntRange(1, max_threads()), help="Inference threads (--integrity).")
@@ -44,9 +44,6 @@ def verify_command(directory: Path, integrity: bool, source: str | None, probe_f
             raise GraphCheckError(f"integrity check failed: {failed}", checked.to_dict())
         _out().result("integrity", checked.to_dict(), checked.summary())
         return
-    if providers == "openvino":
-        raise click.BadParameter("verify judges the bf16 variant on OpenVINO by itself; pass cpu, cuda or auto",
-                                 param_hint="--providers")
     if threads is not None:
         raise ConfigError("--threads applies to --integrity; parity runs take MLM_EXPORT_THREADS")
     from ..verify import read_probe_file, verify_artifact
