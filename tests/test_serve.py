@@ -154,10 +154,15 @@ def test_fill_mask_and_score_answer_as_the_library_does(antiberty_export: Any) -
         assert status == 200 and rows == [row.to_dict() for row in filler.score([chain, chain[:30]], per_token=True)]
         status, row = server.post("/score", {"inputs": chain, "parameters": {"reduction": "mean"}})
         assert status == 200 and row == filler.score(chain, reduction="mean").to_dict()
-        mutations = ["E1Q", "V2A:Q3E", "G8S"]
-        status, scored = server.post("/variants", {"inputs": {"wild_type": chain, "mutations": mutations}})
-        assert status == 200
-        assert scored == [{"mutant": m, "score": s} for m, s in zip(mutations, filler.score_variants(chain, mutations))]
+        mutations = ["E1Q", "V2A:Q3E", "G8S", "Q3E:V2A"]  # the last is the second, written the other way round
+        for method in ("masked-marginal", "wt-marginal", "pll-delta"):  # pll-delta: one PLL per turn of the worker
+            status, scored = server.post("/variants", {"inputs": {"wild_type": chain, "mutations": mutations},
+                                                       "parameters": {"method": method}})
+            assert status == 200
+            expected = filler.score_variants(chain, mutations, method=method)
+            assert scored == [{"mutant": m, "score": s} for m, s in zip(mutations, expected)]
+        status, error = server.post("/variants", {"inputs": {"wild_type": chain, "mutations": ["A1G"]}})
+        assert status == 422 and "A1G" in error["error"]  # the wild type has E at 1: refused before it runs
         status, _, info = server.request("GET", "/info")
         assert info["tasks"] == {"fill-mask": {"variant": filler.variant, "provider": filler.provider}}
         assert info["endpoints"] == ["/fill-mask", "/score", "/variants"] and info["model_id"] == "antiberty"
@@ -384,7 +389,7 @@ def test_a_long_score_request_does_not_starve_later_requests() -> None:
 
     async def main() -> tuple[Any, Any]:
         loop = asyncio.get_running_loop()
-        batcher = Batcher(execute, max_batch_size=8, max_wait_ms=0, max_queue=10, metrics=Metrics())
+        batcher = Batcher(execute, max_wait_ms=0, max_queue=10, metrics=Metrics())
         big = Job(("score",), [f"big{i}" for i in range(5)], list, 1, 1, loop.create_future(), loop)
         small = Job(("fill-mask", 5), ["small"], lambda r: r[0], 1, 8, loop.create_future(), loop)
         batcher.submit(big)

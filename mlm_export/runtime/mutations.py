@@ -247,32 +247,35 @@ class MutationScorer:
                     advance: Callable[[int], None] | None) -> list[float]:
         """PLL(mutant) - PLL(wild type): a PLL per distinct mutant (L masked copies each), sums over every
         scored token with the softmax over the whole vocabulary."""
-        def pll(ids: list[int]) -> float:
-            return float(self.scorer.masked_log_probs(ids, wild_type.indices, None, False, copies_per_run,
-                                                      advance).sum())
-
-        base = pll(wild_type.ids)
+        base = self.pll(wild_type, None, copies_per_run, advance)
         done: dict[tuple[tuple[int, int], ...], float] = {}
         deltas = []
         for mutant in mutants:
-            key = self._key(mutant)
+            key = self.key(mutant)
             if key not in done:
-                ids = list(wild_type.ids)
-                for index, token in key:
-                    ids[wild_type.indices[index]] = token
-                done[key] = pll(ids) - base
+                done[key] = self.pll(wild_type, mutant, copies_per_run, advance) - base
             deltas.append(done[key])
         return deltas
+
+    def pll(self, wild_type: WildType, mutant: Mutant | None = None, copies_per_run: int | None = None,
+            advance: Callable[[int], None] | None = None) -> float:
+        """The PLL of the wild type, or of one mutant of it, over the wild type's own tokens (what PLL delta
+        subtracts; the server runs them one at a time, so a long list cannot hold its worker for minutes)."""
+        ids = list(wild_type.ids)
+        for index, token in () if mutant is None else self.key(mutant):
+            ids[wild_type.indices[index]] = token
+        copies = self.scorer.copies_per_run(len(ids)) if copies_per_run is None else copies_per_run
+        return float(self.scorer.masked_log_probs(ids, wild_type.indices, None, False, copies, advance).sum())
 
     def copies(self, wild_type: WildType, mutants: Sequence[Mutant], methods: Sequence[str]) -> int:
         """How many masked copies `score` runs: what a progress bar counts (wt-marginal's one pass is free)."""
         n = len(wild_type)
         total = n if "masked-marginal" in methods else 0
         if "pll-delta" in methods:
-            total += n * (len({self._key(m) for m in mutants}) + 1)
+            total += n * (len({self.key(m) for m in mutants}) + 1)
         return total
 
-    def _key(self, mutant: Mutant) -> tuple[tuple[int, int], ...]:
+    def key(self, mutant: Mutant) -> tuple[tuple[int, int], ...]:
         """What a mutant changes, whatever the order it was written in: its PLL is computed once."""
         return tuple(sorted((s.index, self.alphabet_ids[s.mt]) for s in mutant.substitutions))
 

@@ -85,7 +85,7 @@ def create_app(service: Service, options: ServeOptions, metrics: Metrics | None 
     metrics = metrics or Metrics()
     for task, model in service.models.items():
         metrics.info.labels(service.artifact.manifest.name, task, model.variant, model.provider).set(1)
-    batcher = Batcher(service.execute, options.max_batch_size, options.max_wait_ms, options.max_queue, metrics)
+    batcher = Batcher(service.execute, options.max_wait_ms, options.max_queue, metrics)
     state = ServerState(service, batcher, metrics, options)
 
     @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -72,7 +73,7 @@ class Job:
             return
         if isinstance(outcome, BaseException):
             self.cancelled = True  # its other parts need not run
-            self.loop.call_soon_threadsafe(self._settle, None, outcome)
+            self._answer(None, outcome)
             return
         self.results[index] = outcome
         self._done += 1
@@ -80,9 +81,13 @@ class Job:
             try:
                 answer = self.assemble(self.results)
             except Exception as exc:  # noqa: BLE001 - delivered to the request, which reports it
-                self.loop.call_soon_threadsafe(self._settle, None, exc)
+                self._answer(None, exc)
                 return
-            self.loop.call_soon_threadsafe(self._settle, answer, None)
+            self._answer(answer, None)
+
+    def _answer(self, value: Any, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop is gone: a shutdown forced by a second Ctrl-C
+            self.loop.call_soon_threadsafe(self._settle, value, error)
 
 
 # runs one batch: the parts (all of one key), in order; returns one outcome per part, a value or an exception
@@ -92,10 +97,8 @@ Execute = Callable[[Hashable, list[Any]], list[Any]]
 class Batcher:
     """The queue and its worker thread. `submit` is called from the event loop, the rest runs on the worker."""
 
-    def __init__(self, execute: Execute, max_batch_size: int, max_wait_ms: float, max_queue: int,
-                 metrics: Metrics) -> None:
+    def __init__(self, execute: Execute, max_wait_ms: float, max_queue: int, metrics: Metrics) -> None:
         self.execute = execute
-        self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.metrics = metrics

@@ -19,6 +19,7 @@ from ..errors import ConfigError, InputError
 from ..manifest import FILL_MASK
 from ..runtime.embed import Embedder
 from ..runtime.graph import LoadedGraph
+from ..runtime.mutations import Mutant, MutationScorer, WildType
 from ..runtime.predictor import OnnxMaskFiller
 from ..runtime.scoring import DEFAULT_COPIES_PER_RUN, PLLScore, ScoreOptions, Scorer
 from ..runtime.sparse import SparseEncoder
@@ -37,6 +38,18 @@ class ScorePart:
 
     request: ScoreRequest
     index: int
+
+
+@dataclass(frozen=True)
+class VariantsPart:
+    """A `/variants` request, parsed: all of it for the marginals (one PLL's cost, however many mutations), or
+    for PLL delta one sequence's PLL (`mutant` None: the wild type's), so a long list runs one PLL per turn."""
+
+    request: VariantsRequest
+    scorer: MutationScorer
+    wild_type: WildType
+    mutants: tuple[Mutant, ...]
+    mutant: Mutant | None = None
 
 
 @dataclass(frozen=True)
@@ -118,14 +131,37 @@ class Service:
             return Work(("sparse", request.truncate, request.top_k, request.threshold), [request], len(request.texts),
                         batch, True)
         if isinstance(request, VariantsRequest):
-            return Work(("variants", next(self._variants_ids)), [request], 1, 1, True)
+            return self._variants_work(request)
         raise TypeError(f"no work for {type(request).__name__}")
+
+    def _variants_work(self, request: VariantsRequest) -> Work:
+        """The request parsed and checked here (a wrong wild-type letter is a 422 before anything runs)."""
+        assert self.scorer is not None
+        if request.method == "wt-marginal" and "score_positions" not in self.scorer.graph.input_names:
+            raise InputError(f"wt-marginal needs the head at unmasked positions, which the {self.scorer.graph.name} "
+                             "graph lacks (artifacts before format 6): use masked-marginal, or re-export")
+        scorer = MutationScorer(self.scorer, request.alphabet)
+        wild_type = scorer.wild_type(request.wild_type)
+        mutants = tuple(scorer.parse(wild_type, request.mutations, request.offset))
+        key = ("variants", next(self._variants_ids))
+        whole = VariantsPart(request, scorer, wild_type, mutants)
+        if request.method != "pll-delta":
+            return Work(key, [whole], 1, 1, True)
+        distinct = list({scorer.key(m): m for m in mutants}.values())
+        parts = [whole] + [VariantsPart(request, scorer, wild_type, mutants, m) for m in distinct]
+        return Work(key, parts, 1, 1, False)
 
     @staticmethod
     def assemble(work: Work, request: Any) -> Any:
         def answer(results: list[Any]) -> Any:
             if work.single:
                 return results[0]
+            if isinstance(request, VariantsRequest):  # PLL delta: the wild type's PLL, then each mutant's
+                part: VariantsPart = work.parts[0]
+                plls = {part.scorer.key(p.mutant): pll for p, pll in zip(work.parts[1:], results[1:])
+                        if p.mutant is not None}
+                return [{"mutant": name, "score": plls[part.scorer.key(m)] - results[0]}
+                        for name, m in zip(request.mutations, part.mutants)]
             return results[0] if isinstance(request, ScoreRequest) and isinstance(request.inputs, str) else results
         return answer
 
@@ -213,14 +249,11 @@ class Service:
                             for row in mine])
         return out
 
-    def _variants(self, request: VariantsRequest) -> Any:
-        assert self.filler is not None
-        try:
-            scores = self.filler.score_variants(request.wild_type, request.mutations, request.method, request.offset,
-                                                request.alphabet)
-        except InputError as exc:
-            return exc
-        return [{"mutant": m, "score": s} for m, s in zip(request.mutations, scores)]
+    def _variants(self, part: VariantsPart) -> Any:
+        if part.request.method == "pll-delta":
+            return part.scorer.pll(part.wild_type, part.mutant)
+        scores = part.scorer.score(part.wild_type, part.mutants, [part.request.method])[part.request.method]
+        return [{"mutant": m, "score": s} for m, s in zip(part.request.mutations, scores)]
 
 
 def _variant_for(artifact: Artifact, task: str, variant: str | None, tasks: Sequence[str]) -> str | None:
