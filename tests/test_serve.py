@@ -161,6 +161,8 @@ def test_fill_mask_and_score_answer_as_the_library_does(antiberty_export: Any) -
             assert status == 200
             expected = filler.score_variants(chain, mutations, method=method)
             assert scored == [{"mutant": m, "score": s} for m, s in zip(mutations, expected)]
+        status, error = server.post("/fill-mask", {"inputs": ["[MASK]" * 510] * 40, "parameters": {"top_k": 25}})
+        assert status == 413 and "1601 MB" in error["error"]  # each candidate carries its filled-in text: refused
         status, error = server.post("/variants", {"inputs": {"wild_type": chain, "mutations": ["A1G"]}})
         assert status == 422 and "A1G" in error["error"]  # the wild type has E at 1: refused before it runs
         status, _, info = server.request("GET", "/info")

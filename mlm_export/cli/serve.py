@@ -59,9 +59,8 @@ def serve_command(directory: Path, host: str, port: int, variant: str | None, pr
     options = ServeOptions(host, port, variant, providers, threads, max_batch_size, max_wait_ms, max_queue,
                            max_body_bytes, max_inputs, timeout, grace_period)
 
-    def ready(url: str, service: Service) -> None:
-        if not quiet:
-            served = "; ".join(f"{task}: {m.variant} on {m.provider}" for task, m in service.models.items())
-            click.echo(f"mlm-export: serving {directory} ({served}) at {url}", err=True)
+    def ready(url: str, service: Service) -> None:  # also under -q: with --port 0 it is how the port is known
+        served = "; ".join(f"{task}: {m.variant} on {m.provider}" for task, m in service.models.items())
+        click.echo(f"mlm-export: serving {directory} ({served}) at {url}", err=True)
 
     run_server(directory, options, public_key=key, on_ready=ready)

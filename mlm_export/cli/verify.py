@@ -41,7 +41,8 @@ def verify_command(directory: Path, integrity: bool, source: str | None, probe_f
             if not as_json:
                 _out().echo(checked.summary())
             failed = ", ".join(g.name for g in checked.graphs if not g.passed)
-            raise GraphCheckError(f"integrity check failed: {failed}", checked.to_dict())
+            why = failed or "no graph can be loaded on this box (every one skipped: its backend is not installed)"
+            raise GraphCheckError(f"integrity check failed: {why}", checked.to_dict())
         _out().result("integrity", checked.to_dict(), checked.summary())
         return
     if threads is not None:

@@ -4,7 +4,8 @@ Errors follow text-embeddings-inference: `{"error": message, "error_type": type}
 4xx, never a 500: malformed JSON 400, an input the library refuses 422 (its `InputError` message), a body
 over `--max-body-bytes` or more than `--max-inputs` texts 413, an unknown endpoint 404; a full queue, a
 request past `--timeout` and a server draining for shutdown are 503 with `Retry-After`. Every answer names
-the variant and provider that computed it in `x-mlm-export-variant` and `x-mlm-export-provider`.
+the variant and provider that computed it in `x-mlm-export-variant` and `x-mlm-export-provider` (every
+successful answer).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .service import Service
 log = logging.getLogger("mlm_export")
 
 RETRY_AFTER = "1"  # seconds: a batch run is milliseconds to seconds
+BODY_SECONDS = 10  # a body not read by then is answered 408: a stalled upload must not hold runs or a shutdown
 PARSERS: dict[str, Callable[[object, int], Any]] = {
     "/fill-mask": parse_fill_mask, "/score": parse_score, "/variants": parse_variants,
     "/embed": parse_embed, "/embed_sparse": parse_sparse}
@@ -153,7 +155,10 @@ def _inference(state: ServerState, endpoint: str) -> Callable[[Request], Awaitab
             raise ClientError(404, "NotFound", why)
         state.batcher.arriving()  # a run about to start may wait for this request
         try:
-            body = await _read_body(request, options.max_body_bytes)
+            try:
+                body = await asyncio.wait_for(_read_body(request, options.max_body_bytes), BODY_SECONDS)
+            except asyncio.TimeoutError:
+                raise ClientError(408, "RequestTimeout", f"the body did not arrive within {BODY_SECONDS} s") from None
             try:
                 data = json.loads(body, parse_constant=_not_json)
             except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -180,13 +185,10 @@ def _not_json(name: str) -> Any:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `limit`: by its Content-Length before any
     of it is read, else while it streams in. What the client still sends is read and dropped by the server."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise ClientError(400, "InvalidRequest", f"Content-Length {length[:40]!r} is not a number")
-        if int(length) > limit:
-            raise ClientError(413, "PayloadTooLarge", f"the body is {int(length)} bytes; this server takes at most "
-                              f"{limit} (--max-body-bytes)")
+    length = request.headers.get("content-length")  # a malformed one never gets here: uvicorn answers it 400
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ClientError(413, "PayloadTooLarge", f"the body is {int(length)} bytes; this server takes at most "
+                          f"{limit} (--max-body-bytes)")
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
@@ -216,8 +218,8 @@ async def _wait(state: ServerState, job: Job, request: Request) -> Any:
     if grace_over in done:
         state.expired += 1
         raise ClientError(503, "Unavailable", f"the server is shutting down and its grace period "
-                          f"({state.options.grace_period:g} s, --grace-period) ran out before this request's turn; "
-                          "retry on another instance")
+                          f"({state.options.grace_period:g} s, --grace-period) ran out before this request was "
+                          "answered; retry on another instance")
     raise ClientError(503, "Timeout", f"the request was not answered within {state.options.timeout:g} s (--timeout); "
                       "its work was dropped. Retry, or split it")
 

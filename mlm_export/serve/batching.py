@@ -112,10 +112,13 @@ class Batcher:
         self._thread.start()
 
     def close(self) -> None:
-        """Take no more jobs; the worker finishes those queued (none are, once the server has drained), then
-        stops. Waits for its current run: the process must not exit while ONNX Runtime runs in a thread."""
+        """Take no more jobs and drop those queued (once the server has drained, or been forced to stop, no request
+        waits for them); waits for the run in progress: the process must not exit while ONNX Runtime runs."""
         with self._cond:
             self._closed = True
+            for job in self._queue:  # by now every request was answered or cut: nobody reads these
+                job.cancelled = True
+            self._queue.clear()
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join()

@@ -2,15 +2,17 @@
 
 Shutdown: on SIGTERM or SIGINT the listening socket closes (new connections are refused), idle
 keep-alive connections close, `/health` and any request that still arrives on an open connection get
-503, and every accepted request is finished. The process then exits 0. A request still waiting when
-the grace period is about to run out is answered 503 (Retry-After) and its work dropped, so none is
-cut without an answer; only a second SIGINT, or a single run longer than the grace period, cuts
-requests, and then the exit code is 1 (`ServeError`).
+503, and every accepted request is finished. The process then exits 0. A request still unanswered when
+the grace period is about to run out is answered 503 (Retry-After) and its queued work dropped, so none
+is cut without an answer; the process then waits for the run in progress (ONNX Runtime cannot stop
+mid-run), which a single very long `/score` text can stretch past the grace period. A second SIGINT
+cuts what is left at once; the exit code is then 1 (`ServeError`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -61,7 +63,8 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                         + (" (another server holds it: pick another --port)" if exc.errno == 98 else "")) from exc
+                         + (" (another server holds it: pick another --port)" if exc.errno == errno.EADDRINUSE
+                            else "")) from exc
     sock.set_inheritable(True)
     return sock
 
@@ -87,8 +90,8 @@ def run_server(directory: str | Path, options: ServeOptions, public_key: Any = N
         log.warning("the grace period (%g s) ran out: %d request(s) were answered 503 instead", options.grace_period,
                     state.expired)
     if state.cut:
-        raise ServeError(f"the shutdown's grace period ({options.grace_period:g} s) ran out: {state.cut} accepted "
-                         "request(s) were cut; raise --grace-period")
+        raise ServeError(f"the shutdown cut {state.cut} accepted request(s): a second SIGINT, or a run longer than "
+                         f"the grace period ({options.grace_period:g} s; --grace-period)")
     if server.started is False and not server.should_exit:
         raise ServeError("the server stopped before it started; see the messages above")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..artifact.handle import Artifact
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, MlmExportError
 from ..manifest import FILL_MASK
 from ..runtime.embed import Embedder
 from ..runtime.graph import LoadedGraph
@@ -26,8 +26,9 @@ from ..runtime.sparse import SparseEncoder
 from ..runtime.tasks import TaskModel
 from ..verify.integrity import GraphCheck, require_passed, smoke_graph, IntegrityReport
 from .options import ServeOptions
-from .requests import EmbedRequest, FillMaskRequest, ScoreRequest, SparseRequest, VariantsRequest
+from .requests import EmbedRequest, FillMaskRequest, ScoreRequest, SparseRequest, TooManyInputs, VariantsRequest
 
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a fill-mask answer's JSON, estimated before the request runs
 ENDPOINT_TASKS = {"/fill-mask": FILL_MASK, "/score": FILL_MASK, "/variants": FILL_MASK,
                   "/embed": "embed", "/embed_sparse": "sparse"}
 
@@ -94,7 +95,11 @@ class Service:
             graph = LoadedGraph.open_task(artifact, task, _variant_for(artifact, task, options.variant, tasks),
                                           options.providers, options.threads)
             models[task] = _model(task, graph, tokenizer, options.max_batch_size)
-            checks.append(GraphCheck(graph.name, task, graph.provider, smoke_graph(graph, tokenizer),
+            try:
+                smoke, error = smoke_graph(graph, tokenizer), None
+            except MlmExportError as exc:
+                smoke, error = None, f"{type(exc).__name__}: {exc}"
+            checks.append(GraphCheck(graph.name, task, graph.provider, smoke, error,
                                      seconds=time.perf_counter() - start))
         require_passed(IntegrityReport(str(artifact.path), len(artifact.present.files), None, tuple(checks)))
         return cls(artifact, models, checks, options)
@@ -121,8 +126,15 @@ class Service:
         """How a parsed request is queued."""
         batch = self.options.max_batch_size
         if isinstance(request, FillMaskRequest):
+            self._check_answer_size(request)
             return Work(("fill-mask", request.top_k, request.targets), [request], len(request.texts), batch, True)
         if isinstance(request, ScoreRequest):
+            assert self.scorer is not None
+            for i, text in enumerate(request.texts):  # the cheap checks now, not at each text's turn
+                try:
+                    self.scorer.encode(text)
+                except InputError as exc:
+                    raise InputError(f"input {i}: {exc}") from None
             parts = [ScorePart(request, i) for i in range(len(request.texts))]
             return Work(("score", request.reduction, request.exclude_special, request.per_token), parts, 1, 1, False)
         if isinstance(request, EmbedRequest):
@@ -150,6 +162,17 @@ class Service:
         distinct = list({scorer.key(m): m for m in mutants}.values())
         parts = [whole] + [VariantsPart(request, scorer, wild_type, mutants, m) for m in distinct]
         return Work(key, parts, 1, 1, False)
+
+    def _check_answer_size(self, request: FillMaskRequest) -> None:
+        """Each candidate carries its filled-in sequence: 40 texts of 510 masks at top_k 25 would answer 1.6 GB. A
+        request whose answer would pass MAX_ANSWER_BYTES is refused (413) before it runs."""
+        assert self.filler is not None
+        candidates = min(request.top_k, self.filler.vocab_size) if request.targets is None else len(request.targets)
+        size = sum(text.count(self.filler.mask_token) * candidates * (len(text) + 80) for text in request.texts)
+        if size > MAX_ANSWER_BYTES:
+            raise TooManyInputs(f"the answer would be about {size / 1e6:.0f} MB ({candidates} candidates per mask, "
+                                f"each with its filled-in text); this server answers at most "
+                                f"{MAX_ANSWER_BYTES / 1e6:.0f} MB: ask for a smaller top_k, fewer masks or fewer texts")
 
     @staticmethod
     def assemble(work: Work, request: Any) -> Any:

@@ -66,7 +66,8 @@ class IntegrityReport:
 
     @property
     def passed(self) -> bool:
-        return all(g.passed for g in self.graphs)
+        """Every graph loaded and answered, and at least one did (a box that can load none cannot serve)."""
+        return all(g.passed for g in self.graphs) and any(g.skipped is None for g in self.graphs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"directory": self.directory, "passed": self.passed, "files": self.files,
