@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
     two-thread sessions in two workers would fight over two cores. A Ray instance a test starts gets no
     idle workers either: on 2 cores they slowed each Ray test's start several times over."""
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    # tuning records (`mlm-export tune`) in a cache of the run's own: the developer's never change a default here
+    os.environ["MLM_EXPORT_CACHE"] = tempfile.mkdtemp(prefix="mlm-export-test-cache-")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["MLM_EXPORT_THREADS"] = "1"
         os.environ["OMP_NUM_THREADS"] = "1"  # for the CLI subprocesses the tests start; torch here:
@@ -115,6 +118,25 @@ def _save_tiny_bert(directory: Path, vocab: list[str] | None, vocab_size: int, s
         (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
         (directory / "tokenizer_config.json").write_text('{"do_lower_case": true}')
     return directory
+
+
+def whole_fill_mask_graph(source: Path, out: Path, layers: int = 2) -> Path:
+    """A tiny BERT's fill-mask graph as fusion writes it: what the pipeline converts to fp16 and int8 before
+    the head-rows pass runs the last layer at the masks only (so calibration sees every position)."""
+    from transformers import BertForMaskedLM
+
+    from mlm_export.exporter.trace import export_fill_mask
+    from mlm_export.families import FAMILIES
+    from mlm_export.passes.fuse import fuse
+
+    model = BertForMaskedLM.from_pretrained(source).eval()
+    family = FAMILIES["bert"]
+    raw = out.with_name(out.stem + ".raw.onnx")
+    export_fill_mask(model, family, raw, 17, SPECIALS.index("[MASK]"), tuple(range(len(SPECIALS))))
+    fuse(raw, out, num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size,
+         num_layers=layers, mode=family.attention, allow_unfused=False)
+    raw.unlink()
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from conftest import SPECIALS, WORDS, fewer_realistic_probes
+from conftest import SPECIALS, WORDS, fewer_realistic_probes, whole_fill_mask_graph
 from mlm_export import ExportError, OnnxMaskFiller, ProviderError
 from mlm_export.artifact import sha256_file
 from mlm_export.manifest import read_manifest
@@ -174,7 +174,6 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
     from transformers import BertForMaskedLM
 
     from conftest import _save_tiny_bert
-    from mlm_export import export_model
     from mlm_export.passes.int8 import distinct_recipe, find_int8_recipe
 
     vocab = SPECIALS + WORDS
@@ -186,8 +185,8 @@ def test_top2_makes_block_wise_the_ffn2_of_the_layers_with_the_heaviest_tailed_g
             dense.weight[5].zero_()
             dense.bias[5] = level
     model.save_pretrained(source)
-    artifact = export_model(ExportConfig(str(source), out=tmp_path / "art")).path
-    fp32 = artifact / "fill_mask.fp32.onnx"
+    # the graph the pipeline quantizes: whole (the artifact's runs its last FFN at the masks only)
+    fp32 = whole_fill_mask_graph(source, tmp_path / "fill_mask.fp32.onnx", layers=4)
     recipe = find_int8_recipe("dynamic-ffn2-blockwise-top2")
     assert distinct_recipe(fp32, recipe)  # 4 FFN2s, 2 picked: not the same graph as dynamic-ffn2-blockwise
     rows = _calibration_rows(len(vocab))

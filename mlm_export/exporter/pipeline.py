@@ -46,6 +46,7 @@ from ..verify import (
 )
 from ..passes.fp16 import to_fp16
 from ..passes.fuse import FusionReport, fuse, fused_op_counts
+from ..passes.head_rows import gather_head_rows
 from ..passes.graph_file import data_path, initializer_bytes, load_graph, save_graph, uses_external_data
 from ..passes.int8 import (
     HEAD_BLOCKWISE,
@@ -127,6 +128,8 @@ def export_model(config: ExportConfig) -> ExportResult:
         if config.int8 and "fp32" in manifest.graphs:
             manifest, fill_judged = _int8(manifest, harness, config, tmp)
             judged |= fill_judged
+        if "fp32" in manifest.graphs:  # last: fp16 and int8 were converted from the whole fp32 graph
+            _head_rows(tmp / manifest.graphs["fp32"].file, manifest, "fp32")
         if task_harness is not None:
             int8 = manifest.graphs.get("int8")  # the recipe fill-mask's search kept, when one passed
             kept = int8.recipe if int8 is not None and judged.get("int8") and judged["int8"].passed else None
@@ -263,6 +266,7 @@ def _build(traced: _Traced, tokens: LoadedTokenizer, source: ResolvedSource, con
         path = tmp / FILL_MASK_FILE.format(precision=precision)
         if precision == "fp16":
             to_fp16(fp32, path)
+            _head_rows(path, manifest, precision)
         entry = GraphEntry(path.name, "fill-mask", precision, family.name, *fill_io, TOLERANCES[precision])
         manifest = _with_variant(manifest, precision, entry, path, fusion, stored, config)
     if config.bf16:
@@ -292,6 +296,15 @@ def _with_variant(manifest: Manifest, precision: str, entry: GraphEntry, path: P
         entry, fusion=fused, weight_bytes=weight_bytes, data_file=_data_file(path))})
 
 
+def _head_rows(path: Path, manifest: Manifest, precision: str) -> None:
+    """The last layer's tail at the head's rows only (`passes.head_rows`), checked against the graph as it
+    was: to float32 rounding, fp16's, or (int8, whose activation scales then see fewer rows) by its gate."""
+    tolerance = {"fp32": 1e-3, "fp16": 2e-2}.get(precision)
+    done = gather_head_rows(path, manifest.tokenizer.special_ids["mask"], manifest.model.vocab_size, tolerance)
+    if done.applied:
+        log.info("%s: the last layer's tail (%d nodes) runs at the head's rows only", path.name, done.nodes)
+
+
 def _data_file(graph: Path) -> str | None:
     return data_path(graph).name if data_path(graph).is_file() else None
 
@@ -317,6 +330,7 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
     stored = manifest.graphs["fp32"].weight_bytes or 0
     if config.int8_recipe != "auto":  # exactly the recipe asked for, decoder float; the final check gates it
         to_int8(tmp / fp32.file, path, find_int8_recipe(config.int8_recipe), calibration)
+        _head_rows(path, manifest, "int8")
         entry = replace(entry, recipe=config.int8_recipe, head=HEAD_FLOAT)
         return _with_variant(manifest, "int8", entry, path, fusion, stored, config), judged
     tried: list[Int8Trial] = []
@@ -326,6 +340,7 @@ def _int8(manifest: Manifest, harness: ParityHarness, config: ExportConfig,
             log.info("int8 recipe %s: the same graph as another recipe here -> skipped", recipe.name)
             continue
         to_int8(tmp / fp32.file, path, recipe, calibration)
+        _head_rows(path, manifest, "int8")
         built = recipe.name
         judged["int8"] = harness.check(path, "int8", entry, "cpu")
         tried.append(_trial(built, HEAD_FLOAT, judged["int8"]))

@@ -32,8 +32,9 @@ def heaviest_tails(model: Any, nodes: Sequence[Any], rows: Sequence[Any], work: 
     if not rows:
         raise ExportError("choosing layers by their activations needs calibration rows, and none were given")
     ranges = activation_ranges(model, sorted({node.input[0] for node in nodes}), rows, work, external)
-    tail = {node.name: float(ranges[node.input[0]].max() / max(float(np.median(ranges[node.input[0]])), 1e-12))
-            for node in nodes}
+    empty = np.zeros(1)  # a tensor no calibration row reached (head rows, and no row had a mask): ranked last
+    tail = {node.name: float(ranges.get(node.input[0], empty).max()
+                             / max(float(np.median(ranges.get(node.input[0], empty))), 1e-12)) for node in nodes}
     return sorted(tail, key=lambda name: -tail[name])[:count]
 
 
@@ -67,7 +68,14 @@ def activation_ranges(model: Any, names: list[str], rows: Sequence[Any], work: P
                 feeds = row.feeds(data) | control_feeds(graph_inputs, 1)
                 real = row.attention_mask.reshape(-1).astype(bool)
                 for name, value in zip(names, session.run(names, feeds)):
-                    per_channel = np.abs(value.reshape(-1, value.shape[-1])[real]).max(axis=0)
+                    flat = value.reshape(-1, value.shape[-1])
+                    if len(flat) == len(real):
+                        flat = flat[real]
+                    # else a tensor of the head's rows only (passes.head_rows), all real tokens; none in a row
+                    # without a mask
+                    if not len(flat):
+                        continue
+                    per_channel = np.abs(flat).max(axis=0)
                     ranges[name] = np.maximum(ranges[name], per_channel) if name in ranges else per_channel
                 advance(1)
         return ranges

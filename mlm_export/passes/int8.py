@@ -37,6 +37,7 @@ from ..errors import ConfigError, ExportError
 from ..progress import stage
 from .calibration import heaviest_tails
 from .fuse import declare_contrib_opset, share_identical_initializers
+from .head_rows import GATHER_NODES
 from .graph_file import data_path, load_graph, save_graph, uses_external_data
 
 log = logging.getLogger("mlm_export")
@@ -203,6 +204,8 @@ def matmul_roles(model: Any) -> dict[str, str]:
         if node.op_type != "MatMul":
             continue
         before = producer.get(node.input[0])
+        while before is not None and before.name.endswith(GATHER_NODES):  # the last layer's, at the head's rows
+            before = producer.get(before.input[0])
         if before is not None and before.op_type == "Attention":
             roles[node.name] = "attention_output"
         elif before is not None and before.op_type in GELU_OPS:
