@@ -3,15 +3,15 @@
 Every document carries `"schema": "<name>"`, and `mlm_export/schemas/<name>.schema.json` (shipped
 in the wheel, printed by `mlm-export schema <name>`) describes it: `export-v2`, `verify-v1`,
 `integrity-v1` (`verify --integrity`), `predict-v1`, `score-v2` (+ `score-row-v2` for the rows),
-`encode-v1` (+ `encode-row-v1`), `variants-v1`, `slim-v1`, `triton-v1`, `info-v2`, `sign-v1`,
+`encode-v1` (+ `encode-row-v1`), `variants-v1`, `slim-v1`, `triton-v1`, `info-v3`, `sign-v1`, `tune-v1`,
 `keygen-v1`, `schemas-v1` (the list `mlm-export schema` prints), and
 `error-v1` for a failure of any command. The artifact's manifest is `manifest-v6` (format 6: the
 fill-mask graph's `score_positions` input); formats 5 to 2 (`manifest-v5`: the sparse and embed tasks,
 `manifest-v4`: the family as a name) are still read: see `manifest.SCHEMAS`. A schema lists every
 field of its version (`additionalProperties: false`;
-`info-v2` also carries the manifest's own fields, which its manifest schema checks, and `score-row-v2`
+`info-v3` also carries the manifest's own fields, which its manifest schema checks, and `score-row-v2`
 the input's kept columns), so a field is
-added, renamed or removed only with a new version name. `export-v2` and `info-v2` carry a manifest of
+added, renamed or removed only with a new version name. `export-v2` and `info-v3` carry a manifest of
 any format read, each checked by the schema of its `format_version`.
 """
 
@@ -27,7 +27,7 @@ from .manifest import FORMAT_VERSION, SCHEMAS
 
 DOCUMENTS = {"export": "export-v2", "verify": "verify-v1", "integrity": "integrity-v1", "predict": "predict-v1",
              "score": "score-v2", "encode": "encode-v1", "variants": "variants-v1",
-             "slim": "slim-v1", "triton": "triton-v1", "info": "info-v2", "sign": "sign-v1",
+             "slim": "slim-v1", "triton": "triton-v1", "info": "info-v3", "sign": "sign-v1", "tune": "tune-v1",
              "keygen": "keygen-v1", "schema": "schemas-v1", "error": "error-v1"}
 # documents written one per line, which carry no schema field
 ROWS = {"score": "score-row-v2", "encode": "encode-row-v1"}

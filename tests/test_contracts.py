@@ -68,7 +68,7 @@ def test_predict_one_mask_and_several(tiny_artifact: Path) -> None:
 
 def test_info_is_the_manifest_plus_what_this_machine_would_load(tiny_artifact: Path) -> None:
     document = _json(["info", str(tiny_artifact)])
-    assert document["schema"] == "info-v2" and document["format_version"] == FILL_MASK_FORMAT
+    assert document["schema"] == "info-v3" and document["format_version"] == FILL_MASK_FORMAT
     validate({k: v for k, v in document.items() if k not in ("schema", "default_variant", "default_variants",
                                                           "signature")}, "manifest-v6")
     broken = dict(document)

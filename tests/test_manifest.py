@@ -246,7 +246,7 @@ def test_a_family_this_version_does_not_know_is_read_and_served(tiny_copy: Path)
     runner = CliRunner()
     shown = runner.invoke(main, ["info", str(tiny_copy)])
     assert shown.exit_code == 0 and "(newfamily, BertForMaskedLM" in shown.stdout, shown.output
-    document = runner.invoke(main, ["info", str(tiny_copy), "--json"])  # checked against info-v2 by conftest
+    document = runner.invoke(main, ["info", str(tiny_copy), "--json"])  # checked against info-v3 by conftest
     assert document.exit_code == 0 and json.loads(document.stdout)["family"] == "newfamily"
     predicted = runner.invoke(main, ["predict", str(tiny_copy), "the [MASK] sat ."])
     assert predicted.exit_code == 0, predicted.output
@@ -260,7 +260,7 @@ def test_a_format_3_artifact_is_still_read_and_served_and_held_to_its_family_lis
     _edit(tiny_copy, lambda m: m.update(format_version=3))
     assert read_manifest(tiny_copy).format_version == 3
     assert OnnxMaskFiller.from_pretrained(tiny_copy, providers="cpu")("the [MASK] sat .")[0]["token_str"]
-    document = CliRunner().invoke(main, ["info", str(tiny_copy), "--json"])  # info-v2 with a format-3 manifest
+    document = CliRunner().invoke(main, ["info", str(tiny_copy), "--json"])  # info-v3 with a format-3 manifest
     assert document.exit_code == 0 and json.loads(document.stdout)["format_version"] == 3
     _rename_family(tiny_copy, "newfamily")
     with pytest.raises(ArtifactError, match="malformed at family: 'newfamily' is not one of"):

@@ -19,6 +19,7 @@ from .serve import serve_command
 from .sign import sign_command
 from .slim import slim_command
 from .triton import triton_command
+from .tune import tune_command
 from .variants import variants_command
 from .verify import verify_command
 
@@ -26,7 +27,7 @@ __all__ = ["main"]
 
 for _command in (export_command, verify_command, predict_command, score_command, encode_command, variants_command,
                  serve_command, triton_command,
-                 info_command,
+                 info_command, tune_command,
                  slim_command, schema_command, sign_command, keygen_command):
     main.add_command(_command)
 del _command

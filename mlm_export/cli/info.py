@@ -19,19 +19,21 @@ def info_command(directory: Path, as_json: bool) -> None:
     from ..artifact.handle import Artifact
     from ..artifact.signature import signature_fingerprint
     from ..runtime.backends import choose_backend
-    from ..variants import preferred
+    from ..runtime.defaults import default_choice
 
     artifact = Artifact.open(directory)
     manifest, absent = artifact.manifest, artifact.left_out  # a slim copy: some graphs left out
-    variants = artifact.graphs_of("fill-mask")
-    provider = choose_backend(variants, "auto")
-    default = preferred(variants, provider) if variants else None
-    defaults = {}  # per task: the graph each task's class opens with providers="auto"
+    provider = choose_backend(artifact.graphs_of("fill-mask"), "auto")
+    default = None
+    defaults = {}  # per task: the graph each task's class opens with providers="auto", and why
     for task in manifest.tasks:
         graphs = artifact.graphs_of(task)
         if graphs:
-            backend = choose_backend(graphs, "auto")
-            defaults[task] = {"provider": backend, "variant": preferred(graphs, backend, task)}
+            choice = default_choice(artifact.manifest_bytes, graphs, task)
+            defaults[task] = {"provider": choice.backend, "variant": choice.variant, "reason": choice.reason,
+                              "tuned": choice.tuned}
+            if task == "fill-mask":
+                provider, default = choice.backend, choice.variant
     signed = signature_fingerprint(directory)
     if as_json:
         _out().result("info", manifest.to_dict() | {"default_variant": {"provider": provider, "variant": default},
@@ -51,6 +53,7 @@ def info_command(directory: Path, as_json: bool) -> None:
         f"  realistic probe set: {manifest.probe_set or 'none (synthetic probes only)'}",
         "  default variant here: " + ("; ".join(f"{d['variant']} ({d['provider']})" for d in defaults.values())
                                       or f"none (no fill-mask graph) ({provider})"),
+        *(f"    why {task}: {d['reason']}" for task, d in defaults.items()),
         f"  signature: {'signed, key fingerprint ' + signed + ' (check it with verify --key)' if signed else 'none'}",
     ]
     if absent:

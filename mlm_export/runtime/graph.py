@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from ..errors import ArtifactError, InputError, IntegrityError, ProviderError
 from ..manifest import FILL_MASK, TASK_FORMS, GraphEntry
 from ..variants import CUDA, OPENVINO, check_pairing, preferred
 from .backends import Session, choose_backend, create_session, providers_for, requested_providers
+from .defaults import default_choice
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CONTROL_INPUTS = ("top_k", "target_ids", "exclude_special", "score_positions")
@@ -77,6 +78,7 @@ class LoadedGraph:
     session: Session
     provider: str
     io_binding: bool = False
+    why: str = ""  # why this graph was opened: asked for, tuned on this machine, or the policy table (open_task)
 
     @classmethod
     def open(cls, artifact: Artifact, name: str, providers: str | Sequence[str] = "cpu",
@@ -139,14 +141,17 @@ class LoadedGraph:
             raise ArtifactError(f"{artifact.path} has no {task} graph{hint}")
         if variant is not None:
             artifact.graph(variant, form=task)  # unknown: an error that lists the variants
-        backend = choose_backend(variants, providers, variant)
+            backend, first, why, tuned = choose_backend(variants, providers, variant), variant, "asked for", False
+        else:  # this machine's tuning record, else the policy table's row for its CPU class
+            choice = default_choice(artifact.manifest_bytes, variants, task, providers)
+            backend, first, why, tuned = choice.backend, choice.variant, choice.reason, choice.tuned
         providers = providers_for(backend, providers)
-        first = variant or preferred(variants, backend, task)
         check_pairing(first, variants[first].precision, backend, artifact.path, variants)  # auto's choice too
         graph = cls.open(artifact, first, providers, threads, io_binding)
-        if variant is None and preferred(variants, graph.provider, task) != first:  # landed elsewhere (auto)
+        if variant is None and not tuned and preferred(variants, graph.provider, task) != first:  # landed elsewhere
             graph = cls.open(artifact, preferred(variants, graph.provider, task), providers, threads, io_binding)
-        return graph
+            why = f"{graph.provider} took the session: {graph.name} is the variant for it"
+        return replace(graph, why=why)
 
     @property
     def input_names(self) -> tuple[str, ...]:

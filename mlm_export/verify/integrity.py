@@ -144,31 +144,39 @@ def smoke_graph(graph: LoadedGraph, tokenizer: Any) -> str:
 def smoke_text(artifact: Artifact, tokenizer: Any) -> str:
     """A text the model reads well: the first of its realistic probe set (packaged, or the user's stored in the
     artifact), cut to a few tokens; without one, a few ordinary tokens of the vocabulary."""
+    text = probe_texts(artifact, tokenizer, SMOKE_TOKENS - 2)[0]
+    spans = tokenizer.encode(text, add_special_tokens=False).offsets[: SMOKE_TOKENS - 2]
+    return text[: spans[-1][1]] if spans else text
+
+
+def probe_texts(artifact: Artifact, tokenizer: Any, tokens: int = 8) -> list[str]:
+    """The artifact's realistic probe texts (packaged, or the user's stored in it); without them, one text of
+    `tokens` ordinary tokens of the vocabulary."""
     from .probes import ARTIFACT_PROBES, ARTIFACT_SET, PACKAGED_SETS, packaged_texts
 
     manifest = artifact.manifest
-    texts: list[str] = []
     if manifest.probe_set in PACKAGED_SETS:
-        texts = packaged_texts(manifest.probe_set)
-    elif manifest.probe_set == ARTIFACT_SET and ARTIFACT_PROBES in manifest.files:
+        return packaged_texts(manifest.probe_set)
+    if manifest.probe_set == ARTIFACT_SET and ARTIFACT_PROBES in manifest.files:
         texts = [t for t in artifact.checked_bytes(ARTIFACT_PROBES).decode("utf-8").splitlines() if t.strip()]
-    if texts:
-        encoding = tokenizer.encode(texts[0], add_special_tokens=False)
-        spans = encoding.offsets[: SMOKE_TOKENS - 2]
-        return texts[0][: spans[-1][1]] if spans else texts[0]
+        if texts:
+            return texts
     specials = set(manifest.tokenizer.every_special_id)
     ordinary = [i for i in range(manifest.model.vocab_size) if i not in specials]
     middle = len(ordinary) // 2  # past a vocabulary's leading bytes, [unused] slots and punctuation
-    return str(tokenizer.decode(ordinary[middle : middle + 8]))
+    return [str(tokenizer.decode([ordinary[(middle + i) % len(ordinary)] for i in range(tokens)]))]
 
 
-def masked_text(text: str, tokenizer: Any, mask_token: str) -> str:
-    """`text` with its middle token replaced by the mask token (by character offsets: any tokenizer)."""
+def masked_text(text: str, tokenizer: Any, mask_token: str, at: tuple[float, ...] = (0.5,)) -> str:
+    """`text` with its tokens at the fractions `at` of its length (default: the middle one) replaced by the mask
+    token (by character offsets: any tokenizer)."""
     offsets = [span for span in tokenizer.encode(text, add_special_tokens=False).offsets if span[1] > span[0]]
     if not offsets:
         raise ArtifactError(f"the tokenizer reads no token in the smoke text {text[:40]!r}; re-export the artifact")
-    start, end = offsets[len(offsets) // 2]
-    return text[:start] + mask_token + text[end:]
+    for index in sorted({min(int(f * len(offsets)), len(offsets) - 1) for f in at}, reverse=True):
+        start, end = offsets[index]
+        text = text[:start] + mask_token + text[end:]
+    return text
 
 
 def smoke_fill_mask(filler: OnnxMaskFiller) -> str:

@@ -1,0 +1,41 @@
+"""`mlm-export tune DIRECTORY`: time the artifact's variants on this machine; `auto` then runs the fastest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..runtime.threads import max_threads
+from ._common import command, common_options, _out
+
+
+@command("tune")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--task", "tasks", multiple=True, type=click.Choice(["fill-mask", "sparse", "embed"]),
+              help="A task to tune (repeatable); default: every task the artifact has.")
+@click.option("--threads", type=click.IntRange(1, max_threads()),
+              help="Inference threads to time with (default: what the runtime picks, or MLM_EXPORT_THREADS).")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed runs per workload and round (PLL: a third of them).")
+@click.option("--forget", is_flag=True, help="Remove this machine's record for the artifact instead: the policy "
+                                              "table decides again.")
+@common_options
+def tune_command(directory: Path, tasks: tuple[str, ...], threads: int | None, repeats: int, forget: bool,
+                 as_json: bool) -> None:
+    """Time each variant in DIRECTORY that runs on this CPU on the artifact's own workloads (one text, 32 texts,
+    a PLL) and record the fastest whose gate passed in your cache (MLM_EXPORT_CACHE, else ~/.cache/mlm-export),
+    keyed by the manifest's sha256 and the CPU model; the artifact is not touched. providers="auto" (predict,
+    score, encode, serve, the Python classes) then opens that variant on this machine; `info` says so."""
+    from ..tuning import TuneOptions, forget as forget_record, present_timings, tune
+
+    if forget:
+        removed = forget_record(directory)
+        _out().result("tune", {"path": str(removed) if removed else None, "forgot": removed is not None},
+                      f"removed {removed}" if removed else "no tuning record for this artifact on this machine")
+        return
+    result = tune(directory, TuneOptions(tasks=tasks, threads=threads, repeats=repeats))
+    tuned = list(tasks or result.record.tasks)
+    skipped = "".join(f"\nnot timed: {name} ({why})" for name, why in result.skipped.items())
+    _out().result("tune", result.to_dict(),
+                  f"{present_timings(result.record, tuned)}{skipped}\nrecorded in {result.path}")
