@@ -1,16 +1,21 @@
-"""Pseudo-log-likelihood: mlm-export's fp32, int8 and bf16 against `AntiBERTyRunner.pseudo_log_likelihood`.
+"""Pseudo-log-likelihood: mlm-export's default variant, fp32, int8 and bf16 against
+`AntiBERTyRunner.pseudo_log_likelihood`, each system in its own process.
 
-    python benchmarks/pll.py [ARTIFACT] [--threads 2] [--repeats 1] [--chains 4] [--out pll.json]
+    python benchmarks/pll.py [ARTIFACT] [--threads 2] [--rounds 3] [--chains 4] [--out pll.json]
 
 ARTIFACT is an AntiBERTy export with fp32 and int8, and bf16 where it has one (run on OpenVINO;
 default: exported to a temporary folder with `mlm-export antiberty --int8`). The sequences are real
 chains from the packaged antibody probes and 36 point mutants of one of them (6 positions x 6
 residues), scored with AntiBERTy's convention (mean over residues, softmax without special tokens).
-Reported:
-- each variant's max |PLL - runner|;
-- Spearman's rho of int8 (and bf16) against fp32 on the 36 mutants (the ranking a designer uses);
-- throughput in sequences per second, each system timed over the same sequences after a one-sequence
-  warm-up, interleaved (runner, fp32, int8, bf16, runner, ...), median of the repeats, ratios to the runner.
+`default` is what `mlm-export score` and `OnnxMaskFiller.from_pretrained(ARTIFACT)` run here
+(providers="auto": this machine's `mlm-export tune` record, else the policy table's CPU-class row).
+
+Each system runs in a process of its own (`--system NAME` is that worker: it loads the system, scores one
+sequence to warm up, then times every sequence once per round); the rounds alternate the order of the
+systems. Reported, with the CPU's model, class and flags:
+- each system's max |PLL - runner|;
+- Spearman's rho against fp32 on the 36 mutants (the ranking a designer uses);
+- median seconds over the rounds, sequences per second, and the ratio to the runner.
 """
 
 from __future__ import annotations
@@ -19,17 +24,16 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from harness import cpu_name, wait_idle  # benchmarks/harness.py, beside this script
-from mlm_export import OnnxMaskFiller
-from mlm_export.verify import antibody_sequences
-
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+OURS = ("default", "fp32", "int8", "bf16")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -49,66 +53,118 @@ def mutants(parent: str, count: int = 36, seed: int = 0) -> list[str]:
     return out
 
 
+def sequences(chains: int) -> tuple[list[str], int]:
+    """The scored sequences (real chains, then the mutants of the first) and the number of mutants."""
+    from mlm_export.verify import antibody_sequences
+
+    real = antibody_sequences()
+    variants = mutants(real[0])
+    return real[:chains] + variants, len(variants)
+
+
+def cpu_facts() -> dict:
+    """The CPU's model, class (the policy table's key) and the flags that decide it."""
+    from mlm_export.runtime.backends import cpu_class
+    from mlm_export.runtime.defaults import cpu_model
+
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+    return {"model": cpu_model(), "class": cpu_class(), "flags": [f for f in wanted if f in flags],
+            "cpus": os.cpu_count()}
+
+
+def worker(system: str, artifact: Path, threads: int, rounds: int, chains: int) -> dict:
+    """Load one system, warm it up, time every sequence once per round."""
+    seqs, _ = sequences(chains)
+    texts = [" ".join(s) for s in seqs]
+    variant = None
+    if system == "runner":
+        import torch
+        from antiberty import AntiBERTyRunner
+
+        torch.set_num_threads(threads)
+        runner = AntiBERTyRunner()
+
+        def run(batch: list[str]) -> list[float]:
+            return runner.pseudo_log_likelihood(batch).tolist()
+        inputs: list[str] = seqs
+    else:
+        from mlm_export import OnnxMaskFiller
+
+        if system == "default":
+            filler = OnnxMaskFiller.from_pretrained(artifact, threads=threads)
+        else:
+            filler = OnnxMaskFiller.from_pretrained(artifact, variant=system, threads=threads,
+                                                    providers="openvino" if system == "bf16" else "cpu")
+        variant = {"variant": filler.variant, "provider": filler.provider, "why": filler.graph.why}
+
+        def run(batch: list[str]) -> list[float]:
+            return [s.pll for s in filler.score(batch, reduction="mean", exclude_special=True)]
+        inputs = texts
+    run(inputs[:1])
+    seconds, scores = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        scores = run(inputs)
+        seconds.append(time.perf_counter() - start)
+    return {"system": system, "seconds": seconds, "scores": scores, "opened": variant}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path, nargs="?")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="timed passes over the sequences per system")
     parser.add_argument("--chains", type=int, default=4, help="real chains scored besides the 36 mutants")
+    parser.add_argument("--systems", default="runner," + ",".join(OURS))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--system", help=argparse.SUPPRESS)  # the worker: one system in this process
     args = parser.parse_args()
-
-    import torch
-    from antiberty import AntiBERTyRunner
-
-    torch.set_num_threads(args.threads)
     artifact = args.artifact
+    if args.system:
+        print(json.dumps(worker(args.system, artifact, args.threads, 1, args.chains)))
+        return
     if artifact is None:
         from mlm_export import ExportConfig, export_model
 
         artifact = export_model(ExportConfig("antiberty", out=Path(tempfile.mkdtemp()) / "antiberty", int8=True)).path
-    chains = antibody_sequences()
-    variants = mutants(chains[0])
-    sequences = chains[: args.chains] + variants
-    texts = [" ".join(s) for s in sequences]
-    runner = AntiBERTyRunner()
-    present = OnnxMaskFiller.from_pretrained(artifact, variant="fp32", providers="cpu").manifest.fill_mask_graphs
-    ours = {v: OnnxMaskFiller.from_pretrained(artifact, variant=v, threads=args.threads,
-                                              providers="openvino" if v == "bf16" else "cpu")
-            for v in ("fp32", "int8", "bf16") if v in present}
+    from mlm_export.manifest import read_manifest
 
-    def run_runner() -> list[float]:
-        return runner.pseudo_log_likelihood(sequences).tolist()
-
-    def run_ours(variant: str) -> list[float]:
-        return [s.pll for s in ours[variant].score(texts, reduction="mean", exclude_special=True)]
-
-    systems = {"runner": run_runner} | {v: (lambda v=v: run_ours(v)) for v in ours}
-    warm = {"runner": lambda: runner.pseudo_log_likelihood(sequences[:1])} | {
-        v: (lambda v=v: ours[v].score(texts[:1])) for v in ours}
-    for fn in warm.values():
-        fn()
-    scores: dict[str, list[float]] = {}
-    seconds: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(args.repeats):  # interleaved: runner, fp32, int8, bf16, runner, ...
-        for name, fn in systems.items():
-            wait_idle([os.getpid()])
-            start = time.perf_counter()
-            result = fn()
-            seconds[name].append(time.perf_counter() - start)
-            scores.setdefault(name, result)
-    median = {name: statistics.median(v) for name, v in seconds.items()}
-    reference = np.array(scores["runner"])
-    mutant_slice = slice(len(sequences) - len(variants), None)
+    present = read_manifest(artifact).graphs
+    systems = [s for s in args.systems.split(",") if s in ("runner", "default") or s in present]
+    results: dict[str, dict] = {}
+    for index in range(args.rounds):  # one process per system and round, in alternating order
+        for system in systems if index % 2 == 0 else systems[::-1]:
+            command = [sys.executable, __file__, str(artifact), "--system", system, "--threads", str(args.threads),
+                       "--chains", str(args.chains)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{system} failed:\n{done.stderr[-2000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            entry = results.setdefault(system, {"seconds": [], "scores": row["scores"], "opened": row["opened"]})
+            entry["seconds"] += row["seconds"]
+    seqs, n_mutants = sequences(args.chains)
+    reference = np.array(results["runner"]["scores"])
+    mutant_slice = slice(len(seqs) - n_mutants, None)
+    median = {name: statistics.median(r["seconds"]) for name, r in results.items()}
+    fp32 = results.get("fp32", results["runner"])["scores"]
     report = {
-        "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": args.threads,
-        "sequences": len(sequences), "mean_length": float(np.mean([len(s) for s in sequences])),
-        "max_abs_diff_vs_runner": {v: float(np.abs(np.array(scores[v]) - reference).max()) for v in ours},
-        **{f"spearman_{v}_vs_fp32_mutants": spearman(scores[v][mutant_slice], scores["fp32"][mutant_slice])
-           for v in ours if v != "fp32"},
-        "spearman_fp32_vs_runner_mutants": spearman(scores["fp32"][mutant_slice], scores["runner"][mutant_slice]),
+        "cpu": cpu_facts(), "threads": args.threads, "rounds": args.rounds,
+        "sequences": len(seqs), "mean_length": float(np.mean([len(s) for s in seqs])),
+        "opened": {n: r["opened"] for n, r in results.items() if r["opened"]},
+        "max_abs_diff_vs_runner": {n: float(np.abs(np.array(r["scores"]) - reference).max())
+                                   for n, r in results.items() if n != "runner"},
+        "spearman_vs_fp32_mutants": {n: spearman(r["scores"][mutant_slice], fp32[mutant_slice])
+                                     for n, r in results.items() if n != "fp32"},
         "median_seconds": median,
-        "sequences_per_second": {n: len(sequences) / s for n, s in median.items()},
+        "sequences_per_second": {n: len(seqs) / s for n, s in median.items()},
         "speedup_vs_runner": {n: median["runner"] / s for n, s in median.items()},
     }
     print(json.dumps(report, indent=2))

@@ -66,6 +66,19 @@ AUTO_CPU_PRECISIONS: dict[str, tuple[str, ...]] = {
     "avx512_bf16": ("int8", "bf16", "fp32", "fp16"),
     "other": ("int8", "fp32", "fp16", "bf16"),
 }
+# A task whose work differs from fill-mask's, by (CPU class, task); the rest take the class's row above.
+# - sparse on AMX: the SPLADE head (vocabulary-wide, ~90% of the work at 32 x 256) stays float in int8, where
+#   OpenVINO's bf16 graph computes it in bf16 on AMX tiles: bf16 first (reasoned, not measured: the SPLADE
+#   benchmark has run on Zen 4 only);
+# - sparse on Zen 4: int8 3.83x sentence-transformers, bf16 3.56x (docs/tasks.md): the class's row holds.
+AUTO_TASK_PRECISIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("amx", "sparse"): ("bf16", "int8", "fp32", "fp16"),
+}
+
+
+def auto_order(cpu: str, task: str = "fill-mask") -> tuple[str, ...]:
+    """The precisions `auto` tries on a CPU of class `cpu` for `task`, fastest first."""
+    return AUTO_TASK_PRECISIONS.get((cpu, task)) or AUTO_CPU_PRECISIONS.get(cpu, AUTO_CPU_PRECISIONS["other"])
 
 
 class _Graph(Protocol):
@@ -134,7 +147,7 @@ def preferred(variants: Mapping[str, _Graph], backend: str, task: str = "fill-ma
 
 
 def auto_backend(variants: Mapping[str, _Graph], gpu_backend: str | None, variant: str | None,
-                 cpu: str, usable: Mapping[str, bool]) -> str:
+                 cpu: str, usable: Mapping[str, bool], task: str = "fill-mask") -> str:
     """What `providers="auto"` runs: the GPU where ONNX Runtime sees one (`gpu_backend`) and a variant runs
     there; else the backend of the first precision in the CPU class's order that the artifact has (the one
     asked for, when one is) and that runs on a backend `usable` here. `preferred` then picks the variant on
@@ -143,7 +156,7 @@ def auto_backend(variants: Mapping[str, _Graph], gpu_backend: str | None, varian
     if gpu_backend is not None and any(runs_on(g.precision, gpu_backend) for g in wanted):
         return gpu_backend  # else (an int8-only slim copy) the CPU rows below
     present = {g.precision for g in wanted}
-    for precision in AUTO_CPU_PRECISIONS.get(cpu, AUTO_CPU_PRECISIONS["other"]):
+    for precision in auto_order(cpu, task):
         if precision not in present:
             continue
         for backend in (CPU, OPENVINO):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.harness import BenchConfig, Workload, make_texts, prepare, run_benchmark, run_model
+from benchmarks.harness import BenchConfig, Workload, make_texts, prepare, ratios, run_benchmark, run_model
 from mlm_export.cli import main
 from mlm_export.runtime.openvino import cpu_has_bf16
 
@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout: `python -m benchmark
 SMALL = (Workload("1x8", 1, 8, 1, rounds=1), Workload("4x16", 4, 16, 2, rounds=1),
          Workload("mixed", 3, 24, 1, rounds=1, mixed=True))
 # our bf16 variant is exported only where the CPU computes in bf16 (tests/test_openvino.py)
-SYSTEMS = ("transformers-fp32", "openvino-bf16", "mlm-export-fp32", "mlm-export-int8", "ort-session-int8") + (
+SYSTEMS = ("transformers-fp32", "openvino-bf16", "mlm-export-fp32", "mlm-export-int8", "ort-session-int8",
+           "mlm-export-default") + (
     ("mlm-export-bf16",) if cpu_has_bf16() else ())
 
 
@@ -65,6 +66,27 @@ def test_every_system_ran_every_workload(bench: tuple[BenchConfig, dict]) -> Non
             continue
         openvino = systems[name]["workloads"]
         assert sum(openvino[w.name]["top1_agreement_with_reference"] for w in SMALL) / len(SMALL) >= 0.6, name
+
+
+def test_the_targets_follow_the_cpu_class() -> None:
+    """With AMX the default is judged against torch bf16 and OpenVINO bf16 at batch size; without, against
+    optimum's int8 and OpenVINO at both shapes. Both judge the default against our own variants."""
+    medians = {"mlm-export-default": (10.0, 200.0), "mlm-export-int8": (10.0, 200.0), "mlm-export-bf16": (12.0, 150.0),
+               "optimum-int8": (14.0, 280.0), "openvino-bf16": (11.0, 190.0), "torch-bf16-compiled": (20.0, 300.0),
+               "transformers-fp32": (60.0, 2000.0)}
+    report = {"systems": {name: {"workloads": {"1x128": {"median_ms": a}, "32x128": {"median_ms": b}}}
+                          for name, (a, b) in medians.items()}}
+    amx = {r["check"]: r for r in ratios(report, "amx")}
+    zen = {r["check"]: r for r in ratios(report, "avx512_bf16")}
+    assert "default vs best torch bf16 (eager, compiled), 32x128" in amx and not any("torch" in c for c in zen)
+    assert amx["default vs best torch bf16 (eager, compiled), 32x128"]["speedup"] == pytest.approx(1.5)
+    assert "default vs OpenVINO, 1x128" in zen and "default vs OpenVINO, 1x128" not in amx
+    assert zen["default vs OpenVINO, 32x128"]["speedup"] == pytest.approx(0.95)
+    for checks in (amx, zen):  # bf16 was the faster at 32x128: the default (int8 here) misses by 25%
+        within = checks["default within 5% of our fastest variant, 32x128"]
+        assert within["baseline"] == "mlm-export-bf16" and within["speedup"] == pytest.approx(0.75)
+        assert not within["met"] and checks["default within 5% of our fastest variant, 1x128"]["met"]
+        assert checks["default vs optimum int8, 1x128"]["speedup"] == pytest.approx(1.4)
 
 
 def test_absent_peer_is_reported_as_skipped(bench: tuple[BenchConfig, dict], tmp_path: Path) -> None:

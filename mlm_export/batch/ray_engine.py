@@ -200,7 +200,7 @@ def _pick(job: ScoreJob | EncodeJob, task: str) -> tuple[str, str, str | Sequenc
     asked = job.variant
     if asked is not None and task != "fill-mask" and "." not in asked:
         asked = f"{task}.{asked}"
-    backend = choose_backend(variants, key, asked, cpu_only=True) if variants else CPU
+    backend = choose_backend(variants, key, asked, cpu_only=True, task=task) if variants else CPU
     providers = providers_for(backend, key)
     variant = asked or (preferred(variants, backend, task) if variants else None)
     if variant is None:

@@ -69,10 +69,10 @@ def create_session(model: str | bytes, spec: str | Sequence[str] = "auto", threa
 
 
 def choose_backend(variants: dict[str, Any], providers: str | Sequence[str], variant: str | None = None,
-                   cpu_only: bool = False) -> str:
+                   cpu_only: bool = False, task: str = "fill-mask") -> str:
     """The backend `providers` resolves to for an artifact with these `variants`: for "auto", the GPU where
     ONNX Runtime sees one (unless `cpu_only`: Ray's workers), else the backend of the fastest
-    precision the artifact has for the CPU class (`variants.AUTO_CPU_PRECISIONS`; OpenVINO only where
+    precision the artifact has for the CPU class and task (`variants.auto_order`; OpenVINO only where
     openvino imports and computes in bf16 here); else what was asked."""
     auto = isinstance(providers, str) and providers.lower() == "auto"
     primary = CPU if auto and cpu_only else requested_providers(providers)[0]
@@ -80,7 +80,8 @@ def choose_backend(variants: dict[str, Any], providers: str | Sequence[str], var
         return primary
     wanted = [variants[variant]] if variant in variants else list(variants.values())
     openvino = any(runs_on(g.precision, OPENVINO) for g in wanted) and openvino_usable() and cpu_has_bf16()
-    return auto_backend(variants, primary if primary == CUDA else None, variant, cpu_class(), {OPENVINO: openvino})
+    return auto_backend(variants, primary if primary == CUDA else None, variant, cpu_class(), {OPENVINO: openvino},
+                        task)
 
 
 def providers_for(backend: str, providers: str | Sequence[str]) -> str | Sequence[str]:

@@ -1,5 +1,5 @@
 """Which graph `providers="auto"` opens for a task, and why: a measurement of this machine when the user ran
-`mlm-export tune`, else the policy table's row for this CPU class (`variants.AUTO_CPU_PRECISIONS`).
+`mlm-export tune`, else the policy table's row for this CPU class (`variants.auto_order`).
 
 Tuning records live in the user's cache, never in the artifact (it may be signed or read-only): one JSON
 file per artifact and CPU, named after the manifest's sha256 and the CPU model, so a copied artifact
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..variants import AUTO_CPU_PRECISIONS, CPU, CUDA, OPENVINO, preferred, runs_on
+from ..variants import CPU, CUDA, OPENVINO, auto_order, preferred, runs_on
 from .backends import choose_backend, cpu_class
 
 TUNING_SCHEMA = "tuning-v1"
@@ -133,7 +133,7 @@ def default_choice(manifest_bytes: bytes, variants: Mapping[str, Any], task: str
     """The variant among `variants` (graphs of `task`) that `providers` opens when no variant is named, with
     the reason: with "auto" on a machine without a GPU, this CPU's tuning record when there is one whose
     winner runs here, else the policy table's row for the CPU class."""
-    backend = choose_backend(dict(variants), providers)
+    backend = choose_backend(dict(variants), providers, task=task)
     table = preferred(variants, backend, task)
     auto = isinstance(providers, str) and providers.lower() == "auto"
     if not auto:
@@ -144,7 +144,7 @@ def default_choice(manifest_bytes: bytes, variants: Mapping[str, Any], task: str
     tuned = record.tasks.get(task) if record else None
     cls = cpu_class()
     why = (f"this CPU ({cpu_model()}) has {_CLASS_WORDS[cls]}; the policy table, measured on that class, orders "
-           f"{' > '.join(AUTO_CPU_PRECISIONS[cls])} there, and {table} is the first this artifact has "
+           f"{' > '.join(auto_order(cls, task))} there for {task}, and {table} is the first this artifact has "
            "(`mlm-export tune` measures this machine instead)")
     if tuned is None:
         return DefaultChoice(table, backend, why)

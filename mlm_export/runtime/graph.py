@@ -141,7 +141,8 @@ class LoadedGraph:
             raise ArtifactError(f"{artifact.path} has no {task} graph{hint}")
         if variant is not None:
             artifact.graph(variant, form=task)  # unknown: an error that lists the variants
-            backend, first, why, tuned = choose_backend(variants, providers, variant), variant, "asked for", False
+            backend = choose_backend(variants, providers, variant, task=task)
+            first, why, tuned = variant, "asked for", False
         else:  # this machine's tuning record, else the policy table's row for its CPU class
             choice = default_choice(artifact.manifest_bytes, variants, task, providers)
             backend, first, why, tuned = choice.backend, choice.variant, choice.reason, choice.tuned
