@@ -4,7 +4,8 @@ Every document carries `"schema": "<name>"`, and `mlm_export/schemas/<name>.sche
 in the wheel, printed by `mlm-export schema <name>`) describes it: `export-v2`, `verify-v1`,
 `integrity-v1` (`verify --integrity`), `predict-v1`, `score-v2` (+ `score-row-v2` for the rows),
 `encode-v1` (+ `encode-row-v1`), `variants-v1`, `slim-v1`, `triton-v1`, `info-v3`, `sign-v1`, `tune-v1`,
-`keygen-v1`, `schemas-v1` (the list `mlm-export schema` prints), and
+`keygen-v1`, `schemas-v1` (the list `mlm-export schema` prints), `tuning-v1` (a tuning record in the user's
+cache, which `tune-v1` carries), and
 `error-v1` for a failure of any command. The artifact's manifest is `manifest-v6` (format 6: the
 fill-mask graph's `score_positions` input); formats 5 to 2 (`manifest-v5`: the sparse and embed tasks,
 `manifest-v4`: the family as a name) are still read: see `manifest.SCHEMAS`. A schema lists every
@@ -29,6 +30,8 @@ DOCUMENTS = {"export": "export-v2", "verify": "verify-v1", "integrity": "integri
              "score": "score-v2", "encode": "encode-v1", "variants": "variants-v1",
              "slim": "slim-v1", "triton": "triton-v1", "info": "info-v3", "sign": "sign-v1", "tune": "tune-v1",
              "keygen": "keygen-v1", "schema": "schemas-v1", "error": "error-v1"}
+# files mlm-export keeps outside artifacts: the tuning records in the user's cache (runtime.tuning_records)
+RECORDS = {"tuning": "tuning-v1"}
 # documents written one per line, which carry no schema field
 ROWS = {"score": "score-row-v2", "encode": "encode-row-v1"}
 # the manifest's schemas are manifest.py's, which picks one per format_version

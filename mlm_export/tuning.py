@@ -10,36 +10,36 @@ is timed on the artifact's own workload shapes, built from its realistic probe t
 - sparse and embed: one text and 32 texts.
 Variants run one at a time, each after a warm-up, in two rounds of opposite order; a variant's median per
 shape is compared to the fastest's, and the geometric mean of those ratios ranks them. The winner is
-written to the user's cache (`runtime.defaults`), which `providers="auto"` reads. Torch-free.
+written to the user's cache (`runtime.tuning_records`), which `providers="auto"` reads (`runtime.defaults`).
+Torch-free.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .artifact.handle import Artifact
-from .errors import ArtifactError, InputError, StorageError
+from .errors import ArtifactError, InputError
 from .manifest import FILL_MASK
 from .progress import stage
 from .runtime.backends import cpu_class
-from .runtime.defaults import (
+from .runtime.tuning_records import (
     TaskTuning,
     TuningRecord,
     VariantTiming,
+    check_writable,
     cpu_model,
+    forget_tasks,
     manifest_sha256,
     read_record,
-    record_path,
+    write_record,
 )
 from .runtime.openvino import cpu_has_bf16, openvino_usable
 from .variants import CPU, OPENVINO, runs_on
@@ -75,11 +75,10 @@ def tune(directory: str | Path | Artifact, options: TuneOptions = TuneOptions())
     for task in tasks:
         if not artifact.graphs_of(task):
             raise ArtifactError(f"{artifact.path} has no {task} graph to tune")
+    check_writable(artifact.manifest_bytes)  # before minutes of timing, not after
     texts = _texts(artifact)
-    record = read_record(artifact.manifest_bytes) or TuningRecord(
-        manifest_sha256(artifact.manifest_bytes), cpu_model(), cpu_class())
     skipped: dict[str, str] = {}
-    tuned = dict(record.tasks)
+    tuned: dict[str, TaskTuning] = {}
     for task in tasks:
         candidates = {}
         for name, entry in artifact.graphs_of(task).items():
@@ -94,21 +93,16 @@ def tune(directory: str | Path | Artifact, options: TuneOptions = TuneOptions())
             raise ArtifactError(f"no {task} variant of {artifact.path} runs on this CPU: "
                                 + "; ".join(f"{n}: {w}" for n, w in skipped.items()))
         tuned[task] = _tune_task(artifact, task, candidates, texts, options)
-    record = replace(record, tasks=tuned)
-    return TuneResult(record, _write(artifact.manifest_bytes, record), skipped)
+    record = TuningRecord(manifest_sha256(artifact.manifest_bytes), cpu_model(), cpu_class(), tuned)
+    path = write_record(artifact.manifest_bytes, record)
+    return TuneResult(read_record(artifact.manifest_bytes) or record, path, skipped)
 
 
-def forget(directory: str | Path | Artifact) -> Path | None:
-    """Remove this machine's record for the artifact (the policy table decides again); the path removed."""
+def forget(directory: str | Path | Artifact, tasks: Sequence[str] = ()) -> tuple[Path | None, tuple[str, ...]]:
+    """Remove `tasks` (default: all) from this machine's record for the artifact, so the policy table decides
+    again: the record's path (None: there was none) and the tasks removed."""
     artifact = directory if isinstance(directory, Artifact) else Artifact.open(directory)
-    path = record_path(artifact.manifest_bytes)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StorageError(f"cannot remove {path}: {exc.strerror or exc}") from exc
-    return path
+    return forget_tasks(artifact.manifest_bytes, tasks)
 
 
 def _backend(precision: str) -> tuple[str, str]:
@@ -199,37 +193,3 @@ def _open(artifact: Artifact, task: str, name: str, backend: str, threads: int |
     from .runtime.embed import Embedder
 
     return Embedder.from_pretrained(artifact, variant=name, providers=providers, threads=threads)
-
-
-def _write(manifest_bytes: bytes, record: TuningRecord) -> Path:
-    """The record, replaced atomically (a reader sees the old one or the new one, never half of one)."""
-    path = record_path(manifest_bytes, record.cpu_model)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(record.to_dict(), fh, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise StorageError(f"cannot write the tuning record {path}: {exc.strerror or exc} (set MLM_EXPORT_CACHE "
-                           "to a writable folder)") from exc
-    return path
-
-
-def present_timings(record: TuningRecord, tasks: Sequence[str]) -> str:
-    """The tune command's table: per task, each variant's medians and its relative time, the winner marked."""
-    lines = [f"CPU: {record.cpu_model} ({record.cpu_class})"]
-    for task in tasks:
-        tuned = record.tasks[task]
-        workloads = list(tuned.timings[0].median_ms)
-        lines.append(f"{task}: " + " | ".join(["variant", "backend", *[f"{w} ms" for w in workloads], "relative"]))
-        for t in sorted(tuned.timings, key=lambda t: t.relative):
-            mark = "  <- default" if t.variant == tuned.winner else ""
-            lines.append("  " + " | ".join([t.variant, t.backend.replace("ExecutionProvider", ""),
-                                            *[f"{t.median_ms[w]:.1f}" for w in workloads],
-                                            f"{t.relative:.2f}x"]) + mark)
-    return "\n".join(lines)

@@ -17,6 +17,7 @@ from mlm_export.contracts import (
     DOCUMENTS,
     MANIFEST_SCHEMA,
     READ_MANIFEST_SCHEMAS,
+    RECORDS,
     ROWS,
     load_schema,
     schema_names,
@@ -45,7 +46,8 @@ def test_every_shipped_schema_is_valid_and_named_after_its_file(name: str) -> No
 
 
 def test_every_document_and_row_has_a_schema() -> None:
-    assert set(DOCUMENTS.values()) | set(ROWS.values()) | set(READ_MANIFEST_SCHEMAS) == set(schema_names())
+    assert (set(DOCUMENTS.values()) | set(ROWS.values()) | set(RECORDS.values()) | set(READ_MANIFEST_SCHEMAS)
+            == set(schema_names()))
     assert MANIFEST_SCHEMA in READ_MANIFEST_SCHEMAS
 
 

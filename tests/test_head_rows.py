@@ -99,3 +99,28 @@ def test_a_tail_that_mixes_positions_is_left_as_it_was(whole_graph: Path, tmp_pa
     before = path.read_bytes()
     done = gather_head_rows(path, MASK, len(SPECIALS + WORDS))
     assert not done.applied and path.read_bytes() == before
+
+
+def test_a_run_without_masks_gives_empty_rows(tiny_variants: Path) -> None:
+    """The tail then runs on zero rows (int8's dynamic quantization included): empty answers, no error."""
+    ids = _ids()
+    ids[ids == MASK] = SPECIALS.index("[UNK]")
+    for precision in ("fp32", "int8"):
+        path = tiny_variants / f"fill_mask.{precision}.onnx"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        batch, scores = session.run(["mask_batch_index", "scores"], _feeds(path, ids))
+        assert batch.shape == (0,) and scores.shape == (0, 4), precision
+
+
+def test_a_rewrite_that_changes_the_answers_is_not_kept(whole_graph: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the comparison finds a difference, the graph stays byte for byte and no staged file is left."""
+    from mlm_export.passes import head_rows
+
+    path = tmp_path / "graph.onnx"
+    shutil.copy(whole_graph, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(head_rows, "_compare", lambda *args: "logits differ by 1.0e+00")
+    done = gather_head_rows(path, MASK, len(SPECIALS + WORDS))
+    assert not done.applied and path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph.onnx"]

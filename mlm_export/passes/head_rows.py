@@ -50,6 +50,7 @@ class HeadRows:
 
     @property
     def applied(self) -> bool:
+        """Whether the graph was rewritten (else it is byte for byte as it was)."""
         return self.nodes > 0
 
 
@@ -110,6 +111,7 @@ def _plan(model: Any) -> _Plan | None:
             consumers.setdefault(name, []).append(node)
     constant = {i.name for i in graph.initializer} | {
         n.output[0] for n in graph.node if n.op_type == "Constant"}
+    outputs = {o.name for o in graph.output}  # read outside the graph: a tail tensor that is one stays whole
     flattens = [n for n in graph.node if n.op_type == "Flatten" and _attr(n, "axis", 1) == 2]
     for flatten in flattens:
         gathers = [c for c in consumers.get(flatten.output[0], [])
@@ -120,7 +122,7 @@ def _plan(model: Any) -> _Plan | None:
         sinks = {id(c) for c in consumers.get(hidden, [])}
         if any(c.op_type not in ("Flatten", "Shape") for c in consumers.get(hidden, [])):
             continue
-        region = _region(hidden, producer, consumers, constant, sinks)
+        region = _region(hidden, producer, consumers, constant, sinks, outputs)
         if not region:
             continue
         inside = {out for node in region for out in node.output}
@@ -134,7 +136,7 @@ def _plan(model: Any) -> _Plan | None:
 
 
 def _region(hidden: str, producer: dict[str, Any], consumers: dict[str, list[Any]], constant: set[str],
-            sinks: set[int]) -> list[Any]:
+            sinks: set[int], outputs: set[str]) -> list[Any]:
     """The per-position nodes that lead to `hidden` and feed nothing else: a node joins once all its
     outputs' readers are in (so the layer input, also read by the attention, stays outside)."""
     member: set[int] = set(sinks)
@@ -142,7 +144,7 @@ def _region(hidden: str, producer: dict[str, Any], consumers: dict[str, list[Any
     pending = [producer[hidden]] if hidden in producer else []
     while pending:
         node = pending.pop()
-        if id(node) in member or not _per_position(node):
+        if id(node) in member or not _per_position(node) or outputs.intersection(node.output):
             continue
         readers = [c for out in node.output for c in consumers.get(out, [])]
         if not all(id(c) in member for c in readers):
@@ -170,7 +172,9 @@ def _per_position(node: Any) -> bool:
 def _operands_ok(node: Any, inside: set[str], frontier: set[str], constant: set[str], graph: Any) -> bool:
     """Rows in, rows out: a MatMul's weight is constant; any other constant operand is a scalar or one
     vector along the last axis (broadcasting it over rows is what it did over positions)."""
-    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer} | {
+        n.output[0]: tuple(n.attribute[0].t.dims) for n in graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
     for index, name in enumerate(node.input):
         if not name or name in inside or name in frontier:
             continue
@@ -178,7 +182,7 @@ def _operands_ok(node: Any, inside: set[str], frontier: set[str], constant: set[
             return False
         if node.op_type in _MATMUL and index == 1:
             continue
-        if len(shapes.get(name, ())) > 1:
+        if name not in shapes or len(shapes[name]) > 1:  # unknown (a Constant of another kind): not taken
             return False
     return True
 

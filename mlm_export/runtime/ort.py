@@ -6,7 +6,10 @@ A CUDA request that ends on the CPU is an error, never a silent fallback. ONNX R
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
+import io
 import warnings
 from typing import Any
 from collections.abc import Sequence
@@ -82,6 +85,23 @@ def ort_providers(spec: str | Sequence[str]) -> list[str]:
     return providers
 
 
+@functools.cache
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load the CUDA and cuDNN libraries of the `nvidia-*` wheels before the first CUDA session.
+
+    onnxruntime-gpu from PyPI (CUDA 12 and 13 builds) finds them only where torch was imported first or
+    LD_LIBRARY_PATH names them; `preload_dlls` (onnxruntime 1.21+) loads them from site-packages. Where it
+    is missing or finds nothing, the session itself then reports what is missing (a ProviderError below)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints what it could not find; the session says why
+            preload()
+    except Exception:  # noqa: BLE001 - a best effort: the session creation decides
+        pass
+
+
 def open_ort_session(model: str | bytes, spec: str | Sequence[str] = "auto", threads: int | None = None) -> Any:
     """An InferenceSession whose primary provider is the one asked for, or a ProviderError.
 
@@ -91,6 +111,8 @@ def open_ort_session(model: str | bytes, spec: str | Sequence[str] = "auto", thr
     check_threads(threads)
     providers = ort_providers(spec)
     ort = _ort()
+    if CUDA in providers:
+        _preload_cuda_libraries(ort)
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)

@@ -384,7 +384,8 @@ class OnnxMaskFiller:
 
 
 def preferred_variant(manifest: Manifest, provider: str) -> str | None:
-    """The fill-mask variant `from_pretrained(variant=None)` opens on `provider`; None without one
-    (a slim copy that kept only the logits form)."""
+    """The fill-mask variant the policy table prefers on `provider` (what `from_pretrained(variant=None,
+    providers=...)` opens there, unless `providers="auto"` finds a tuning record, see `runtime.defaults`);
+    None without one (a slim copy that kept only the logits form)."""
     variants = manifest.fill_mask_graphs
     return preferred(variants, provider) if variants else None
