@@ -236,12 +236,12 @@ class OnnxMaskFiller:
 
         `reduction` "sum" (Salazar et al.) or "mean"; `exclude_special` takes the softmax without the
         special tokens (AntiBERTy's convention); `per_token` keeps each token's log-probability;
-        `batch_size` is masked copies per graph run. A text that cannot be scored raises `InputError`.
+        `batch_size` is masked copies per graph run (None: ~1,000 tokens per run on ONNX Runtime's CPU
+        provider, 128 copies elsewhere). A text that cannot be scored raises `InputError`.
         """
-        from .scoring import DEFAULT_COPIES_PER_RUN, ScoreOptions
+        from .scoring import ScoreOptions
 
-        options = ScoreOptions(reduction, exclude_special, per_token,
-                               DEFAULT_COPIES_PER_RUN if batch_size is None else batch_size)
+        options = ScoreOptions(reduction, exclude_special, per_token, batch_size)
         if not isinstance(texts, str):
             texts = as_text_list(texts)
             if not texts:

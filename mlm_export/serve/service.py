@@ -21,7 +21,7 @@ from ..runtime.embed import Embedder
 from ..runtime.graph import LoadedGraph
 from ..runtime.mutations import Mutant, MutationScorer, WildType
 from ..runtime.predictor import OnnxMaskFiller
-from ..runtime.scoring import DEFAULT_COPIES_PER_RUN, PLLScore, ScoreOptions, Scorer
+from ..runtime.scoring import PLLScore, ScoreOptions, Scorer
 from ..runtime.sparse import SparseEncoder
 from ..runtime.tasks import TaskModel
 from ..verify.integrity import GraphCheck, require_passed, smoke_graph, IntegrityReport
@@ -240,7 +240,7 @@ class Service:
     def _score(self, part: ScorePart) -> Any:
         assert self.scorer is not None
         request = part.request
-        options = ScoreOptions(request.reduction, request.exclude_special, request.per_token, DEFAULT_COPIES_PER_RUN)
+        options = ScoreOptions(request.reduction, request.exclude_special, request.per_token)
         (row,) = self.scorer.score_rows([request.texts[part.index]], options)
         if not isinstance(row, PLLScore):
             return InputError(f"input {part.index}: {row.message}")
