@@ -669,23 +669,15 @@ def cpu_class() -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The flags that decide the CPU class and int8's speed, as the kernel lists them."""
+    """The flags that decide the CPU class and int8's speed, among the kernel's."""
+    from mlm_export.runtime.backends import cpu_flags as all_flags
+
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    except OSError:
-        pass
-    return []
+    return [f for f in wanted if f in all_flags()]
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    """The CPU's model name, as `lscpu` gives it."""
+    from mlm_export.runtime.tuning_records import cpu_model
+
+    return cpu_model()

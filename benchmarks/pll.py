@@ -64,20 +64,9 @@ def sequences(chains: int) -> tuple[list[str], int]:
 
 def cpu_facts() -> dict:
     """The CPU's model, class (the policy table's key) and the flags that decide it."""
-    from mlm_export.runtime.backends import cpu_class
-    from mlm_export.runtime.defaults import cpu_model
+    from harness import cpu_class, cpu_flags, cpu_name  # benchmarks/harness.py, beside this script
 
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-    return {"model": cpu_model(), "class": cpu_class(), "flags": [f for f in wanted if f in flags],
-            "cpus": os.cpu_count()}
+    return {"model": cpu_name(), "class": cpu_class(), "flags": cpu_flags(), "cpus": os.cpu_count()}
 
 
 def worker(system: str, artifact: Path, threads: int, rounds: int, chains: int) -> dict:

@@ -112,6 +112,9 @@ def _plan(model: Any) -> _Plan | None:
     constant = {i.name for i in graph.initializer} | {
         n.output[0] for n in graph.node if n.op_type == "Constant"}
     outputs = {o.name for o in graph.output}  # read outside the graph: a tail tensor that is one stays whole
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer} | {
+        n.output[0]: tuple(n.attribute[0].t.dims) for n in graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
     flattens = [n for n in graph.node if n.op_type == "Flatten" and _attr(n, "axis", 1) == 2]
     for flatten in flattens:
         gathers = [c for c in consumers.get(flatten.output[0], [])
@@ -128,7 +131,7 @@ def _plan(model: Any) -> _Plan | None:
         inside = {out for node in region for out in node.output}
         frontier = list(dict.fromkeys(name for node in region for name in node.input
                                       if name and name not in inside and name not in constant))
-        if not frontier or any(not _operands_ok(node, inside, set(frontier), constant, graph) for node in region):
+        if not frontier or any(not _operands_ok(node, inside, set(frontier), constant, shapes) for node in region):
             continue
         order = {id(node): i for i, node in enumerate(graph.node)}
         return _Plan(flatten, gathers[0], hidden, sorted(region, key=lambda n: order[id(n)]), frontier)
@@ -169,12 +172,10 @@ def _per_position(node: Any) -> bool:
     return False
 
 
-def _operands_ok(node: Any, inside: set[str], frontier: set[str], constant: set[str], graph: Any) -> bool:
-    """Rows in, rows out: a MatMul's weight is constant; any other constant operand is a scalar or one
-    vector along the last axis (broadcasting it over rows is what it did over positions)."""
-    shapes = {i.name: tuple(i.dims) for i in graph.initializer} | {
-        n.output[0]: tuple(n.attribute[0].t.dims) for n in graph.node
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+def _operands_ok(node: Any, inside: set[str], frontier: set[str], constant: set[str],
+                 shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Rows in, rows out: a MatMul's weight is constant; any other constant operand (`shapes`: the constants'
+    dims) is a scalar or one vector along the last axis (broadcasting it over rows is what it did over positions)."""
     for index, name in enumerate(node.input):
         if not name or name in inside or name in frontier:
             continue

@@ -79,7 +79,7 @@ def choose_backend(variants: dict[str, Any], providers: str | Sequence[str], var
     if not auto:
         return primary
     wanted = [variants[variant]] if variant in variants else list(variants.values())
-    openvino = any(runs_on(g.precision, OPENVINO) for g in wanted) and openvino_usable() and cpu_has_bf16()
+    openvino = any(runs_on(g.precision, OPENVINO) for g in wanted) and bf16_usable()
     return auto_backend(variants, primary if primary == CUDA else None, variant, cpu_class(), {OPENVINO: openvino},
                         task)
 
@@ -93,17 +93,27 @@ def providers_for(backend: str, providers: str | Sequence[str]) -> str | Sequenc
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, as the kernel lists them (/proc/cpuinfo); none where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return frozenset(next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
+
+
+@functools.cache
 def cpu_class() -> str:
     """The CPU class the auto rows are keyed by: "amx" (AMX bf16 tiles), "avx512_bf16" (AVX-512 BF16
     without AMX, e.g. AMD Zen 4), or "other"; read from the kernel's CPU flags."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
-    except OSError:
-        return "other"
+    flags = cpu_flags()
     if "amx_bf16" in flags:
         return "amx"
     if "avx512_bf16" in flags:
         return "avx512_bf16"
     return "other"
 
+
+def bf16_usable() -> bool:
+    """Whether the bf16 variant runs here as built: OpenVINO imports and computes in bf16 on this CPU."""
+    return openvino_usable() and cpu_has_bf16()

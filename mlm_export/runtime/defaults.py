@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..variants import CPU, CUDA, OPENVINO, auto_order, preferred, runs_on
-from .backends import choose_backend, cpu_class
+from .backends import bf16_usable, choose_backend, cpu_class
 from .tuning_records import cpu_model, read_record
 
 _CLASS_WORDS = {"amx": "AMX (Intel Xeon)", "avx512_bf16": "AVX-512 BF16 without AMX (e.g. AMD Zen 4)",
@@ -57,8 +57,6 @@ def default_choice(manifest_bytes: bytes, variants: Mapping[str, Any], task: str
 
 
 def _usable(precision: str, backend: str) -> bool:
-    from .openvino import cpu_has_bf16, openvino_usable
-
     if backend == OPENVINO:
-        return runs_on(precision, OPENVINO) and openvino_usable() and cpu_has_bf16()
+        return runs_on(precision, OPENVINO) and bf16_usable()
     return backend == CPU and runs_on(precision, CPU)
