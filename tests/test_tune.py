@@ -144,5 +144,5 @@ def test_tune_errors_are_clear(tiny_variants: Path, tmp_path: Path, cache: Path,
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     monkeypatch.setenv(CACHE_ENV, str(blocked / "cache"))  # the cache cannot be created under a file (even by root)
-    result = CliRunner().invoke(main, ["tune", str(tiny_variants), "--repeats", "1"])
+    result = CliRunner().invoke(main, ["tune", str(tiny_variants), "--repeats", "1", "-q"])
     assert result.exit_code != 0 and "MLM_EXPORT_CACHE" in result.output and "Error:" in result.output

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..runtime.threads import max_threads
-from ._common import command, common_options, _out
+from ._common import command, common_options, quiet_option, _out
 
 if TYPE_CHECKING:
     from ..runtime.tuning_records import TuningRecord
@@ -24,9 +24,10 @@ if TYPE_CHECKING:
               help="Timed runs per workload and round (PLL: a third of them).")
 @click.option("--forget", is_flag=True, help="Remove this machine's record for the artifact (only the --task ones "
                                               "when given) instead: the policy table decides again.")
+@quiet_option
 @common_options
 def tune_command(directory: Path, tasks: tuple[str, ...], threads: int | None, repeats: int, forget: bool,
-                 as_json: bool) -> None:
+                 quiet: bool, as_json: bool) -> None:
     """Time each variant in DIRECTORY that runs on this CPU on the artifact's own workloads (one text, 32 texts,
     a PLL) and record the fastest whose gate passed in your cache (MLM_EXPORT_CACHE, else ~/.cache/mlm-export),
     keyed by the manifest's sha256 and the CPU model; the artifact is not touched. providers="auto" (predict,
